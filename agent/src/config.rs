@@ -1,0 +1,568 @@
+//! Configuration: a TOML file, then `TIDEGATE_`-prefixed environment overrides
+//! (`TIDEGATE_STORE__FLUSH_INTERVAL=5s` sets `store.flush_interval`).
+//!
+//! Unknown keys are errors, so a misspelt setting is caught at start-up instead of
+//! being silently ignored on a gateway nobody looks at.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the agent is told.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity and places on disk.
+    #[serde(default)]
+    pub agent: AgentConfig,
+    /// The ring store.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Where points come from.
+    #[serde(default)]
+    pub sources: SourcesConfig,
+    /// Where points go.
+    #[serde(default)]
+    pub sinks: SinksConfig,
+    /// Operator interfaces.
+    #[serde(default)]
+    pub ops: OpsConfig,
+}
+
+/// Identity and places on disk.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// This gateway's name; defaults to the host name.
+    pub device: String,
+    /// Where the store and persisted state live.
+    pub state_dir: PathBuf,
+    /// Log filter in `RUST_LOG` syntax, e.g. `info` or `info,tidegate::sync=debug`.
+    pub log: String,
+    /// How long shutdown may take to flush and make a last sync attempt.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            device: hostname(),
+            state_dir: PathBuf::from("/var/lib/tidegate"),
+            log: "info".into(),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The ring store's settings.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The SQLite file; defaults to `<state_dir>/store.db`.
+    pub path: Option<PathBuf>,
+    /// Points are durable once flushed; a crash loses at most this window.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// How often journal rows are sealed into per-series compressed blocks.
+    #[serde(with = "humantime_serde")]
+    pub seal_interval: Duration,
+    /// Rollup tiers: window widths of the downsampled copies (min, max, sum,
+    /// count, first, last per series and window).
+    pub rollups: Vec<humantime_serde::Serde<Duration>>,
+    /// The store keeps its files under this size, evicting the oldest raw
+    /// blocks first (their rollups stay), rollups last.
+    pub max_disk_bytes: ByteSize,
+    /// Raw points older than this are evicted (their rollups stay); none if unset.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// Stop growing when the file system's free space falls below this.
+    pub min_free_disk: ByteSize,
+}
+
+impl StoreConfig {
+    /// The rollup window widths.
+    pub fn rollup_widths(&self) -> Vec<Duration> {
+        self.rollups.iter().map(|d| **d).collect()
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: None,
+            flush_interval: Duration::from_secs(1),
+            seal_interval: Duration::from_secs(60),
+            rollups: vec![
+                Duration::from_secs(60).into(),
+                Duration::from_secs(3600).into(),
+            ],
+            max_disk_bytes: ByteSize(1 << 30),
+            max_age: None,
+            min_free_disk: ByteSize(256 << 20),
+        }
+    }
+}
+
+/// A size in bytes, written as a number or with a unit: `"512MiB"`, `"2GB"`, `"64k"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `"512MiB"`, `"2 GB"`, `"100k"` or `"4096"`.
+    pub fn parse(s: &str) -> Result<ByteSize, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size; expected e.g. \"512MiB\" or \"2GB\""))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            "t" | "tb" => 1_000_000_000_000,
+            "tib" => 1 << 40,
+            other => {
+                return Err(format!(
+                    "`{other}` is not a size unit; use B, kB, KiB, MB, MiB, GB or GiB"
+                ))
+            }
+        };
+        Ok(ByteSize((n * mult as f64) as u64))
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// All configured sources.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcesConfig {
+    /// Serial ports, one reading a line.
+    pub serial: Vec<SerialSourceConfig>,
+}
+
+/// How lines on a serial port are framed.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Framing {
+    /// `temp=21.5 hum=40`
+    Kv,
+    /// `{"temp":21.5,"hum":40}`
+    Json,
+}
+
+/// The unit of a timestamp carried in a reading.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeUnit {
+    /// Seconds.
+    S,
+    /// Milliseconds.
+    Ms,
+    /// Microseconds.
+    Us,
+    /// Nanoseconds.
+    Ns,
+}
+
+impl TimeUnit {
+    /// Nanoseconds in one unit.
+    pub fn nanos(self) -> i64 {
+        match self {
+            TimeUnit::S => 1_000_000_000,
+            TimeUnit::Ms => 1_000_000,
+            TimeUnit::Us => 1_000,
+            TimeUnit::Ns => 1,
+        }
+    }
+}
+
+/// One serial port.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SerialSourceConfig {
+    /// A name for logs and counters; defaults to the port's file name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Device path; prefer stable `/dev/serial/by-id/...` names.
+    pub port: PathBuf,
+    /// Baud rate.
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// How readings are written on the line.
+    #[serde(default = "default_framing")]
+    pub framing: Framing,
+    /// Measurement name of the points.
+    #[serde(default = "default_measurement")]
+    pub measurement: String,
+    /// Tags added to every point of this source.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Keys in a reading that are tags rather than numeric fields.
+    #[serde(default = "default_tag_keys")]
+    pub tag_keys: Vec<String>,
+    /// Key in a reading that carries its timestamp; readings without it are
+    /// stamped on arrival.
+    #[serde(default = "default_ts_key")]
+    pub timestamp_key: Option<String>,
+    /// Unit of that timestamp.
+    #[serde(default = "default_ts_unit")]
+    pub timestamp_unit: TimeUnit,
+    /// Longest line accepted, in bytes; longer lines are rejected.
+    #[serde(default = "default_max_line")]
+    pub max_line: usize,
+}
+
+fn default_baud() -> u32 {
+    115_200
+}
+fn default_framing() -> Framing {
+    Framing::Kv
+}
+fn default_measurement() -> String {
+    "sensor".into()
+}
+fn default_tag_keys() -> Vec<String> {
+    vec!["sensor".into()]
+}
+fn default_ts_key() -> Option<String> {
+    Some("ts".into())
+}
+fn default_ts_unit() -> TimeUnit {
+    TimeUnit::Ms
+}
+fn default_max_line() -> usize {
+    4096
+}
+
+impl SerialSourceConfig {
+    /// The name used in logs and counters.
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.port
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| self.port.display().to_string())
+        })
+    }
+}
+
+/// All configured sinks.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinksConfig {
+    /// InfluxDB 1.x `/write` endpoints (also VictoriaMetrics and Telegraf).
+    pub influx: Vec<InfluxSinkConfig>,
+}
+
+/// An InfluxDB 1.x-compatible HTTP endpoint.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxSinkConfig {
+    /// Names the sink's cursor in the store: renaming a sink starts it from scratch.
+    pub name: String,
+    /// Base URL, e.g. `http://127.0.0.1:8086`.
+    pub url: String,
+    /// Database to write to.
+    pub db: String,
+    /// Retention policy, if not the default.
+    #[serde(default)]
+    pub rp: Option<String>,
+    /// User name for basic authentication.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for basic authentication.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Largest number of points in one request.
+    #[serde(default = "default_batch_points")]
+    pub batch_max_points: usize,
+    /// Time allowed for one request.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Longest wait between retries while the endpoint is down.
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// PEM file of extra CA certificates to trust (for a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_batch_points() -> usize {
+    5000
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Operator interfaces.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Unix socket for `tidegate status`; defaults to `$RUNTIME_DIRECTORY/tidegate.sock`
+    /// under systemd, else `<state_dir>/tidegate.sock`.
+    pub control_socket: Option<PathBuf>,
+}
+
+/// A configuration that could not be loaded; the message names the key and what is expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read or did not match the schema.
+    #[error("{path}: {message}")]
+    Load {
+        /// The file that was read.
+        path: String,
+        /// What went wrong, naming the key.
+        message: String,
+    },
+    /// A value has the right type but is not usable.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `sinks.influx[0].url`.
+        key: String,
+        /// What is expected instead.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads `path`, then applies `TIDEGATE_*` environment overrides, then validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Load {
+            path: path.display().to_string(),
+            message: format!("cannot read the file ({e}); pass an existing TOML file"),
+        })?;
+        Self::from_toml_with_env(&text, &path.display().to_string())
+    }
+
+    /// Parses TOML text (named `origin` in errors) with environment overrides.
+    pub fn from_toml_with_env(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("TIDEGATE")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(env_overrides())),
+            )
+            .build()
+            .map_err(|e| ConfigError::Load {
+                path: origin.to_string(),
+                message: explain(&e.to_string()),
+            })?;
+        let cfg: Config = built.try_deserialize().map_err(|e| ConfigError::Load {
+            path: origin.to_string(),
+            message: explain(&e.to_string()),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what the types cannot: names unique, URLs usable, sizes non-zero.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        if self.store.flush_interval.is_zero() {
+            return invalid(
+                "store.flush_interval".into(),
+                "must be longer than zero, e.g. \"1s\"".into(),
+            );
+        }
+        for (i, w) in self.store.rollups.iter().enumerate() {
+            if w.as_secs() == 0 || w.subsec_nanos() != 0 {
+                return invalid(
+                    format!("store.rollups[{i}]"),
+                    "must be a whole number of seconds, e.g. \"1m\" or \"1h\"".into(),
+                );
+            }
+        }
+        for (i, s) in self.sources.serial.iter().enumerate() {
+            if s.baud == 0 {
+                return invalid(
+                    format!("sources.serial[{i}].baud"),
+                    "must be a baud rate such as 9600 or 115200".into(),
+                );
+            }
+            if s.measurement.is_empty() {
+                return invalid(
+                    format!("sources.serial[{i}].measurement"),
+                    "must not be empty".into(),
+                );
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in self.sinks.influx.iter().enumerate() {
+            if !names.insert(s.name.as_str()) {
+                return invalid(
+                    format!("sinks.influx[{i}].name"),
+                    format!("`{}` is used twice; every sink needs its own name because its cursor is stored under it", s.name),
+                );
+            }
+            match reqwest::Url::parse(&s.url) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                _ => {
+                    return invalid(
+                        format!("sinks.influx[{i}].url"),
+                        format!(
+                            "`{}` is not an http(s) URL; expected e.g. \"http://127.0.0.1:8086\"",
+                            s.url
+                        ),
+                    )
+                }
+            }
+            if s.batch_max_points == 0 {
+                return invalid(
+                    format!("sinks.influx[{i}].batch_max_points"),
+                    "must be at least 1".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the store file lives.
+    pub fn store_path(&self) -> PathBuf {
+        self.store
+            .path
+            .clone()
+            .unwrap_or_else(|| self.agent.state_dir.join("store.db"))
+    }
+
+    /// Where the control socket lives.
+    pub fn control_socket(&self) -> PathBuf {
+        if let Some(p) = &self.ops.control_socket {
+            return p.clone();
+        }
+        match std::env::var_os("RUNTIME_DIRECTORY") {
+            Some(dir) => PathBuf::from(dir).join("tidegate.sock"),
+            None => self.agent.state_dir.join("tidegate.sock"),
+        }
+    }
+
+    /// The effective configuration as TOML, for `check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}"))
+    }
+}
+
+/// The `TIDEGATE_<SECTION>__<KEY>` variables. Every setting lives in a section,
+/// so a variable without `__` (say `TIDEGATE_CRASH_LOOPS` for a test harness)
+/// is not meant for us and is left alone.
+fn env_overrides() -> std::collections::HashMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            k.strip_prefix("TIDEGATE_")
+                .is_some_and(|rest| rest.contains("__"))
+        })
+        .collect()
+}
+
+/// Adds what to do to the `config` crate's terse messages.
+fn explain(msg: &str) -> String {
+    if msg.contains("unknown field") {
+        format!(
+            "{msg}; remove or correct the key (see agent/tidegate.example.toml for every setting)"
+        )
+    } else if msg.contains("missing field") {
+        format!("{msg}; add the key (see agent/tidegate.example.toml)")
+    } else {
+        msg.to_string()
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "gateway".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_is_accepted() {
+        let text = include_str!("../tidegate.example.toml");
+        let cfg = Config::from_toml_with_env(text, "example").expect("example must load");
+        assert_eq!(cfg.sources.serial.len(), 1);
+        assert_eq!(cfg.sinks.influx.len(), 1);
+    }
+
+    #[test]
+    fn misspelt_key_is_named() {
+        let err = Config::from_toml_with_env("[store]\nflush_intervall = \"1s\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("flush_intervall"), "{err}");
+        assert!(err.contains("t.toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_url_is_named_with_index() {
+        let text = "[[sinks.influx]]\nname = \"a\"\nurl = \"nope\"\ndb = \"x\"\n";
+        let err = Config::from_toml_with_env(text, "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sinks.influx[0].url"), "{err}");
+    }
+
+    #[test]
+    fn durations_read_as_humantime() {
+        let cfg = Config::from_toml_with_env("[store]\nflush_interval = \"250ms\"\n", "t").unwrap();
+        assert_eq!(cfg.store.flush_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(ByteSize::parse("512MiB").unwrap().0, 512 << 20);
+        assert_eq!(ByteSize::parse("2 GB").unwrap().0, 2_000_000_000);
+        assert_eq!(ByteSize::parse("4096").unwrap().0, 4096);
+        assert!(ByteSize::parse("12 parsecs").is_err());
+        let cfg = Config::from_toml_with_env("[store]\nmax_disk_bytes = \"64MiB\"\n", "t").unwrap();
+        assert_eq!(cfg.store.max_disk_bytes.0, 64 << 20);
+    }
+
+    #[test]
+    fn tag_keys_keep_their_case() {
+        let text = "[[sources.serial]]\nport = \"/dev/x\"\ntags = { Site = \"Lab\" }\n";
+        let cfg = Config::from_toml_with_env(text, "t").unwrap();
+        assert_eq!(
+            cfg.sources.serial[0].tags.get("Site").map(|s| s.as_str()),
+            Some("Lab")
+        );
+    }
+}

@@ -1,0 +1,221 @@
+//! The `tidegate` command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tidegate::config::Config;
+use tidegate::ops::{control, Metrics};
+use tidegate::store::query::{self, Format};
+use tidegate::store::Store;
+
+/// Tidegate: serial and MQTT sensors into a compressed local store, synced upstream when the link allows.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent with a configuration file.
+    Run {
+        /// The TOML configuration.
+        #[arg(long, short, default_value = "/etc/tidegate/tidegate.toml")]
+        config: PathBuf,
+    },
+    /// Run the whole pipeline against a simulated sensor board, no servers needed.
+    Demo {
+        /// Stop after this long (e.g. 10s); default: until Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Also sync to this InfluxDB 1.x URL (database `tidegate`).
+        #[arg(long)]
+        influx: Option<String>,
+        /// Simulated sensors.
+        #[arg(long, default_value_t = 8)]
+        sensors: usize,
+        /// Readings per second over all sensors.
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        /// Share of garbage lines from the simulated firmware.
+        #[arg(long, default_value_t = 0.01)]
+        garbage_rate: f64,
+    },
+    /// Validate a configuration file and print the effective configuration.
+    CheckConfig {
+        /// The TOML configuration.
+        file: PathBuf,
+    },
+    /// Read points from the store (works while the agent runs, and offline).
+    Query {
+        /// The agent's configuration (to find its store).
+        #[arg(long, short, default_value = "/etc/tidegate/tidegate.toml")]
+        config: PathBuf,
+        /// The store file, instead of reading it from the configuration.
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Series keys to show; `*` matches anything (e.g. 'sensor,*temp').
+        #[arg(long, default_value = "*")]
+        series: String,
+        /// Start: now, -1h, or an RFC 3339 time.
+        #[arg(long, default_value = "-1h")]
+        from: String,
+        /// End: now, -1h, or an RFC 3339 time.
+        #[arg(long, default_value = "now")]
+        to: String,
+        /// table, csv, lp or json.
+        #[arg(long, default_value = "table", value_parser = parse_format)]
+        format: Format,
+    },
+    /// Show a running agent's status.
+    Status {
+        /// The agent's configuration (to find its control socket).
+        #[arg(long, short, default_value = "/etc/tidegate/tidegate.toml")]
+        config: PathBuf,
+        /// The control socket, instead of reading it from the configuration.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // journald stamps every line itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tidegate::install_crypto_provider();
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable paragraph for the operator, causes included.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::CheckConfig { file } => {
+            let cfg = Config::load(&file)?;
+            println!("# {}: OK. Effective configuration:", file.display());
+            print!("{}", cfg.to_toml());
+            Ok(())
+        }
+        Command::Run { config } => {
+            let cfg = Config::load(&config)?;
+            init_logging(&cfg.agent.log);
+            let rt = runtime()?;
+            rt.block_on(async {
+                let metrics = Metrics::new(&cfg.agent.device);
+                let shutdown = tidegate::run::shutdown_on_signals()?;
+                let status = tidegate::run::run(cfg, metrics, shutdown).await?;
+                // The final counters on stdout, one JSON line, for scripts and tests.
+                println!("{}", serde_json::to_string(&status)?);
+                Ok(())
+            })
+        }
+        Command::Demo {
+            duration,
+            influx,
+            sensors,
+            rate,
+            garbage_rate,
+        } => {
+            // The live line shows rejects; their log lines would only interleave.
+            init_logging("error");
+            let rt = runtime()?;
+            rt.block_on(async {
+                let shutdown = tidegate::run::shutdown_on_signals()?;
+                let opts = tidegate::demo::DemoOptions {
+                    duration,
+                    influx,
+                    sensors,
+                    rate,
+                    garbage_rate,
+                };
+                let status = tidegate::demo::demo(opts, shutdown).await?;
+                if status.store.points_flushed == 0 {
+                    anyhow::bail!("the demo stored no point; run with RUST_LOG=debug to see why");
+                }
+                Ok(())
+            })
+        }
+        Command::Query {
+            config,
+            store,
+            series,
+            from,
+            to,
+            format,
+        } => {
+            let path = match store {
+                Some(p) => p,
+                None => Config::load(&config)?.store_path(),
+            };
+            let store = Store::open_read_only(&path)
+                .with_context(|| format!("cannot open the store {}", path.display()))?;
+            let now = query::now_ns();
+            let from = query::parse_time(&from, now).map_err(anyhow::Error::msg)?;
+            let to = query::parse_time(&to, now).map_err(anyhow::Error::msg)?;
+            print!("{}", query::run(&store, &series, from, to, format)?);
+            Ok(())
+        }
+        Command::Status {
+            config,
+            socket,
+            json,
+        } => {
+            let socket = match socket {
+                Some(s) => s,
+                None => Config::load(&config)?.control_socket(),
+            };
+            let rt = runtime()?;
+            let status = rt.block_on(control::fetch_status(&socket))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", tidegate::ops::render_status(&status));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    match s {
+        "table" => Ok(Format::Table),
+        "csv" => Ok(Format::Csv),
+        "lp" => Ok(Format::Lp),
+        "json" => Ok(Format::Json),
+        other => Err(format!("`{other}`: expected table, csv, lp or json")),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}

@@ -1,0 +1,160 @@
+//! The data model: a point is a series key, a timestamp and a value.
+//!
+//! Series keys are kept in InfluxDB line-protocol form (`measurement,tag=v field`,
+//! tags sorted, special characters escaped) so the most common sink can write them
+//! without re-encoding, and so two spellings of the same series compare equal.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// The identity of one time series: `measurement,tagA=x,tagB=y field`.
+///
+/// Cheap to clone (an `Arc<str>`): the same key is attached to many points.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SeriesKey(Arc<str>);
+
+impl SeriesKey {
+    /// Builds a key from unescaped parts. Tags are sorted by key; later
+    /// duplicates of a tag key override earlier ones.
+    pub fn new<'a>(
+        measurement: &str,
+        tags: impl IntoIterator<Item = (&'a str, &'a str)>,
+        field: &str,
+    ) -> SeriesKey {
+        let mut tags: Vec<(&str, &str)> = tags.into_iter().collect();
+        // Stable sort keeps insertion order among equal keys; dedup keeps the last.
+        tags.sort_by(|a, b| a.0.cmp(b.0));
+        let mut deduped: Vec<(&str, &str)> = Vec::with_capacity(tags.len());
+        for t in tags {
+            match deduped.last_mut() {
+                Some(last) if last.0 == t.0 => *last = t,
+                _ => deduped.push(t),
+            }
+        }
+        let mut s = String::with_capacity(measurement.len() + field.len() + 16 * deduped.len());
+        escape_into(&mut s, measurement, &[',', ' ']);
+        for (k, v) in deduped {
+            s.push(',');
+            escape_into(&mut s, k, &[',', '=', ' ']);
+            s.push('=');
+            escape_into(&mut s, v, &[',', '=', ' ']);
+        }
+        s.push(' ');
+        escape_into(&mut s, field, &[',', '=', ' ']);
+        SeriesKey(s.into())
+    }
+
+    /// Wraps a key that is already in canonical line-protocol form (as stored).
+    pub fn from_canonical(s: &str) -> SeriesKey {
+        SeriesKey(s.into())
+    }
+
+    /// The key as text, `measurement,tags field`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Splits the key into its line-protocol series part (`measurement,tags`)
+    /// and its field name (still escaped), at the last unescaped space.
+    pub fn split(&self) -> (&str, &str) {
+        let bytes = self.0.as_bytes();
+        let mut split = None;
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' => i += 1,
+                b' ' => split = Some(i),
+                _ => {}
+            }
+            i += 1;
+        }
+        match split {
+            Some(at) => (&self.0[..at], &self.0[at + 1..]),
+            None => (&self.0, ""),
+        }
+    }
+}
+
+fn escape_into(out: &mut String, s: &str, special: &[char]) {
+    for c in s.chars() {
+        if c == '\\' || special.contains(&c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+impl fmt::Display for SeriesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SeriesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+/// One reading: a value of a series at an instant (nanoseconds since the Unix epoch).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// Which series the value belongs to.
+    pub series: SeriesKey,
+    /// Nanoseconds since the Unix epoch, UTC.
+    pub ts_ns: i64,
+    /// The value; integers and booleans are stored as f64.
+    pub value: f64,
+}
+
+/// Points that travel together: from a source to the store, or from the store to a sink.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Batch {
+    /// The points, in arrival order.
+    pub points: Vec<Point>,
+}
+
+impl Batch {
+    /// An empty batch with room for `n` points.
+    pub fn with_capacity(n: usize) -> Batch {
+        Batch {
+            points: Vec::with_capacity(n),
+        }
+    }
+
+    /// Number of points.
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    /// True when there is no point.
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_sorted_and_escaped() {
+        let k = SeriesKey::new("env room", [("site", "lab 1"), ("dev", "a,b")], "temp");
+        assert_eq!(k.as_str(), r"env\ room,dev=a\,b,site=lab\ 1 temp");
+        assert_eq!(k.split(), (r"env\ room,dev=a\,b,site=lab\ 1", "temp"));
+    }
+
+    #[test]
+    fn later_duplicate_tag_wins() {
+        let k = SeriesKey::new("m", [("a", "1"), ("a", "2")], "f");
+        assert_eq!(k.as_str(), "m,a=2 f");
+    }
+
+    #[test]
+    fn split_handles_escaped_space_in_field() {
+        let k = SeriesKey::new("m", [], "my field");
+        assert_eq!(k.split(), ("m", r"my\ field"));
+    }
+}

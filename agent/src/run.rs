@@ -1,0 +1,120 @@
+//! Wires a configuration into running tasks: sources → store → sinks, plus the
+//! control socket; and takes them down in order on shutdown.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::ops::{control, Metrics, Status};
+use crate::store::{self, Store};
+use crate::sync::{self, influx::InfluxSink, EngineConfig, Stopping};
+
+/// Runs the pipeline until `shutdown` is cancelled, then stops it in order:
+/// sources first, then a flush, then the sinks drain what they can within
+/// `agent.shutdown_timeout`, then the store closes. Returns the final counters.
+pub async fn run(
+    cfg: Config,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Status> {
+    let store_path = cfg.store_path();
+    let (mut store, _moved_aside) = Store::open_or_recover(&store_path, metrics.clone())
+        .with_context(|| format!("cannot open the store at {}", store_path.display()))?;
+    store.set_tiers(&cfg.store.rollup_widths());
+    store.set_limits(store::Limits {
+        max_disk_bytes: cfg.store.max_disk_bytes.0,
+        max_age_ns: cfg.store.max_age.map(|d| d.as_nanos() as i64),
+        min_free_disk: cfg.store.min_free_disk.0,
+    });
+    let (handle, store_task) = store::spawn(store, &cfg.store);
+
+    let stop_sources = CancellationToken::new();
+    let mut sources = JoinSet::new();
+    for s in &cfg.sources.serial {
+        let stats = metrics.source(&s.display_name());
+        sources.spawn(crate::source::serial::run(
+            s.clone(),
+            handle.clone(),
+            stats,
+            stop_sources.clone(),
+        ));
+    }
+
+    let stopping = Stopping::default();
+    let mut sinks = JoinSet::new();
+    for s in &cfg.sinks.influx {
+        let sink = InfluxSink::new(s)?;
+        let engine = EngineConfig {
+            name: s.name.clone(),
+            batch_max_points: s.batch_max_points,
+            backoff_max: s.backoff_max,
+        };
+        let stats = metrics.sink(&s.name);
+        let (h, st) = (handle.clone(), stopping.clone());
+        sinks.spawn(async move { sync::run_sink(sink, engine, h, stats, st).await });
+    }
+
+    let stop_control = CancellationToken::new();
+    let socket = cfg.control_socket();
+    let control = tokio::spawn(control::serve(
+        socket.clone(),
+        metrics.clone(),
+        stop_control.clone(),
+    ));
+    info!(store = %store_path.display(), socket = %socket.display(), sources = cfg.sources.serial.len(), sinks = cfg.sinks.influx.len(), "tidegate running");
+
+    shutdown.cancelled().await;
+    info!("stopping: sources first, then a last flush and sync");
+    stop_sources.cancel();
+    while sources.join_next().await.is_some() {}
+    if let Err(e) = handle.flush().await {
+        warn!("last flush failed: {e}");
+    }
+    drop(handle);
+    stopping.drain.cancel();
+    let drained = tokio::time::timeout(cfg.agent.shutdown_timeout, async {
+        while let Some(r) = sinks.join_next().await {
+            if let Ok(Err(e)) = r {
+                warn!("sink stopped with an error: {e}");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            "sinks did not catch up within {:?}; the rest stays in the store for next time",
+            cfg.agent.shutdown_timeout
+        );
+        stopping.abort.cancel();
+        while sinks.join_next().await.is_some() {}
+    }
+    store_task.wait().await;
+    stop_control.cancel();
+    match control.await {
+        Ok(Err(e)) => warn!("control socket: {e:#}"),
+        Err(e) => warn!("control socket task: {e}"),
+        Ok(Ok(())) => {}
+    }
+    Ok(metrics.snapshot())
+}
+
+/// Cancels the returned token on SIGINT or SIGTERM.
+pub fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
+        t.cancel();
+    });
+    Ok(token)
+}

@@ -1,0 +1,8 @@
+//! Ingest: where points come from.
+//!
+//! Each source is a task that parses what it receives into [`crate::point::Batch`]es and
+//! hands them to the store, waiting when the store is behind. Bad input is
+//! counted per source and reason, logged at most once per 10 s, never fatal.
+
+pub mod parse;
+pub mod serial;

@@ -1,0 +1,227 @@
+//! A serial port source: one task a port, one reading a line.
+//!
+//! The port may vanish at any time (a USB adapter unplugged, a board reset): the
+//! task logs it once, reopens with backoff, and carries on when it is back.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::AsyncReadExt;
+use tokio_serial::SerialPortBuilderExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::parse::LineParser;
+use crate::config::SerialSourceConfig;
+use crate::ops::metrics::SourceStats;
+use crate::ops::RateLimit;
+use crate::point::Batch;
+use crate::store::StoreHandle;
+use crate::sync::Backoff;
+
+/// Reads one serial port until `shutdown`.
+pub async fn run(
+    cfg: SerialSourceConfig,
+    store: StoreHandle,
+    stats: Arc<SourceStats>,
+    shutdown: CancellationToken,
+) {
+    let name = cfg.display_name();
+    let mut lines = Lines::new(LineParser::new(&cfg), stats.clone(), name.clone());
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut down_since: Option<Instant> = None;
+    while !shutdown.is_cancelled() {
+        match tokio_serial::new(cfg.port.to_string_lossy(), cfg.baud).open_native_async() {
+            Ok(mut port) => {
+                match down_since.take() {
+                    Some(t) => {
+                        info!(source = %name, port = %cfg.port.display(), "port back after {:.1}s", t.elapsed().as_secs_f64())
+                    }
+                    None => {
+                        info!(source = %name, port = %cfg.port.display(), baud = cfg.baud, "port opened")
+                    }
+                }
+                backoff.reset();
+                stats.connected.store(true, Relaxed);
+                let end = read_port(&mut port, &mut lines, &store, &shutdown).await;
+                stats.connected.store(false, Relaxed);
+                match end {
+                    End::Shutdown | End::StoreClosed => break,
+                    End::Lost(e) => {
+                        warn!(source = %name, port = %cfg.port.display(), "port lost ({e}); reopening with backoff");
+                        down_since = Some(Instant::now());
+                    }
+                }
+            }
+            Err(e) => {
+                if down_since.is_none() {
+                    warn!(source = %name, port = %cfg.port.display(), "cannot open the port ({e}); check the path, the adapter and that the user is in group dialout; retrying with backoff");
+                    down_since = Some(Instant::now());
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+enum End {
+    Shutdown,
+    StoreClosed,
+    Lost(std::io::Error),
+}
+
+async fn read_port(
+    port: &mut tokio_serial::SerialStream,
+    lines: &mut Lines,
+    store: &StoreHandle,
+    shutdown: &CancellationToken,
+) -> End {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            _ = shutdown.cancelled() => return End::Shutdown,
+            r = port.read(&mut buf) => match r {
+                Ok(0) => return End::Lost(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "end of file")),
+                Ok(n) => n,
+                Err(e) => return End::Lost(e),
+            },
+        };
+        let batch = lines.feed(&buf[..n], now_ns());
+        if !batch.is_empty() && store.append(batch).await.is_err() {
+            return End::StoreClosed;
+        }
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Splits a byte stream into lines and parses them; counts and logs rejects.
+struct Lines {
+    parser: LineParser,
+    stats: Arc<SourceStats>,
+    name: String,
+    partial: Vec<u8>,
+    /// Inside an over-long line: drop bytes until its end.
+    discarding: bool,
+    log: RateLimit,
+}
+
+impl Lines {
+    fn new(parser: LineParser, stats: Arc<SourceStats>, name: String) -> Lines {
+        Lines {
+            parser,
+            stats,
+            name,
+            partial: Vec::new(),
+            discarding: false,
+            log: RateLimit::new(Duration::from_secs(10)),
+        }
+    }
+
+    /// Feeds bytes read at `arrival_ns`; returns the points of the complete lines.
+    fn feed(&mut self, mut bytes: &[u8], arrival_ns: i64) -> Batch {
+        let mut batch = Batch::default();
+        while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
+            let (head, rest) = (&bytes[..nl], &bytes[nl + 1..]);
+            bytes = rest;
+            if self.discarding {
+                self.discarding = false;
+                self.partial.clear();
+                continue;
+            }
+            let line = if self.partial.is_empty() {
+                head.to_vec()
+            } else {
+                let mut l = std::mem::take(&mut self.partial);
+                l.extend_from_slice(head);
+                l
+            };
+            self.line(&line, arrival_ns, &mut batch);
+        }
+        if !self.discarding {
+            self.partial.extend_from_slice(bytes);
+            if self.partial.len() > self.parser.max_line() {
+                // Count the over-long line now, once, and skip to its end.
+                let line = std::mem::take(&mut self.partial);
+                self.line(&line, arrival_ns, &mut batch);
+                self.discarding = true;
+            }
+        }
+        batch
+    }
+
+    fn line(&mut self, line: &[u8], arrival_ns: i64, batch: &mut Batch) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        self.stats.lines.fetch_add(1, Relaxed);
+        match self.parser.parse(line, arrival_ns, &mut batch.points) {
+            Ok(n) => {
+                self.stats.points.fetch_add(n as u64, Relaxed);
+            }
+            Err(reason) => {
+                self.stats.reject(reason.label());
+                if let Some(held) = self.log.allow(Instant::now()) {
+                    let example = String::from_utf8_lossy(&line[..line.len().min(120)]);
+                    warn!(source = %self.name, reason = reason.label(), suppressed = held,
+                        "rejected a line ({reason}): {example:?}; check the sensor's framing and the source's settings");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Framing, TimeUnit};
+    use crate::ops::Metrics;
+
+    fn lines(max_line: usize) -> (Lines, Arc<SourceStats>) {
+        let cfg = SerialSourceConfig {
+            name: None,
+            port: "/dev/null".into(),
+            baud: 9600,
+            framing: Framing::Kv,
+            measurement: "m".into(),
+            tags: Default::default(),
+            tag_keys: vec![],
+            timestamp_key: None,
+            timestamp_unit: TimeUnit::Ms,
+            max_line,
+        };
+        let stats = Metrics::new("t").source("s");
+        (
+            Lines::new(LineParser::new(&cfg), stats.clone(), "s".into()),
+            stats,
+        )
+    }
+
+    #[test]
+    fn lines_split_across_reads() {
+        let (mut l, stats) = lines(100);
+        assert!(l.feed(b"a=1\na=", 1).len() == 1);
+        let b = l.feed(b"2\r\n", 2);
+        assert_eq!(b.points[0].value, 2.0);
+        assert_eq!(stats.lines.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn overlong_line_counted_once_and_skipped() {
+        let (mut l, stats) = lines(8);
+        assert!(l.feed(b"a=1234567", 1).is_empty());
+        assert!(l.feed(b"89012345", 1).is_empty());
+        let b = l.feed(b"6\na=7\n", 1);
+        assert_eq!(b.points.len(), 1);
+        assert_eq!(b.points[0].value, 7.0);
+        let snap = stats.rejects_snapshot();
+        assert_eq!(snap.get("too_long"), Some(&1));
+    }
+}

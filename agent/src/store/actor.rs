@@ -1,0 +1,272 @@
+//! The task that owns the [`Store`]: requests come in on a bounded channel, so a
+//! store that cannot keep up slows its sources down instead of filling memory.
+//!
+//! It runs on its own OS thread because SQLite calls block; the async world
+//! talks to it through [`StoreHandle`]. It stops when every handle is dropped,
+//! after a last flush and seal.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use super::{Cursor, Store, StoreError};
+use crate::config::StoreConfig;
+use crate::ops::RateLimit;
+use crate::point::Batch;
+
+/// Requests waiting for the store; bounds the memory between sources and disk.
+const CHANNEL_CAPACITY: usize = 64;
+
+enum Request {
+    Append(Batch),
+    After {
+        sink: String,
+        from: Cursor,
+        limit: usize,
+        reply: oneshot::Sender<Result<(Batch, Cursor), StoreError>>,
+    },
+    Ack {
+        sink: String,
+        cursor: Cursor,
+    },
+    Cursor {
+        sink: String,
+        reply: oneshot::Sender<Result<Cursor, StoreError>>,
+    },
+    Backlog {
+        from: Cursor,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    Flush {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// A cheap, cloneable way to talk to the store task.
+#[derive(Clone)]
+pub struct StoreHandle {
+    tx: mpsc::Sender<Request>,
+    flushed: watch::Receiver<i64>,
+}
+
+/// The running store task; [`StoreTask::wait`] returns once it has closed the file.
+pub struct StoreTask {
+    done: oneshot::Receiver<()>,
+}
+
+impl StoreTask {
+    /// Waits until the store has flushed and closed (after every handle is dropped).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Starts the store task.
+pub fn spawn(store: Store, cfg: &StoreConfig) -> (StoreHandle, StoreTask) {
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let (flushed_tx, flushed) = watch::channel(0);
+    let (done_tx, done) = oneshot::channel();
+    let flush_every = cfg.flush_interval;
+    let seal_every = cfg.seal_interval;
+    std::thread::Builder::new()
+        .name("tidegate-store".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a current-thread runtime");
+            rt.block_on(run(store, rx, flushed_tx, flush_every, seal_every));
+            let _ = done_tx.send(());
+        })
+        .expect("spawn the store thread");
+    (StoreHandle { tx, flushed }, StoreTask { done })
+}
+
+async fn run(
+    mut store: Store,
+    mut rx: mpsc::Receiver<Request>,
+    flushed: watch::Sender<i64>,
+    flush_every: Duration,
+    seal_every: Duration,
+) {
+    let mut flush_tick = tokio::time::interval(flush_every);
+    let mut seal_tick = tokio::time::interval(seal_every);
+    flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    seal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    seal_tick.reset();
+    let mut errors = RateLimit::new(Duration::from_secs(10));
+    let flush = |store: &mut Store, errors: &mut RateLimit| -> Result<(), StoreError> {
+        match store.flush() {
+            Ok(Some(seq)) => {
+                flushed.send_replace(seq);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                if let Some(held) = errors.allow(Instant::now()) {
+                    error!(
+                        pending = store.pending(),
+                        suppressed = held,
+                        "store flush failed, points kept in memory and retried: {e}"
+                    );
+                }
+                Err(e)
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            req = rx.recv() => {
+                let Some(req) = req else { break };
+                match req {
+                    Request::Append(batch) => {
+                        if let Err(e) = store.append(&batch) {
+                            if let Some(held) = errors.allow(Instant::now()) {
+                                warn!(suppressed = held, "points refused by the store: {e}");
+                            }
+                        }
+                    }
+                    Request::After { sink, from, limit, reply } => {
+                        let _ = reply.send(store.after(&sink, from, limit));
+                    }
+                    Request::Ack { sink, cursor } => {
+                        if let Err(e) = store.ack(&sink, cursor) {
+                            warn!("cannot record {sink}'s cursor: {e}");
+                        }
+                    }
+                    Request::Cursor { sink, reply } => {
+                        let _ = reply.send(store.cursor(&sink));
+                    }
+                    Request::Backlog { from, reply } => {
+                        let _ = reply.send(store.backlog(from));
+                    }
+                    Request::Flush { reply } => {
+                        let _ = reply.send(flush(&mut store, &mut errors));
+                    }
+                }
+            }
+            _ = flush_tick.tick() => { let _ = flush(&mut store, &mut errors); }
+            _ = seal_tick.tick() => {
+                if let Err(e) = store.seal() {
+                    if let Some(held) = errors.allow(Instant::now()) {
+                        error!(suppressed = held, "sealing failed, journal kept as it is: {e}");
+                    }
+                }
+                // Bounded, so a long backlog of merges does not stall ingest.
+                if let Err(e) = store.compact(64) {
+                    if let Some(held) = errors.allow(Instant::now()) {
+                        error!(suppressed = held, "compaction failed, chunks kept as they are: {e}");
+                    }
+                }
+                match store.evict(now_ns(), free_disk(store.path())) {
+                    Ok(ev) if ev.raw_points > 0 || ev.windows > 0 => {
+                        warn!(raw_points = ev.raw_points, windows = ev.windows, "store full: evicted the oldest data (rollups kept where raw went); raise store.max_disk_bytes or free disk space to keep more");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if let Some(held) = errors.allow(Instant::now()) {
+                            error!(suppressed = held, "eviction failed: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Every handle is gone: sources and sinks have stopped.
+    if flush(&mut store, &mut errors).is_ok() {
+        match store.seal() {
+            Ok(n) => info!(sealed = n, "store closed cleanly"),
+            Err(e) => warn!("store closed, sealing skipped: {e}"),
+        }
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Free bytes for unprivileged users on the file system holding `path`.
+fn free_disk(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path.parent()?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+impl StoreHandle {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Hands points to the store; waits while the store is behind (backpressure).
+    pub async fn append(&self, batch: Batch) -> Result<(), StoreError> {
+        self.tx
+            .send(Request::Append(batch))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Up to `limit` durable points after `from`, and the cursor after them.
+    pub async fn after(
+        &self,
+        sink: &str,
+        from: Cursor,
+        limit: usize,
+    ) -> Result<(Batch, Cursor), StoreError> {
+        let sink = sink.to_string();
+        self.call(|reply| Request::After {
+            sink,
+            from,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Records that `sink`'s endpoint acknowledged everything before `cursor`.
+    pub async fn ack(&self, sink: &str, cursor: Cursor) -> Result<(), StoreError> {
+        self.tx
+            .send(Request::Ack {
+                sink: sink.to_string(),
+                cursor,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// The persisted cursor of `sink`.
+    pub async fn cursor(&self, sink: &str) -> Result<Cursor, StoreError> {
+        let sink = sink.to_string();
+        self.call(|reply| Request::Cursor { sink, reply }).await
+    }
+
+    /// Durable points after `from`.
+    pub async fn backlog(&self, from: Cursor) -> Result<u64, StoreError> {
+        self.call(|reply| Request::Backlog { from, reply }).await
+    }
+
+    /// Flushes now.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.call(|reply| Request::Flush { reply }).await
+    }
+
+    /// Changes whenever a flush made new points durable.
+    pub fn flushed(&self) -> watch::Receiver<i64> {
+        self.flushed.clone()
+    }
+}

@@ -1,0 +1,1412 @@
+//! The store itself: one SQLite file, written by one owner.
+//!
+//! Every stored row is a *chunk* under a 64-bit key `seq << 20 | series`:
+//!
+//! - A journal chunk (`series = 0`) holds every point of one flush, in arrival
+//!   order, under the flush's sequence number `seq`.
+//! - Sealing turns a run of journal chunks `[a..=b]` into one chunk per series,
+//!   keyed `a << 20 | series`, each holding that series' points in arrival order.
+//!
+//! Sinks read chunks in key order from a [`Cursor`]. A run is sealed only if no
+//! sink's cursor falls inside it, so the points after every cursor stay the same
+//! points, in the same order per series, whatever the store does to its layout.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::codec;
+use super::rollup::{window_start, Agg};
+use super::{Cursor, StoreError};
+use crate::ops::Metrics;
+use crate::point::{Batch, Point, SeriesKey};
+
+/// Bits of a chunk key given to the series id: at most about a million series.
+pub const SERIES_BITS: u32 = 20;
+const SERIES_MASK: i64 = (1 << SERIES_BITS) - 1;
+/// Largest series id.
+pub const MAX_SERIES: u32 = (1 << SERIES_BITS) - 1;
+/// Compaction merges a series' chunks up to this many points: the block size at
+/// which the codec reaches its ratio (see ../shared/data/README.md).
+pub const TARGET_CHUNK_POINTS: i64 = 8192;
+/// Chunks of one size class merged at once: each point is rewritten about
+/// log4(8192 / points per seal) times.
+const FANOUT: usize = 4;
+/// Most points decoded at once when sealing, to bound memory.
+const SEAL_MAX_POINTS: usize = 256 * 1024;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS series (
+    id   INTEGER PRIMARY KEY,
+    key  TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id     INTEGER PRIMARY KEY,   -- seq << 20 | series
+    series INTEGER NOT NULL,      -- 0 for a journal chunk
+    seq_hi INTEGER NOT NULL,      -- last journal seq the chunk covers
+    ts_min INTEGER NOT NULL,
+    ts_max INTEGER NOT NULL,
+    count  INTEGER NOT NULL,
+    data   BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_by_series ON chunks (series, ts_max);
+CREATE TABLE IF NOT EXISTS rollups (
+    tier     INTEGER NOT NULL,    -- window width in seconds
+    series   INTEGER NOT NULL,
+    start    INTEGER NOT NULL,    -- window start, ns
+    min      REAL NOT NULL,
+    max      REAL NOT NULL,
+    sum      REAL NOT NULL,
+    count    INTEGER NOT NULL,
+    first    REAL NOT NULL,
+    first_ts INTEGER NOT NULL,
+    last     REAL NOT NULL,
+    last_ts  INTEGER NOT NULL,
+    PRIMARY KEY (tier, series, start)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS degraded (
+    sink    TEXT NOT NULL,
+    series  INTEGER NOT NULL,
+    ts_min  INTEGER NOT NULL,
+    ts_max  INTEGER NOT NULL,
+    points  INTEGER NOT NULL     -- raw points evicted before this sink had them
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    sink   TEXT PRIMARY KEY,
+    key    INTEGER NOT NULL,
+    offset INTEGER NOT NULL
+);
+";
+
+/// A sink's two positions: what it has acknowledged, and what it has been handed.
+#[derive(Clone, Copy, Debug, Default)]
+struct SinkPos {
+    acked: Cursor,
+    read: Cursor,
+    /// The acknowledged cursor changed since it was last persisted.
+    dirty: bool,
+}
+
+/// Limits the store keeps to.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Bytes of the store's files.
+    pub max_disk_bytes: u64,
+    /// Raw points older than this (ns) are evicted.
+    pub max_age_ns: Option<i64>,
+    /// Free space the file system must keep.
+    pub min_free_disk: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_disk_bytes: u64::MAX,
+            max_age_ns: None,
+            min_free_disk: 0,
+        }
+    }
+}
+
+/// What one eviction pass removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evicted {
+    /// Raw points removed.
+    pub raw_points: u64,
+    /// Rollup windows removed.
+    pub windows: u64,
+}
+
+/// Points appended but not yet flushed.
+#[derive(Default)]
+struct Pending {
+    series: Vec<u32>,
+    ts: Vec<i64>,
+    values: Vec<f64>,
+}
+
+/// The ring store. Not `Sync`: one task owns it (see [`super::spawn`]).
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    ids: HashMap<SeriesKey, u32>,
+    /// Series keys by id; index 0 is unused.
+    keys: Vec<SeriesKey>,
+    /// Ids assigned since the last successful flush.
+    unsaved_series: Vec<u32>,
+    pending: Pending,
+    next_seq: i64,
+    sinks: HashMap<String, SinkPos>,
+    /// Rollup window widths, seconds, finest first.
+    tiers: Vec<i64>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        // WAL: readers (query) never block the writer. FULL: a committed flush
+        // survives power loss, which is the durability contract.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        // After a checkpoint the WAL is cut back to this, so it cannot hoard space.
+        conn.pragma_update(None, "journal_size_limit", 4 << 20)?;
+        conn.execute_batch(SCHEMA)?;
+        Self::with_connection(conn, path, metrics)
+    }
+
+    /// Opens the store; if it is corrupt or unreadable, moves it aside under a
+    /// timestamped name and starts a fresh one, so a damaged SD card never puts
+    /// the agent in a crash loop. Returns the store and the path moved aside.
+    pub fn open_or_recover(
+        path: &Path,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Store, Option<PathBuf>), StoreError> {
+        let attempt = Self::open(path, metrics.clone()).and_then(|st| {
+            let check: String = st.conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+            if check == "ok" {
+                Ok(st)
+            } else {
+                Err(StoreError::Corrupt(check))
+            }
+        });
+        match attempt {
+            Ok(st) => Ok((st, None)),
+            Err(StoreError::Io { path, source }) => Err(StoreError::Io { path, source }),
+            Err(e) => {
+                let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                    .to_string()
+                    .replace(':', "");
+                let aside = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
+                for suffix in ["", "-wal", "-shm"] {
+                    let from = PathBuf::from(format!("{}{suffix}", path.display()));
+                    if from.exists() {
+                        let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+                        std::fs::rename(&from, &to).map_err(|source| StoreError::Io {
+                            path: from.clone(),
+                            source,
+                        })?;
+                    }
+                }
+                tracing::error!(
+                    store = %path.display(), moved_to = %aside.display(),
+                    "the store is unreadable ({e}); it was moved aside and a fresh store started. \
+                     Unsynced points in the old file are not sent; inspect it with `sqlite3` or delete it once you no longer need it"
+                );
+                Ok((Self::open(path, metrics)?, Some(aside)))
+            }
+        }
+    }
+
+    /// Opens an existing store for reading only, beside a running agent.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no store here"),
+            });
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        Self::with_connection(conn, path, Metrics::new("query"))
+    }
+
+    fn with_connection(
+        conn: Connection,
+        path: &Path,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, StoreError> {
+        let mut keys = vec![SeriesKey::from_canonical("")];
+        let mut ids = HashMap::new();
+        {
+            let mut stmt = conn.prepare("SELECT id, key FROM series ORDER BY id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (id, key) = row?;
+                let key = SeriesKey::from_canonical(&key);
+                while keys.len() < id as usize {
+                    keys.push(SeriesKey::from_canonical(""));
+                }
+                keys.push(key.clone());
+                ids.insert(key, id);
+            }
+        }
+        let max_seq: Option<i64> =
+            conn.query_row("SELECT MAX(seq_hi) FROM chunks", [], |r| r.get(0))?;
+        let store = Store {
+            conn,
+            path: path.to_path_buf(),
+            ids,
+            keys,
+            unsaved_series: Vec::new(),
+            pending: Pending::default(),
+            next_seq: max_seq.unwrap_or(0) + 1,
+            sinks: HashMap::new(),
+            tiers: vec![60, 3600],
+            limits: Limits::default(),
+            metrics,
+        };
+        store
+            .metrics
+            .store
+            .series
+            .store((store.keys.len() - 1) as u64, Relaxed);
+        store.update_size();
+        Ok(store)
+    }
+
+    /// Takes points into the in-memory journal; they are durable after the next [`flush`](Self::flush).
+    pub fn append(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        for p in &batch.points {
+            let id = self.series_id(&p.series)?;
+            self.pending.series.push(id);
+            self.pending.ts.push(p.ts_ns);
+            self.pending.values.push(p.value);
+        }
+        self.metrics
+            .store
+            .points_appended
+            .fetch_add(batch.len() as u64, Relaxed);
+        Ok(())
+    }
+
+    fn series_id(&mut self, key: &SeriesKey) -> Result<u32, StoreError> {
+        if let Some(&id) = self.ids.get(key) {
+            return Ok(id);
+        }
+        let id = self.keys.len() as u32;
+        if id > MAX_SERIES {
+            return Err(StoreError::TooManySeries);
+        }
+        self.keys.push(key.clone());
+        self.ids.insert(key.clone(), id);
+        self.unsaved_series.push(id);
+        self.metrics.store.series.store(id as u64, Relaxed);
+        Ok(id)
+    }
+
+    /// Sets the rollup tiers (window widths), e.g. one minute and one hour.
+    pub fn set_tiers(&mut self, tiers: &[std::time::Duration]) {
+        let mut t: Vec<i64> = tiers.iter().map(|d| d.as_secs().max(1) as i64).collect();
+        t.sort_unstable();
+        t.dedup();
+        self.tiers = t;
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sets the limits eviction keeps to.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// Bytes of live pages in the database. Freed pages are reused, so this is
+    /// what eviction steers; the WAL is bounded apart (`journal_size_limit`).
+    pub fn used_bytes(&self) -> Result<u64, StoreError> {
+        let page_size: i64 = self
+            .conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))?;
+        let pages: i64 = self
+            .conn
+            .pragma_query_value(None, "page_count", |r| r.get(0))?;
+        let free: i64 = self
+            .conn
+            .pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+        Ok(((pages - free) * page_size) as u64)
+    }
+
+    /// Keeps the store within its limits: the oldest raw chunks go first (their
+    /// rollups stay, and every sink that had not received them is told which
+    /// range to take from a rollup tier instead), rollup windows last, oldest
+    /// first. `free_disk` is the file system's free space, if known.
+    pub fn evict(&mut self, now_ns: i64, free_disk: Option<u64>) -> Result<Evicted, StoreError> {
+        let mut done = Evicted::default();
+        if let Some(age) = self.limits.max_age_ns {
+            let cutoff = now_ns.saturating_sub(age);
+            loop {
+                let n = self.evict_raw(Some(cutoff), 256)?;
+                if n == 0 {
+                    break;
+                }
+                done.raw_points += n;
+            }
+        }
+        // Evict to 90% of the limit so a full store does not evict on every flush.
+        let over = |st: &Store, freed: u64| -> Result<bool, StoreError> {
+            let used = st.used_bytes()?;
+            let disk_low = free_disk.is_some_and(|f| f + freed < st.limits.min_free_disk);
+            Ok(disk_low || used > st.limits.max_disk_bytes)
+        };
+        if !over(self, 0)? {
+            return Ok(done);
+        }
+        let target = self.limits.max_disk_bytes / 10 * 9;
+        let start_used = self.used_bytes()?;
+        loop {
+            let used = self.used_bytes()?;
+            let freed = start_used.saturating_sub(used);
+            let disk_low = free_disk.is_some_and(|f| f + freed < self.limits.min_free_disk);
+            if used <= target && !disk_low {
+                break;
+            }
+            let n = self.evict_raw(None, 4)?;
+            if n > 0 {
+                done.raw_points += n;
+                continue;
+            }
+            let w = self.evict_windows(256)?;
+            if w == 0 {
+                break; // only the journal is left
+            }
+            done.windows += w;
+        }
+        // Deletions went to the WAL; fold them in and give the WAL's space back.
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.update_size();
+        Ok(done)
+    }
+
+    /// Deletes up to `max` of the oldest sealed raw chunks (only those ending
+    /// before `before`, if given). Returns the raw points removed.
+    fn evict_raw(&mut self, before: Option<i64>, max: usize) -> Result<u64, StoreError> {
+        let in_flight: Vec<(Cursor, Cursor)> =
+            self.sinks.values().map(|p| (p.acked, p.read)).collect();
+        let cursors: Vec<(String, Cursor)> = self
+            .sinks
+            .iter()
+            .map(|(name, p)| (name.clone(), p.acked))
+            .collect();
+        let tx = self.conn.transaction()?;
+        let victims: Vec<(i64, u32, i64, i64, i64)> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, series, ts_min, ts_max, count FROM chunks
+                 WHERE series != 0 AND ts_max < ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), max as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut removed = 0u64;
+        for (id, sid, lo, hi, count) in victims {
+            // A sink is sending this chunk right now: leave it, it is nearly gone anyway.
+            if in_flight
+                .iter()
+                .any(|(a, r)| id >= a.key && Cursor { key: id, offset: 0 } < *r)
+            {
+                continue;
+            }
+            for (sink, acked) in &cursors {
+                let unsent = if id > acked.key {
+                    count
+                } else if id == acked.key {
+                    count - acked.offset as i64
+                } else {
+                    0
+                };
+                if unsent > 0 {
+                    tx.prepare_cached(
+                        "INSERT INTO degraded (sink, series, ts_min, ts_max, points) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![sink, sid, lo, hi, unsent])?;
+                    bump(&tx, &format!("degraded:{sink}"), unsent)?;
+                }
+            }
+            tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?
+                .execute([id])?;
+            bump(&tx, "evicted_raw", count)?;
+            removed += count as u64;
+        }
+        tx.commit()?;
+        self.metrics
+            .store
+            .points_evicted
+            .fetch_add(removed, Relaxed);
+        Ok(removed)
+    }
+
+    /// Deletes up to `max` of the oldest rollup windows, finest tier first.
+    fn evict_windows(&mut self, max: usize) -> Result<u64, StoreError> {
+        let n = self.conn.execute(
+            "DELETE FROM rollups WHERE (tier, series, start) IN
+             (SELECT tier, series, start FROM rollups ORDER BY tier, start LIMIT ?1)",
+            [max as i64],
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Degraded ranges recorded for `sink`: (series key, ts_min, ts_max, points).
+    pub fn degraded(&self, sink: &str) -> Result<Vec<(SeriesKey, i64, i64, u64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT series, ts_min, ts_max, points FROM degraded WHERE sink = ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map([sink], |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get::<_, i64>(3)? as u64,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (sid, lo, hi, n) = row?;
+            out.push((self.keys[sid as usize].clone(), lo, hi, n));
+        }
+        Ok(out)
+    }
+
+    /// A persisted counter (e.g. `evicted_raw`, `degraded:<sink>`).
+    pub fn counter(&self, name: &str) -> Result<u64, StoreError> {
+        let v: Option<i64> = self
+            .conn
+            .query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+
+    /// The rollup tiers' widths in seconds, finest first.
+    pub fn tiers(&self) -> &[i64] {
+        &self.tiers
+    }
+
+    /// Points appended and not yet flushed.
+    pub fn pending(&self) -> usize {
+        self.pending.ts.len()
+    }
+
+    /// Commits the in-memory journal as one chunk, with new series and moved
+    /// cursors, in one transaction. Returns the chunk's sequence number, if any
+    /// point was pending. On error nothing is lost from memory: the next flush retries.
+    pub fn flush(&mut self) -> Result<Option<i64>, StoreError> {
+        let dirty_cursors = self.sinks.values().any(|s| s.dirty);
+        if self.pending.ts.is_empty() && self.unsaved_series.is_empty() && !dirty_cursors {
+            return Ok(None);
+        }
+        let seq = self.next_seq;
+        let n = self.pending.ts.len();
+        let tx = self.conn.transaction()?;
+        {
+            let mut ins = tx.prepare_cached("INSERT INTO series (id, key) VALUES (?1, ?2)")?;
+            for &id in &self.unsaved_series {
+                ins.execute(params![id, self.keys[id as usize].as_str()])?;
+            }
+        }
+        if n > 0 {
+            let p = &self.pending;
+            let mut data = Vec::with_capacity(n * 4);
+            codec::encode_mixed(&p.series, &p.ts, &p.values, &mut data);
+            let (ts_min, ts_max) = min_max(&p.ts);
+            tx.prepare_cached(
+                "INSERT INTO chunks (id, series, seq_hi, ts_min, ts_max, count, data)
+                 VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                seq << SERIES_BITS,
+                seq,
+                ts_min,
+                ts_max,
+                n as i64,
+                data
+            ])?;
+        }
+        for (name, pos) in &self.sinks {
+            if pos.dirty {
+                tx.prepare_cached(
+                    "INSERT INTO cursors (sink, key, offset) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (sink) DO UPDATE SET key = excluded.key, offset = excluded.offset",
+                )?
+                .execute(params![name, pos.acked.key, pos.acked.offset])?;
+            }
+        }
+        tx.commit()?;
+        self.unsaved_series.clear();
+        for pos in self.sinks.values_mut() {
+            pos.dirty = false;
+        }
+        let m = &self.metrics.store;
+        m.flushes.fetch_add(1, Relaxed);
+        self.update_size();
+        if n == 0 {
+            return Ok(None);
+        }
+        self.pending = Pending::default();
+        self.next_seq += 1;
+        m.points_flushed.fetch_add(n as u64, Relaxed);
+        Ok(Some(seq))
+    }
+
+    fn update_size(&self) {
+        let size = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let total = size(self.path.clone()) + size(PathBuf::from(wal));
+        self.metrics.store.bytes_on_disk.store(total, Relaxed);
+    }
+
+    /// Seals journal chunks into per-series chunks, in runs that no sink cursor
+    /// splits. Returns the number of journal chunks sealed.
+    pub fn seal(&mut self) -> Result<usize, StoreError> {
+        let cursors: Vec<Cursor> = self
+            .sinks
+            .values()
+            .flat_map(|p| [p.acked, p.read])
+            .collect();
+        let journal: Vec<(i64, i64)> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT id, count FROM chunks WHERE series = 0 ORDER BY id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let runs = plan_runs(&journal, &cursors, SEAL_MAX_POINTS);
+        let mut sealed = 0;
+        for run in runs {
+            sealed += run.len();
+            self.seal_run(&run)?;
+        }
+        self.metrics
+            .store
+            .sealed_rows
+            .fetch_add(sealed as u64, Relaxed);
+        self.update_size();
+        Ok(sealed)
+    }
+
+    /// Merges small sealed chunks of a series into larger ones (size-tiered, as
+    /// an LSM tree does), so slow series reach the ratio of large blocks.
+    /// Never merges across a sink's cursor. Returns the merges done, at most `max_merges`.
+    pub fn compact(&mut self, max_merges: usize) -> Result<usize, StoreError> {
+        let cursors: Vec<Cursor> = self
+            .sinks
+            .values()
+            .flat_map(|p| [p.acked, p.read])
+            .collect();
+        let chunks: Vec<(u32, i64, i64)> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT series, id, count FROM chunks WHERE series != 0 AND count < ?1 ORDER BY series, id",
+            )?;
+            let rows = stmt.query_map([TARGET_CHUNK_POINTS], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let groups = plan_merges(&chunks, &cursors, max_merges);
+        for group in &groups {
+            self.merge_chunks(group)?;
+        }
+        Ok(groups.len())
+    }
+
+    fn merge_chunks(&mut self, ids: &[i64]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let (mut ts, mut vals) = (Vec::new(), Vec::new());
+        let mut seq_hi = 0i64;
+        {
+            let mut get = tx.prepare_cached("SELECT seq_hi, data FROM chunks WHERE id = ?1")?;
+            let (mut t, mut v) = (Vec::new(), Vec::new());
+            for &id in ids {
+                let (hi, data): (i64, Vec<u8>) =
+                    get.query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                seq_hi = seq_hi.max(hi);
+                t.clear();
+                v.clear();
+                codec::decode_series(&data, &mut t, &mut v)
+                    .map_err(|e| StoreError::Corrupt(format!("chunk {id}: {e}")))?;
+                ts.extend_from_slice(&t);
+                vals.extend_from_slice(&v);
+            }
+        }
+        let mut data = Vec::new();
+        codec::encode_series(&ts, &vals, &mut data);
+        let (lo, hi) = min_max(&ts);
+        {
+            let mut del = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
+            for &id in ids {
+                del.execute([id])?;
+            }
+        }
+        tx.prepare_cached(
+            "INSERT INTO chunks (id, series, seq_hi, ts_min, ts_max, count, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![ids[0], ids[0] & SERIES_MASK, seq_hi, lo, hi, ts.len() as i64, data])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn seal_run(&mut self, run: &[i64]) -> Result<(), StoreError> {
+        let first_seq = run[0] >> SERIES_BITS;
+        let last_seq = run[run.len() - 1] >> SERIES_BITS;
+        // Per series, in arrival order; BTreeMap keeps output keys ascending.
+        let mut by_series: std::collections::BTreeMap<u32, (Vec<i64>, Vec<f64>)> =
+            Default::default();
+        let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        let tx = self.conn.transaction()?;
+        {
+            let mut get = tx.prepare_cached("SELECT data FROM chunks WHERE id = ?1")?;
+            for &id in run {
+                let data: Vec<u8> = get.query_row([id], |r| r.get(0))?;
+                s.clear();
+                t.clear();
+                v.clear();
+                codec::decode_mixed(&data, &mut s, &mut t, &mut v)
+                    .map_err(|e| StoreError::Corrupt(format!("chunk {id}: {e}")))?;
+                for i in 0..s.len() {
+                    let e = by_series.entry(s[i]).or_default();
+                    e.0.push(t[i]);
+                    e.1.push(v[i]);
+                }
+            }
+        }
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO chunks (id, series, seq_hi, ts_min, ts_max, count, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            let mut data = Vec::new();
+            for (sid, (ts, vals)) in &by_series {
+                data.clear();
+                codec::encode_series(ts, vals, &mut data);
+                let (lo, hi) = min_max(ts);
+                ins.execute(params![
+                    first_seq << SERIES_BITS | *sid as i64,
+                    sid,
+                    last_seq,
+                    lo,
+                    hi,
+                    ts.len() as i64,
+                    data
+                ])?;
+            }
+            let mut del = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
+            for &id in run {
+                del.execute([id])?;
+            }
+        }
+        // Sealed points enter the rollups in the same transaction, so a crash
+        // leaves every point either in the journal or in its windows, never both.
+        for &tier in &self.tiers {
+            for (sid, (ts, vals)) in &by_series {
+                let windows = aggregate(ts, vals, tier * 1_000_000_000);
+                merge_rollups(&tx, tier, *sid, &windows)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Windows of `tier` (seconds) for one series over `[from, to]`: the sealed
+    /// windows merged with what the journal holds, so open windows are current.
+    pub fn read_rollup(
+        &self,
+        series: &SeriesKey,
+        tier: i64,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, Agg)>, StoreError> {
+        let Some(&sid) = self.ids.get(series) else {
+            return Ok(Vec::new());
+        };
+        let width = tier * 1_000_000_000;
+        let mut windows: std::collections::BTreeMap<i64, Agg> = Default::default();
+        {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT start, min, max, sum, count, first, first_ts, last, last_ts FROM rollups
+                 WHERE tier = ?1 AND series = ?2 AND start >= ?3 AND start <= ?4 ORDER BY start",
+            )?;
+            let rows = stmt.query_map(params![tier, sid, window_start(from, width), to], |r| {
+                Ok((r.get::<_, i64>(0)?, agg_from_row(r, 1)?))
+            })?;
+            for row in rows {
+                let (start, agg) = row?;
+                windows.insert(start, agg);
+            }
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, data FROM chunks WHERE series = 0 AND ts_max >= ?1 AND ts_min <= ?2 ORDER BY id",
+        )?;
+        let mut rows = stmt.query(params![window_start(from, width), to])?;
+        let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            let data: Vec<u8> = row.get(1)?;
+            decode_chunk(id, &data, &mut s, &mut t, &mut v)?;
+            for i in 0..t.len() {
+                let start = window_start(t[i], width);
+                if s[i] == sid && start <= to && start >= window_start(from, width) {
+                    windows
+                        .entry(start)
+                        .and_modify(|a| a.add(t[i], v[i]))
+                        .or_insert_with(|| Agg::point(t[i], v[i]));
+                }
+            }
+        }
+        Ok(windows.into_iter().collect())
+    }
+
+    /// The acknowledged cursor of `sink` (the start, for a new sink).
+    pub fn cursor(&mut self, sink: &str) -> Result<Cursor, StoreError> {
+        Ok(self.sink_pos(sink)?.acked)
+    }
+
+    fn sink_pos(&mut self, sink: &str) -> Result<&mut SinkPos, StoreError> {
+        if !self.sinks.contains_key(sink) {
+            let saved: Option<Cursor> = self
+                .conn
+                .query_row(
+                    "SELECT key, offset FROM cursors WHERE sink = ?1",
+                    [sink],
+                    |r| {
+                        Ok(Cursor {
+                            key: r.get(0)?,
+                            offset: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()?;
+            let c = saved.unwrap_or_default();
+            self.sinks.insert(
+                sink.to_string(),
+                SinkPos {
+                    acked: c,
+                    read: c,
+                    dirty: false,
+                },
+            );
+        }
+        Ok(self.sinks.get_mut(sink).expect("inserted above"))
+    }
+
+    /// Records that `sink`'s endpoint acknowledged everything before `cursor`.
+    /// Persisted with the next flush.
+    pub fn ack(&mut self, sink: &str, cursor: Cursor) -> Result<(), StoreError> {
+        let pos = self.sink_pos(sink)?;
+        if cursor > pos.acked {
+            pos.acked = cursor;
+            pos.dirty = true;
+        }
+        if pos.read < pos.acked {
+            pos.read = pos.acked;
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` flushed points after `from`, in chunk order, and the cursor
+    /// that follows them. Remembers how far `sink` has read, so sealing leaves
+    /// its in-flight range alone.
+    pub fn after(
+        &mut self,
+        sink: &str,
+        from: Cursor,
+        limit: usize,
+    ) -> Result<(Batch, Cursor), StoreError> {
+        let mut batch = Batch::with_capacity(limit.min(65_536));
+        let mut next = from;
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT id, data FROM chunks WHERE id >= ?1 ORDER BY id")?;
+            let mut rows = stmt.query([from.key])?;
+            let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
+            while batch.len() < limit {
+                let Some(row) = rows.next()? else { break };
+                let id: i64 = row.get(0)?;
+                let data: Vec<u8> = row.get(1)?;
+                decode_chunk(id, &data, &mut s, &mut t, &mut v)?;
+                let skip = if id == from.key {
+                    from.offset as usize
+                } else {
+                    0
+                };
+                let take = (limit - batch.len()).min(t.len().saturating_sub(skip));
+                for i in skip..skip + take {
+                    batch.points.push(Point {
+                        series: self.keys[s[i] as usize].clone(),
+                        ts_ns: t[i],
+                        value: v[i],
+                    });
+                }
+                next = if skip + take < t.len() {
+                    Cursor {
+                        key: id,
+                        offset: (skip + take) as u32,
+                    }
+                } else {
+                    Cursor::after_chunk(id)
+                };
+            }
+        }
+        let pos = self.sink_pos(sink)?;
+        if next > pos.read {
+            pos.read = next;
+        }
+        Ok((batch, next))
+    }
+
+    /// Points stored after `from` (flushed ones only).
+    pub fn backlog(&self, from: Cursor) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(count), 0) FROM chunks WHERE id >= ?1",
+            [from.key],
+            |r| r.get(0),
+        )?;
+        Ok((n as u64).saturating_sub(from.offset as u64))
+    }
+
+    /// The points of one series with `from <= ts <= to`, sorted by time.
+    pub fn read(
+        &self,
+        series: &SeriesKey,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, f64)>, StoreError> {
+        let Some(&sid) = self.ids.get(series) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, data FROM chunks WHERE series IN (0, ?1) AND ts_max >= ?2 AND ts_min <= ?3 ORDER BY id",
+        )?;
+        let mut rows = stmt.query(params![sid, from, to])?;
+        let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            let data: Vec<u8> = row.get(1)?;
+            decode_chunk(id, &data, &mut s, &mut t, &mut v)?;
+            for i in 0..t.len() {
+                if s[i] == sid && t[i] >= from && t[i] <= to {
+                    out.push((t[i], v[i]));
+                }
+            }
+        }
+        out.sort_by_key(|p| p.0);
+        Ok(out)
+    }
+
+    /// Every series key known to the store.
+    pub fn series(&self) -> impl Iterator<Item = &SeriesKey> {
+        self.keys.iter().skip(1)
+    }
+}
+
+fn bump(tx: &rusqlite::Transaction<'_>, name: &str, by: i64) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO counters (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+    )?
+    .execute(params![name, by])?;
+    Ok(())
+}
+
+/// Decodes a chunk of either kind into parallel columns.
+fn decode_chunk(
+    id: i64,
+    data: &[u8],
+    s: &mut Vec<u32>,
+    t: &mut Vec<i64>,
+    v: &mut Vec<f64>,
+) -> Result<(), StoreError> {
+    s.clear();
+    t.clear();
+    v.clear();
+    let series = (id & SERIES_MASK) as u32;
+    let res = if series == 0 {
+        codec::decode_mixed(data, s, t, v)
+    } else {
+        let r = codec::decode_series(data, t, v);
+        s.resize(t.len(), series);
+        r
+    };
+    res.map_err(|e| StoreError::Corrupt(format!("chunk {id}: {e}")))
+}
+
+/// Windows of width `width_ns` over points in arrival order.
+fn aggregate(ts: &[i64], vals: &[f64], width_ns: i64) -> std::collections::BTreeMap<i64, Agg> {
+    let mut out: std::collections::BTreeMap<i64, Agg> = Default::default();
+    for (&t, &v) in ts.iter().zip(vals) {
+        out.entry(window_start(t, width_ns))
+            .and_modify(|a| a.add(t, v))
+            .or_insert_with(|| Agg::point(t, v));
+    }
+    out
+}
+
+fn agg_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Agg> {
+    Ok(Agg {
+        min: r.get(at)?,
+        max: r.get(at + 1)?,
+        sum: r.get(at + 2)?,
+        count: r.get::<_, i64>(at + 3)? as u64,
+        first: r.get(at + 4)?,
+        first_ts: r.get(at + 5)?,
+        last: r.get(at + 6)?,
+        last_ts: r.get(at + 7)?,
+    })
+}
+
+/// Folds new windows into the stored ones (points sealed later arrived later).
+fn merge_rollups(
+    tx: &rusqlite::Transaction<'_>,
+    tier: i64,
+    sid: u32,
+    windows: &std::collections::BTreeMap<i64, Agg>,
+) -> Result<(), StoreError> {
+    let mut get = tx.prepare_cached(
+        "SELECT min, max, sum, count, first, first_ts, last, last_ts FROM rollups
+         WHERE tier = ?1 AND series = ?2 AND start = ?3",
+    )?;
+    let mut put = tx.prepare_cached(
+        "INSERT OR REPLACE INTO rollups (tier, series, start, min, max, sum, count, first, first_ts, last, last_ts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    for (&start, new) in windows {
+        let agg = match get
+            .query_row(params![tier, sid, start], |r| agg_from_row(r, 0))
+            .optional()?
+        {
+            Some(mut old) => {
+                old.merge(new);
+                old
+            }
+            None => *new,
+        };
+        put.execute(params![
+            tier,
+            sid,
+            start,
+            agg.min,
+            agg.max,
+            agg.sum,
+            agg.count as i64,
+            agg.first,
+            agg.first_ts,
+            agg.last,
+            agg.last_ts
+        ])?;
+    }
+    Ok(())
+}
+
+fn min_max(ts: &[i64]) -> (i64, i64) {
+    ts.iter()
+        .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)))
+}
+
+/// Chooses groups of a series' consecutive small chunks `(series, id, count)`
+/// (sorted by series, then id) to merge: `FANOUT` chunks of the same size class
+/// (log4 of the count), together at most `TARGET_CHUNK_POINTS`, with no cursor
+/// between or inside them.
+fn plan_merges(chunks: &[(u32, i64, i64)], cursors: &[Cursor], max: usize) -> Vec<Vec<i64>> {
+    let class = |n: i64| (64 - (n.max(1) as u64).leading_zeros()) / 2;
+    let mut out = Vec::new();
+    let mut group: Vec<(i64, i64)> = Vec::new();
+    let mut series = u32::MAX;
+    for &(sid, id, count) in chunks {
+        if out.len() >= max {
+            break;
+        }
+        let part_read = cursors.iter().any(|c| c.key == id && c.offset > 0);
+        let fits = sid == series
+            && !part_read
+            && group
+                .first()
+                .is_some_and(|&(_, n)| class(n) == class(count))
+            && group.iter().map(|g| g.1).sum::<i64>() + count <= TARGET_CHUNK_POINTS
+            && group
+                .last()
+                .is_some_and(|&(last, _)| !cursors.iter().any(|c| c.key > last && c.key <= id));
+        if !fits {
+            group.clear();
+            series = sid;
+            if part_read {
+                continue;
+            }
+        }
+        group.push((id, count));
+        if group.len() == FANOUT {
+            out.push(group.drain(..).map(|g| g.0).collect());
+        }
+    }
+    out
+}
+
+/// Splits journal chunks `(key, count)` into runs that may be sealed: no cursor
+/// lies strictly inside a run (it would see points move across it), no chunk a
+/// cursor is part-way through is sealed, and no run exceeds `max_points`.
+fn plan_runs(journal: &[(i64, i64)], cursors: &[Cursor], max_points: usize) -> Vec<Vec<i64>> {
+    let mut runs: Vec<Vec<i64>> = Vec::new();
+    let mut current: Vec<i64> = Vec::new();
+    let mut points = 0usize;
+    for &(key, count) in journal {
+        let part_read = cursors.iter().any(|c| c.key == key && c.offset > 0);
+        let split_before = current
+            .last()
+            .is_some_and(|&last| cursors.iter().any(|c| c.key > last && c.key <= key));
+        if part_read || split_before || points + count as usize > max_points {
+            if !current.is_empty() {
+                runs.push(std::mem::take(&mut current));
+            }
+            points = 0;
+        }
+        if !part_read {
+            current.push(key);
+            points += count as usize;
+        }
+    }
+    if !current.is_empty() {
+        runs.push(current);
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(seq: i64) -> i64 {
+        seq << SERIES_BITS
+    }
+
+    #[test]
+    fn runs_split_at_cursors() {
+        let journal: Vec<(i64, i64)> = (1..=6).map(|s| (k(s), 10)).collect();
+        // A sink that has consumed chunks 1..=2, and one part-way through 5.
+        let cursors = [
+            Cursor::after_chunk(k(2)),
+            Cursor {
+                key: k(5),
+                offset: 3,
+            },
+        ];
+        let runs = plan_runs(&journal, &cursors, 1000);
+        assert_eq!(runs, vec![vec![k(1), k(2)], vec![k(3), k(4)], vec![k(6)]]);
+    }
+
+    #[test]
+    fn merges_group_same_class_and_respect_cursors() {
+        // Series 1: eight chunks of 100 points; series 2: two chunks.
+        let mut chunks: Vec<(u32, i64, i64)> = (0..8).map(|i| (1, k(i + 1) | 1, 100)).collect();
+        chunks.extend([(2, k(1) | 2, 100), (2, k(2) | 2, 100)]);
+        let merges = plan_merges(&chunks, &[], 10);
+        assert_eq!(
+            merges,
+            vec![
+                vec![k(1) | 1, k(2) | 1, k(3) | 1, k(4) | 1],
+                vec![k(5) | 1, k(6) | 1, k(7) | 1, k(8) | 1]
+            ]
+        );
+        // A sink that has read series 1's third chunk but not the fourth: the
+        // first three cannot join the fourth; chunks 4..=7 merge after it.
+        let c = Cursor::after_chunk(k(3) | 1);
+        let merges = plan_merges(&chunks, &[c], 10);
+        assert_eq!(merges, vec![vec![k(4) | 1, k(5) | 1, k(6) | 1, k(7) | 1]]);
+    }
+
+    #[test]
+    fn compaction_keeps_every_point_in_order() {
+        let (_d, mut st) = open();
+        let mut want = Vec::new();
+        for i in 0..64i64 {
+            st.append(&Batch {
+                points: vec![point("m a", i, i as f64), point("m b", -i, 0.5)],
+            })
+            .unwrap();
+            want.push((i, i as f64));
+            st.flush().unwrap();
+            st.seal().unwrap();
+        }
+        let (before, _) = drain(&mut st, "x", Cursor::default(), 1000);
+        let mut merges = 0;
+        loop {
+            let n = st.compact(100).unwrap();
+            if n == 0 {
+                break;
+            }
+            merges += n;
+        }
+        assert!(merges > 16 + 4, "merged {merges} times");
+        let chunks: i64 = st
+            .conn
+            .query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(chunks, 2, "one chunk per series");
+        assert_eq!(
+            st.read(&SeriesKey::from_canonical("m a"), 0, 100).unwrap(),
+            want
+        );
+        let (after, _) = drain(&mut st, "y", Cursor::default(), 1000);
+        for key in ["m a", "m b"] {
+            let a: Vec<_> = before.iter().filter(|p| p.series.as_str() == key).collect();
+            let b: Vec<_> = after.iter().filter(|p| p.series.as_str() == key).collect();
+            assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn runs_respect_point_cap() {
+        let journal: Vec<(i64, i64)> = (1..=5).map(|s| (k(s), 10)).collect();
+        let runs = plan_runs(&journal, &[], 25);
+        assert_eq!(runs, vec![vec![k(1), k(2)], vec![k(3), k(4)], vec![k(5)]]);
+    }
+
+    fn point(key: &str, ts: i64, v: f64) -> Point {
+        Point {
+            series: SeriesKey::from_canonical(key),
+            ts_ns: ts,
+            value: v,
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db"), Metrics::new("t")).unwrap();
+        (dir, store)
+    }
+
+    fn drain(store: &mut Store, sink: &str, from: Cursor, limit: usize) -> (Vec<Point>, Cursor) {
+        let mut out = Vec::new();
+        let mut c = from;
+        loop {
+            let (b, next) = store.after(sink, c, limit).unwrap();
+            if b.is_empty() {
+                return (out, c);
+            }
+            out.extend(b.points);
+            c = next;
+        }
+    }
+
+    #[test]
+    fn sealing_keeps_what_a_cursor_has_not_read() {
+        let (_d, mut st) = open();
+        let mut all = Vec::new();
+        for i in 0..20 {
+            let b = Batch {
+                points: vec![point("m a", i, i as f64), point("m b", i, -(i as f64))],
+            };
+            all.extend(b.points.clone());
+            st.append(&b).unwrap();
+            st.flush().unwrap();
+        }
+        // The sink reads 13 points (part-way through a chunk), acks them.
+        let (first, c) = st.after("s", Cursor::default(), 13).unwrap();
+        st.ack("s", c).unwrap();
+        assert_eq!(c.offset, 1);
+        st.seal().unwrap();
+        let (rest, _) = drain(&mut st, "s", c, 7);
+        // Nothing lost, nothing repeated; per series in order.
+        let mut got = first.points.clone();
+        got.extend(rest);
+        assert_eq!(got.len(), all.len());
+        for key in ["m a", "m b"] {
+            let want: Vec<_> = all.iter().filter(|p| p.series.as_str() == key).collect();
+            let have: Vec<_> = got.iter().filter(|p| p.series.as_str() == key).collect();
+            assert_eq!(want, have, "series {key}");
+        }
+    }
+
+    #[test]
+    fn rollups_cover_sealed_and_journal_points() {
+        let (_d, mut st) = open();
+        let min = 60_000_000_000i64;
+        let key = SeriesKey::from_canonical("m a");
+        let mut raw = Vec::new();
+        for i in 0..300i64 {
+            let (ts, v) = (i * 1_000_000_000, (i % 17) as f64 * 0.5);
+            raw.push((ts, v));
+            st.append(&Batch {
+                points: vec![point("m a", ts, v)],
+            })
+            .unwrap();
+            if i % 50 == 49 {
+                st.flush().unwrap();
+            }
+            if i == 149 {
+                st.seal().unwrap();
+            }
+        }
+        st.flush().unwrap();
+        let windows = st.read_rollup(&key, 60, 0, 300 * 1_000_000_000).unwrap();
+        let want = aggregate(
+            &raw.iter().map(|p| p.0).collect::<Vec<_>>(),
+            &raw.iter().map(|p| p.1).collect::<Vec<_>>(),
+            min,
+        );
+        assert_eq!(windows, want.into_iter().collect::<Vec<_>>());
+        // Sealing the rest moves points from the journal into the windows: same answer.
+        st.seal().unwrap();
+        assert_eq!(
+            st.read_rollup(&key, 60, 0, 300 * 1_000_000_000).unwrap(),
+            windows
+        );
+        let hour = st.read_rollup(&key, 3600, 0, 300 * 1_000_000_000).unwrap();
+        assert_eq!(hour.len(), 1);
+        assert_eq!(hour[0].1.count, 300);
+    }
+
+    #[test]
+    fn eviction_degrades_unsent_raw_and_keeps_rollups() {
+        let (_d, mut st) = open();
+        st.cursor("cloud").unwrap(); // a sink that never got anything
+        let mut rng = 1u64;
+        for i in 0..40_000i64 {
+            // Noisy values so chunks do not compress to nothing.
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let v = (rng >> 11) as f64;
+            st.append(&Batch {
+                points: vec![point("m a", i * 1_000_000_000, v)],
+            })
+            .unwrap();
+            if i % 1000 == 999 {
+                st.flush().unwrap();
+                st.seal().unwrap();
+            }
+        }
+        let before = st.used_bytes().unwrap();
+        let windows_before = st
+            .read_rollup(&SeriesKey::from_canonical("m a"), 60, 0, i64::MAX)
+            .unwrap();
+        st.set_limits(Limits {
+            max_disk_bytes: before / 2,
+            ..Limits::default()
+        });
+        let ev = st.evict(0, None).unwrap();
+        assert!(ev.raw_points > 0);
+        assert_eq!(ev.windows, 0, "raw goes before rollups");
+        assert!(st.used_bytes().unwrap() <= before / 2);
+        // Every evicted point is counted as degraded for the sink, and its range is recorded.
+        assert_eq!(st.counter("evicted_raw").unwrap(), ev.raw_points);
+        assert_eq!(st.counter("degraded:cloud").unwrap(), ev.raw_points);
+        let ranges: u64 = st.degraded("cloud").unwrap().iter().map(|r| r.3).sum();
+        assert_eq!(ranges, ev.raw_points);
+        // The oldest points went; rollups still cover them.
+        let raw = st
+            .read(&SeriesKey::from_canonical("m a"), 0, i64::MAX)
+            .unwrap();
+        assert_eq!(raw.len() as u64, 40_000 - ev.raw_points);
+        assert_eq!(raw[0].0, ev.raw_points as i64 * 1_000_000_000);
+        let windows_after = st
+            .read_rollup(&SeriesKey::from_canonical("m a"), 60, 0, i64::MAX)
+            .unwrap();
+        assert_eq!(windows_after, windows_before);
+    }
+
+    #[test]
+    fn corrupt_store_is_moved_aside_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let mut st = Store::open(&path, Metrics::new("t")).unwrap();
+            let mut rng = 7u64;
+            for i in 0..20_000 {
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                st.append(&Batch {
+                    points: vec![point("m a", i, (rng >> 11) as f64)],
+                })
+                .unwrap();
+                if i % 1000 == 999 {
+                    st.flush().unwrap();
+                }
+            }
+            st.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap();
+        }
+        // Flip bytes in the middle of the file, then truncate it.
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert!(
+            bytes.len() > 64 * 1024,
+            "a store of some size: {}",
+            bytes.len()
+        );
+        let mid = bytes.len() / 2;
+        for b in &mut bytes[mid..mid + 8192] {
+            *b ^= 0x5a;
+        }
+        bytes.truncate(bytes.len() - 6000);
+        std::fs::write(&path, &bytes).unwrap();
+
+        let (mut st, aside) = Store::open_or_recover(&path, Metrics::new("t")).unwrap();
+        let aside = aside.expect("the corrupt file is moved aside");
+        assert!(aside.exists());
+        st.append(&Batch {
+            points: vec![point("m a", 1, 1.0)],
+        })
+        .unwrap();
+        st.flush().unwrap();
+        assert_eq!(
+            st.read(&SeriesKey::from_canonical("m a"), 0, 10).unwrap(),
+            vec![(1, 1.0)]
+        );
+
+        // Garbage that is not even SQLite.
+        std::fs::write(
+            dir.path().join("g.db"),
+            b"this is not a database at all, not even close........",
+        )
+        .unwrap();
+        let (_st, aside) =
+            Store::open_or_recover(&dir.path().join("g.db"), Metrics::new("t")).unwrap();
+        assert!(aside.is_some());
+    }
+
+    #[test]
+    fn cursor_and_data_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let mut st = Store::open(&path, Metrics::new("t")).unwrap();
+            st.append(&Batch {
+                points: vec![point("m a", 1, 1.5), point("m a", 2, 2.5)],
+            })
+            .unwrap();
+            st.flush().unwrap();
+            let (_, c) = st.after("s", Cursor::default(), 1).unwrap();
+            st.ack("s", c).unwrap();
+            st.flush().unwrap();
+        }
+        let mut st = Store::open(&path, Metrics::new("t")).unwrap();
+        let c = st.cursor("s").unwrap();
+        let (b, _) = st.after("s", c, 10).unwrap();
+        assert_eq!(b.points, vec![point("m a", 2, 2.5)]);
+        assert_eq!(
+            st.read(&SeriesKey::from_canonical("m a"), 0, 10).unwrap(),
+            vec![(1, 1.5), (2, 2.5)]
+        );
+        // New flushes continue after the old sequence numbers.
+        st.append(&Batch {
+            points: vec![point("m b", 3, 3.0)],
+        })
+        .unwrap();
+        st.flush().unwrap();
+        let (b, _) = st.after("s", c, 10).unwrap();
+        assert_eq!(b.len(), 2);
+    }
+}

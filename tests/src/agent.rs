@@ -1,0 +1,219 @@
+//! The two binaries under test: `firmware-sim` playing a sensor board on a PTY,
+//! and `tidegate run` reading it. Both are killed when dropped.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use firmware_sim::LedgerEntry;
+use tidegate::ops::Status;
+use tidegate::point::SeriesKey;
+
+use crate::bin;
+
+/// A running `firmware-sim` with its PTY linked at `<dir>/tty`.
+pub struct Sim {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    ledger: PathBuf,
+}
+
+impl Sim {
+    /// Starts the simulator with extra `args`; returns once its PTY exists.
+    pub fn start(dir: &Path, args: &[&str]) -> Sim {
+        let ledger = dir.join("ledger.jsonl");
+        let mut child = Command::new(bin("firmware-sim"))
+            .arg("--link")
+            .arg(dir.join("tty"))
+            .arg("--ledger")
+            .arg(&ledger)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn firmware-sim");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let sim = Sim {
+            child,
+            lines,
+            ledger,
+        };
+        let first = sim
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("firmware-sim prints its PTY path first");
+        assert!(
+            first.starts_with("/dev/"),
+            "unexpected first line {first:?}"
+        );
+        sim
+    }
+
+    /// Waits until the simulator says it has sent everything.
+    pub fn wait_done(&self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with("done") => return l,
+                Ok(_) => continue,
+                Err(e) => panic!("firmware-sim did not finish within {timeout:?}: {e}"),
+            }
+        }
+    }
+
+    /// Every line the simulator sent, with its fate.
+    pub fn ledger(&self) -> Vec<LedgerEntry> {
+        firmware_sim::read_ledger(&self.ledger).expect("read the ledger")
+    }
+
+    /// The ledger a simulator left in `dir`.
+    pub fn read_ledger_at(dir: &Path) -> Vec<LedgerEntry> {
+        firmware_sim::read_ledger(&dir.join("ledger.jsonl")).expect("read the ledger")
+    }
+}
+
+impl Drop for Sim {
+    /// SIGTERM, so the simulator flushes its ledger, then wait.
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// The points a ledger promises, as (series key, ts ns, value bits).
+pub fn expected_points(
+    ledger: &[LedgerEntry],
+    measurement: &str,
+    tags: &[(&str, &str)],
+) -> BTreeSet<(String, i64, u64)> {
+    let mut out = BTreeSet::new();
+    for e in ledger.iter().filter(|e| e.valid) {
+        let sensor = e.sensor.as_deref().expect("valid entries name the sensor");
+        let ts = e.ts.expect("valid entries have ts") * 1_000_000;
+        for (field, value) in e.fields.iter().flatten() {
+            let mut all: Vec<(&str, &str)> = tags.to_vec();
+            all.push(("sensor", sensor));
+            let key = SeriesKey::new(measurement, all, field);
+            out.insert((key.as_str().to_string(), ts, value.to_bits()));
+        }
+    }
+    out
+}
+
+/// A running `tidegate run`.
+pub struct Agent {
+    child: Option<Child>,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Writes `config` next to the state and starts the agent; returns once its
+    /// control socket answers. The state directory must be `<dir>/state`.
+    pub fn start(dir: &Path, config: &str) -> Agent {
+        let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        let cfg_path = dir.join(format!("agent-{n}.toml"));
+        std::fs::write(&cfg_path, config).unwrap();
+        let log = dir.join(format!("agent-{n}.log"));
+        let child = Command::new(bin("tidegate"))
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn tidegate");
+        let agent = Agent {
+            child: Some(child),
+            socket: dir.join("state").join("tidegate.sock"),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while agent.try_status().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the agent's control socket did not answer within 20 s; log:\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    fn try_status(&self) -> Option<Status> {
+        let mut s = UnixStream::connect(&self.socket).ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).ok()?;
+        serde_json::from_slice(&buf).ok()
+    }
+
+    /// The agent's live counters.
+    pub fn status(&self) -> Status {
+        self.try_status()
+            .unwrap_or_else(|| panic!("agent status unavailable; log:\n{}", self.log()))
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM, asserts a clean exit 0, returns the final counters it printed.
+    pub fn terminate(mut self) -> Status {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "exit {status:?}; log:\n{}", self.log());
+        let last = out.lines().last().unwrap_or_default();
+        serde_json::from_str(last)
+            .unwrap_or_else(|e| panic!("final status line {last:?}: {e}; log:\n{}", self.log()))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
