@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tidegate::config::Config;
 use tidegate::ops::{control, Metrics};
+use tidegate::store::bench;
 use tidegate::store::query::{self, Format};
 use tidegate::store::Store;
 
@@ -70,6 +71,11 @@ enum Command {
         #[arg(long, default_value = "table", value_parser = parse_format)]
         format: Format,
     },
+    /// Measure the agent's parts on this machine.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Show a running agent's status.
     Status {
         /// The agent's configuration (to find its control socket).
@@ -81,6 +87,28 @@ enum Command {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Replay recordings (or a synthetic fleet) into a fresh store, as live.
+    Store {
+        /// `timestamp,value` CSV files, e.g. ../shared/data/nab/*.csv.
+        #[arg(long, num_args = 1..)]
+        data: Vec<PathBuf>,
+        /// Synthetic mode: this many series (instead of --data).
+        #[arg(long)]
+        series: Option<usize>,
+        /// Synthetic mode: points per second over all series.
+        #[arg(long, default_value_t = 10_000)]
+        rate: usize,
+        /// Synthetic mode: simulated seconds.
+        #[arg(long, default_value_t = 300)]
+        seconds: usize,
+        /// Where the bench store goes (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -160,6 +188,31 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 }
                 Ok(())
             })
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Store {
+                    data,
+                    series,
+                    rate,
+                    seconds,
+                    dir,
+                },
+        } => {
+            let feed = match series {
+                Some(series) => bench::Feed::Synthetic {
+                    series,
+                    rate,
+                    seconds,
+                },
+                None if !data.is_empty() => bench::Feed::Files(data),
+                None => anyhow::bail!("give --data FILE... or --series N"),
+            };
+            let tmp = tempfile::tempdir()?;
+            let dir = dir.unwrap_or_else(|| tmp.path().to_path_buf());
+            std::fs::create_dir_all(&dir)?;
+            print!("{}", bench::run(&feed, &dir)?);
+            Ok(())
         }
         Command::Query {
             config,

@@ -7,6 +7,7 @@
 //! sources or sinks.
 
 mod actor;
+pub mod bench;
 pub mod codec;
 mod engine;
 pub mod query;

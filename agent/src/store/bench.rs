@@ -1,0 +1,282 @@
+//! `tidegate bench store`: the store fed as a gateway would feed it, measured.
+//!
+//! Real recordings (or a synthetic fleet of series) are replayed in timestamp
+//! order on a simulated clock: a flush every simulated second, a seal and a
+//! bounded compaction every simulated minute, as the store task does live.
+//! Figures come from the process itself: CPU time (getrusage), bytes written
+//! (`/proc/self/io`), peak RSS (`VmHWM`).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::{Store, StoreError};
+use crate::ops::Metrics;
+use crate::point::{Batch, Point, SeriesKey};
+
+/// What to replay.
+#[derive(Debug, Clone)]
+pub enum Feed {
+    /// `timestamp,value` CSV files, one series each, interleaved by time.
+    Files(Vec<PathBuf>),
+    /// `series` synthetic series at `rate` points/s in total for `seconds`.
+    Synthetic {
+        /// Number of series.
+        series: usize,
+        /// Points per simulated second, all series together.
+        rate: usize,
+        /// Simulated seconds.
+        seconds: usize,
+    },
+}
+
+/// Reads a NAB-style CSV (`timestamp,value`, header, `YYYY-MM-DD HH:MM:SS` UTC).
+pub fn read_nab_csv(path: &Path) -> std::io::Result<(Vec<i64>, Vec<f64>)> {
+    let text = std::fs::read_to_string(path)?;
+    let (mut ts, mut vs) = (Vec::new(), Vec::new());
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let bad =
+            |what: &str| std::io::Error::other(format!("{}:{}: {what}", path.display(), i + 1));
+        let (t, v) = line
+            .split_once(',')
+            .ok_or_else(|| bad("expected timestamp,value"))?;
+        let t = humantime::parse_rfc3339_weak(t.trim()).map_err(|e| bad(&e.to_string()))?;
+        let t = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| bad(&e.to_string()))?
+            .as_nanos() as i64;
+        ts.push(t);
+        vs.push(v.trim().parse::<f64>().map_err(|e| bad(&e.to_string()))?);
+    }
+    Ok((ts, vs))
+}
+
+/// pco alone over 8192-point blocks of each column: the reference figure.
+pub fn pco_reference_bytes(ts: &[i64], vs: &[f64]) -> usize {
+    let cfg = pco::ChunkConfig::default();
+    ts.chunks(8192)
+        .zip(vs.chunks(8192))
+        .map(|(t, v)| {
+            pco::standalone::simple_compress(t, &cfg).map_or(0, |b| b.len())
+                + pco::standalone::simple_compress(v, &cfg).map_or(0, |b| b.len())
+        })
+        .sum()
+}
+
+struct Series {
+    name: String,
+    key: SeriesKey,
+    ts: Vec<i64>,
+    vs: Vec<f64>,
+}
+
+fn load(feed: &Feed) -> std::io::Result<Vec<Series>> {
+    match feed {
+        Feed::Files(files) => files
+            .iter()
+            .map(|p| {
+                let (ts, vs) = read_nab_csv(p)?;
+                let name = p
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let key = SeriesKey::new("nab", [("file", name.as_str())], "value");
+                Ok(Series { name, key, ts, vs })
+            })
+            .collect(),
+        Feed::Synthetic {
+            series,
+            rate,
+            seconds,
+        } => {
+            // Random walks quantised to 0.01, each series at rate/series Hz
+            // with a little jitter: a busy regional gateway.
+            let mut rng = fastrand::Rng::with_seed(7);
+            let per = (*rate as f64 / *series as f64).max(1e-9);
+            let n = ((*seconds as f64) * per) as usize;
+            let t0 = 1_764_000_000_000_000_000i64;
+            Ok((0..*series)
+                .map(|i| {
+                    let step = (1e9 / per) as i64;
+                    let phase = rng.i64(0..step.max(1));
+                    let mut x = rng.i64(1000..3000);
+                    let (mut ts, mut vs) = (Vec::with_capacity(n), Vec::with_capacity(n));
+                    for j in 0..n as i64 {
+                        x += rng.i64(-3..=3);
+                        ts.push(t0 + phase + j * step + rng.i64(0..1_000_000));
+                        vs.push(x as f64 / 100.0);
+                    }
+                    let name = format!("s{i:05}");
+                    let key = SeriesKey::new("synthetic", [("id", name.as_str())], "v");
+                    Series { name, key, ts, vs }
+                })
+                .collect())
+        }
+    }
+}
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn proc_field(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Runs the bench in `dir` (a fresh store) and returns the printed report.
+pub fn run(feed: &Feed, dir: &Path) -> Result<String, StoreError> {
+    let series = load(feed).map_err(|e| StoreError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    let total: usize = series.iter().map(|s| s.ts.len()).sum();
+    // Interleave by timestamp, as the points would arrive live.
+    let mut order: Vec<(i64, u32, u32)> = Vec::with_capacity(total);
+    for (si, s) in series.iter().enumerate() {
+        for (j, &t) in s.ts.iter().enumerate() {
+            order.push((t, si as u32, j as u32));
+        }
+    }
+    order.sort_unstable();
+
+    let path = dir.join("bench.db");
+    let _ = std::fs::remove_file(&path);
+    let mut store = Store::open(&path, Metrics::new("bench"))?;
+    let written_before = proc_field("/proc/self/io", "write_bytes:").unwrap_or(0);
+    let cpu_before = cpu_seconds();
+    let wall = Instant::now();
+
+    const SECOND: i64 = 1_000_000_000;
+    let mut second = order.first().map_or(0, |o| o.0.div_euclid(SECOND));
+    let mut next_seal = second + 60;
+    let mut batch = Batch::default();
+    for &(t, si, j) in &order {
+        let s = t.div_euclid(SECOND);
+        if s != second {
+            // The simulated clock crosses a second: what arrived is flushed.
+            store.append(&batch)?;
+            batch.points.clear();
+            store.flush()?;
+            second = s;
+            if s >= next_seal {
+                store.seal()?;
+                store.compact(64)?;
+                next_seal = s + 60;
+            }
+        }
+        let sr = &series[si as usize];
+        batch.points.push(Point {
+            series: sr.key.clone(),
+            ts_ns: t,
+            value: sr.vs[j as usize],
+        });
+    }
+    store.append(&batch)?;
+    store.flush()?;
+    store.seal()?;
+    let ingest_cpu = cpu_seconds() - cpu_before;
+    let ingest_wall = wall.elapsed().as_secs_f64();
+    // Compaction to the end: the figure "after compaction".
+    while store.compact(1024)? > 0 {}
+    store.checkpoint()?;
+    let written = proc_field("/proc/self/io", "write_bytes:").unwrap_or(0) - written_before;
+
+    let mut report = String::new();
+    let used = store.used_bytes()?;
+    let file = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let chunk_bytes = store.chunk_bytes(None)?;
+    let _ = writeln!(
+        report,
+        "points                  {total} in {} series",
+        series.len()
+    );
+    let _ = writeln!(
+        report,
+        "ingest                  {:.0} points/s per CPU second ({:.0} points/s wall)",
+        total as f64 / ingest_cpu.max(1e-9),
+        total as f64 / ingest_wall.max(1e-9)
+    );
+    let _ = writeln!(
+        report,
+        "on disk                 {:.3} B/pt chunks only, {:.3} B/pt live pages, {:.3} B/pt file ({} bytes)",
+        chunk_bytes as f64 / total as f64,
+        used as f64 / total as f64,
+        file as f64 / total as f64,
+        file
+    );
+    let _ = writeln!(
+        report,
+        "written                 {:.2} B/pt ({} bytes, /proc/self/io write_bytes, WAL and checkpoints included)",
+        written as f64 / total as f64,
+        written
+    );
+    let _ = writeln!(
+        report,
+        "peak RSS                {:.1} MiB (VmHWM, includes the replayed input held in memory)",
+        proc_field("/proc/self/status", "VmHWM:").unwrap_or(0) as f64 / 1024.0
+    );
+    // One day of the longest series, the median of 21 runs.
+    if let Some(s) = series.iter().max_by_key(|s| s.ts.len()) {
+        let from = s.ts[s.ts.len() / 2];
+        let to = from + 86_400 * SECOND;
+        let mut times: Vec<f64> = (0..21)
+            .map(|_| {
+                let t = Instant::now();
+                let n = store.read(&s.key, from, to).map(|v| v.len()).unwrap_or(0);
+                std::hint::black_box(n);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let n = store.read(&s.key, from, to)?.len();
+        let _ = writeln!(
+            report,
+            "query one day           {:.3} ms median ({n} points of {})",
+            times[10], s.name
+        );
+    }
+    if matches!(feed, Feed::Files(_)) {
+        let _ = writeln!(
+            report,
+            "\nper file               points   B/pt store  B/pt pco-8192   ratio"
+        );
+        let (mut ours, mut reference) = (0usize, 0usize);
+        for s in &series {
+            let b = store.chunk_bytes(Some(&s.key))? as usize;
+            let r = pco_reference_bytes(&s.ts, &s.vs);
+            ours += b;
+            reference += r;
+            let n = s.ts.len() as f64;
+            let _ = writeln!(
+                report,
+                "{:<22} {:>7} {:>11.3} {:>14.3} {:>7.3}",
+                truncate(&s.name, 22),
+                s.ts.len(),
+                b as f64 / n,
+                r as f64 / n,
+                b as f64 / r.max(1) as f64
+            );
+        }
+        let _ = writeln!(
+            report,
+            "{:<22} {:>7} {:>11.3} {:>14.3} {:>7.3}",
+            "all pooled",
+            total,
+            ours as f64 / total as f64,
+            reference as f64 / total as f64,
+            ours as f64 / reference.max(1) as f64
+        );
+    }
+    Ok(report)
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    &s[..s.len().min(n)]
+}
