@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tidegate::config::Config;
 use tidegate::ops::{control, Metrics};
 use tidegate::store::bench;
-use tidegate::store::query::{self, Format};
+use tidegate::store::query::{self, Format, Tier};
 use tidegate::store::Store;
 
 /// Tidegate: serial and MQTT sensors into a compressed local store, synced upstream when the link allows.
@@ -67,6 +67,9 @@ enum Command {
         /// End: now, -1h, or an RFC 3339 time.
         #[arg(long, default_value = "now")]
         to: String,
+        /// auto (the finest that covers the range), raw, or a rollup tier (1m, 1h).
+        #[arg(long, default_value = "auto", value_parser = Tier::parse)]
+        tier: Tier,
         /// table, csv, lp or json.
         #[arg(long, default_value = "table", value_parser = parse_format)]
         format: Format,
@@ -220,6 +223,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             series,
             from,
             to,
+            tier,
             format,
         } => {
             let path = match store {
@@ -231,7 +235,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let now = query::now_ns();
             let from = query::parse_time(&from, now).map_err(anyhow::Error::msg)?;
             let to = query::parse_time(&to, now).map_err(anyhow::Error::msg)?;
-            print!("{}", query::run(&store, &series, from, to, format)?);
+            print!("{}", query::run(&store, &series, from, to, tier, format)?);
             Ok(())
         }
         Command::Status {

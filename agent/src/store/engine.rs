@@ -719,7 +719,7 @@ impl Store {
         let last_seq = run[run.len() - 1] >> SERIES_BITS;
         let tx = self.conn.transaction()?;
         let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
-        let mut each_chunk = |f: &mut dyn FnMut(&[u32], &[i64], &[f64])| -> Result<(), StoreError> {
+        let mut each_chunk = |f: &mut ColumnsFn<'_>| -> Result<(), StoreError> {
             let mut get = tx.prepare_cached("SELECT data FROM chunks WHERE id = ?1")?;
             for &id in run {
                 let data: Vec<u8> = get.query_row([id], |r| r.get(0))?;
@@ -1011,6 +1011,24 @@ impl Store {
         Ok(out)
     }
 
+    /// The oldest raw timestamp stored for `series`, if any.
+    pub fn oldest_raw(&self, series: &SeriesKey) -> Result<Option<i64>, StoreError> {
+        let Some(&sid) = self.ids.get(series) else {
+            return Ok(None);
+        };
+        let sealed: Option<i64> = self.conn.query_row(
+            "SELECT MIN(ts_min) FROM chunks WHERE series = ?1",
+            [sid],
+            |r| r.get(0),
+        )?;
+        // The journal is newer than anything sealed, except after eviction
+        // emptied the sealed chunks: look there only then.
+        if sealed.is_some() {
+            return Ok(sealed);
+        }
+        Ok(self.read(series, i64::MIN, i64::MAX)?.first().map(|p| p.0))
+    }
+
     /// Bytes of chunk data (all chunks, or one series' sealed chunks).
     pub fn chunk_bytes(&self, series: Option<&SeriesKey>) -> Result<u64, StoreError> {
         let n: i64 = match series {
@@ -1053,6 +1071,9 @@ fn bump(tx: &rusqlite::Transaction<'_>, name: &str, by: i64) -> Result<(), Store
     .execute(params![name, by])?;
     Ok(())
 }
+
+/// A visitor of decoded columns: series ids, timestamps, values.
+type ColumnsFn<'a> = dyn FnMut(&[u32], &[i64], &[f64]) + 'a;
 
 /// Decodes a chunk of either kind into parallel columns.
 fn decode_chunk(

@@ -20,6 +20,43 @@ pub enum Format {
     Json,
 }
 
+/// Which resolution to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// The finest that covers the whole range.
+    Auto,
+    /// Raw points.
+    Raw,
+    /// Rollup windows of this many seconds.
+    Rollup(i64),
+}
+
+impl Tier {
+    /// Parses `auto`, `raw`, or a window width such as `1m`, `1h`.
+    pub fn parse(s: &str) -> Result<Tier, String> {
+        match s {
+            "auto" => Ok(Tier::Auto),
+            "raw" => Ok(Tier::Raw),
+            other => humantime::parse_duration(other)
+                .map(|d| Tier::Rollup(d.as_secs().max(1) as i64))
+                .map_err(|_| format!("`{other}`: expected auto, raw, or a tier such as 1m or 1h")),
+        }
+    }
+}
+
+/// The finest tier that covers `[from, ..]` for `key`: raw if raw points reach
+/// back to `from`, else the finest rollup tier (they are kept together on eviction).
+fn choose(store: &Store, key: &SeriesKey, from: i64, tier: Tier) -> Result<Tier, StoreError> {
+    Ok(match tier {
+        Tier::Auto => match (store.oldest_raw(key)?, store.tiers().first()) {
+            (Some(oldest), Some(&finest)) if oldest > from => Tier::Rollup(finest),
+            (None, Some(&finest)) => Tier::Rollup(finest),
+            _ => Tier::Raw,
+        },
+        t => t,
+    })
+}
+
 /// Parses `now`, a relative time (`-1h`, `-15m`) or an RFC 3339 date, against `now_ns`.
 pub fn parse_time(s: &str, now_ns: i64) -> Result<i64, String> {
     let s = s.trim();
@@ -77,6 +114,7 @@ pub fn run(
     pattern: &str,
     from: i64,
     to: i64,
+    tier: Tier,
     format: Format,
 ) -> Result<String, StoreError> {
     let series: Vec<SeriesKey> = store
@@ -89,6 +127,16 @@ pub fn run(
         out.push_str("series,ts_ns,value\n");
     }
     for key in &series {
+        if let Tier::Rollup(width) = choose(store, key, from, tier)? {
+            render_windows(
+                &mut out,
+                key,
+                width,
+                &store.read_rollup(key, width, from, to)?,
+                format,
+            );
+            continue;
+        }
         let points = store.read(key, from, to)?;
         for (ts, v) in points {
             match format {
@@ -118,6 +166,66 @@ pub fn run(
     Ok(out)
 }
 
+/// Rollup windows: one row (or line-protocol line, tagged with the resolution) a window.
+fn render_windows(
+    out: &mut String,
+    key: &SeriesKey,
+    width: i64,
+    windows: &[(i64, super::rollup::Agg)],
+    format: Format,
+) {
+    let res = humantime::format_duration(Duration::from_secs(width as u64)).to_string();
+    for (start, a) in windows {
+        match format {
+            Format::Table => {
+                let t = humantime::format_rfc3339(
+                    UNIX_EPOCH + Duration::from_nanos((*start).max(0) as u64),
+                );
+                let _ = writeln!(
+                    out,
+                    "{:<48} {t} [{res}] mean {:?} min {:?} max {:?} n {}",
+                    key.as_str(),
+                    a.mean(),
+                    a.min,
+                    a.max,
+                    a.count
+                );
+            }
+            Format::Csv => {
+                let _ = writeln!(
+                    out,
+                    "\"{}\",{start},{:?},{res},{:?},{:?},{}",
+                    key.as_str().replace('"', "\"\""),
+                    a.mean(),
+                    a.min,
+                    a.max,
+                    a.count
+                );
+            }
+            Format::Lp => {
+                let (s, f) = key.split();
+                let _ = writeln!(
+                    out,
+                    "{s},tidegate_resolution={res} {f}={:?},{f}_min={:?},{f}_max={:?},{f}_count={}i {start}",
+                    a.mean(),
+                    a.min,
+                    a.max,
+                    a.count
+                );
+            }
+            Format::Json => {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"series": key.as_str(), "start_ns": start, "resolution": res,
+                        "mean": a.mean(), "min": a.min, "max": a.max, "sum": a.sum, "count": a.count,
+                        "first": a.first, "last": a.last})
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +238,64 @@ mod tests {
         assert!(glob("*s01*", "sim,sensor=s01 hum"));
         assert!(glob("exact", "exact"));
         assert!(!glob("exact", "exactly"));
+    }
+
+    #[test]
+    fn tiers_parse() {
+        assert_eq!(Tier::parse("auto").unwrap(), Tier::Auto);
+        assert_eq!(Tier::parse("1m").unwrap(), Tier::Rollup(60));
+        assert_eq!(Tier::parse("1h").unwrap(), Tier::Rollup(3600));
+        assert!(Tier::parse("fine").is_err());
+    }
+
+    #[test]
+    fn auto_picks_raw_while_it_covers_and_a_rollup_after_eviction() {
+        use crate::point::{Batch, Point};
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = Store::open(&dir.path().join("s.db"), crate::ops::Metrics::new("t")).unwrap();
+        let key = SeriesKey::from_canonical("m f");
+        for i in 0..7200i64 {
+            st.append(&Batch {
+                points: vec![Point {
+                    series: key.clone(),
+                    ts_ns: i * 1_000_000_000,
+                    value: (i % 10) as f64,
+                }],
+            })
+            .unwrap();
+            if i % 600 == 599 {
+                st.flush().unwrap();
+                st.seal().unwrap();
+            }
+        }
+        let from = 0;
+        assert_eq!(choose(&st, &key, from, Tier::Auto).unwrap(), Tier::Raw);
+        // Raw older than an hour goes; its windows stay.
+        st.set_limits(crate::store::Limits {
+            max_age_ns: Some(3600 * 1_000_000_000),
+            ..Default::default()
+        });
+        let ev = st.evict(7200 * 1_000_000_000, None).unwrap();
+        assert!(ev.raw_points >= 3000, "{ev:?}");
+        assert_eq!(
+            choose(&st, &key, from, Tier::Auto).unwrap(),
+            Tier::Rollup(60)
+        );
+        let text = run(&st, "*", 0, 7200 * 1_000_000_000, Tier::Auto, Format::Json).unwrap();
+        let windows = text.lines().count();
+        assert_eq!(
+            windows, 120,
+            "two hours of one-minute windows, evicted or not"
+        );
+        let count: u64 = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["count"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(count, 7200, "every point is counted in some window");
     }
 
     #[test]
