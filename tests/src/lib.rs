@@ -1,15 +1,25 @@
 //! End-to-end harness: the workspace's binaries and real servers from Debian's
-//! packages, each started on free loopback ports with a temporary data
-//! directory, and killed when dropped (also when a test panics).
+//! packages (`influxdb` 1.6, `mosquitto` 2.0), each started on free loopback
+//! ports with a temporary data directory, and killed when dropped (also when a
+//! test panics).
+//!
+//! Nothing here sleeps to synchronise: readiness is polled with a deadline
+//! ([`wait_until`]), and a missed deadline panics naming what was awaited,
+//! with the tail of the server's log.
 
 pub mod agent;
-mod servers;
+mod influxd;
+mod mosquitto;
+mod process;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use servers::{Influxd, Row};
+pub use influxd::{Influxd, Row};
+pub use mosquitto::Mosquitto;
+pub use nix::sys::signal::Signal;
+pub use process::{program, tail, ChildGuard};
 
 /// The path of a workspace binary (`tidegate`, `firmware-sim`), built next to
 /// the test executable.
@@ -37,17 +47,29 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
-/// Polls `f` until it returns `Some`, or panics naming `what` after `timeout`.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+/// Polls `f` every `interval` until it returns `Some`; `None` once `timeout`
+/// has passed (`f` is called at least once, and once more at the deadline).
+pub fn poll_until<T>(
+    timeout: Duration,
+    interval: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        std::thread::sleep(interval.min(deadline - now));
     }
+}
+
+/// Polls `f` (every 25 ms) until it returns `Some`, or panics naming `what`
+/// after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll_until(timeout, Duration::from_millis(25), f)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }

@@ -21,6 +21,8 @@ fn stored(dir: &std::path::Path) -> Vec<(String, i64, u64)> {
     let out = Command::new(bin("tidegate"))
         .args([
             "query",
+            "--tier",
+            "raw",
             "--format",
             "json",
             "--from",
