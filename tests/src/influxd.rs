@@ -34,25 +34,43 @@ pub struct Influxd {
     dir: TempDir,
     http_port: u16,
     http: reqwest::blocking::Client,
+    /// Serving HTTPS with a certificate of a CA generated for the test.
+    tls: bool,
 }
 
 impl Influxd {
     /// Starts a fresh instance and returns once `GET /ping` answers 204.
     /// Retries with new ports if one was taken meanwhile.
     pub fn start() -> Influxd {
+        Self::start_with(false)
+    }
+
+    /// Like [`Influxd::start`], serving HTTPS only, with a server certificate
+    /// for 127.0.0.1 signed by a CA generated for the test ([`Influxd::ca_file`]).
+    pub fn start_tls() -> Influxd {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Influxd {
         let dir = tempfile::Builder::new()
             .prefix("influxd-")
             .tempdir()
             .expect("create a temporary directory");
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("an HTTP client");
+        let mut http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60));
+        if tls {
+            crate::mosquitto::make_certs(dir.path());
+            let pem = std::fs::read(dir.path().join("ca.crt")).expect("read ca.crt");
+            http = http.add_root_certificate(
+                reqwest::Certificate::from_pem(&pem).expect("the generated CA is PEM"),
+            );
+        }
+        let http = http.build().expect("an HTTP client");
         let mut db = Influxd {
             child: None,
             dir,
             http_port: 0,
             http,
+            tls,
         };
         for attempt in 1.. {
             db.http_port = free_port();
@@ -97,7 +115,8 @@ impl Influxd {
 
     /// `http://127.0.0.1:PORT`, the HTTP API.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.http_port)
     }
 
     /// The HTTP port.
@@ -217,9 +236,22 @@ impl Influxd {
             .sum::<u64>() as usize
     }
 
+    /// The CA that signed the HTTPS certificate (only after [`Influxd::start_tls`]).
+    pub fn ca_file(&self) -> PathBuf {
+        assert!(self.tls, "influxd was started without TLS");
+        self.dir.path().join("ca.crt")
+    }
+
     fn write_config(&self, rpc_port: u16) {
         let d = self.dir.path().display();
         let http_port = self.http_port;
+        let https = if self.tls {
+            format!(
+                "https-enabled = true\n  https-certificate = \"{d}/server.crt\"\n  https-private-key = \"{d}/server.key\""
+            )
+        } else {
+            String::new()
+        };
         // Keys checked against `influxd config` of Debian's 1.6.7~rc0. Its
         // build reads `reporting-enabled` (default false) instead of
         // upstream's `reporting-disabled`; unknown keys are ignored, so both.
@@ -255,6 +287,7 @@ bind-address = "127.0.0.1:{rpc_port}"
   suppress-write-log = true
   pprof-enabled = false
   max-row-limit = 0
+  {https}
 
 [continuous_queries]
   enabled = false

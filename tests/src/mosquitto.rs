@@ -232,7 +232,7 @@ impl Drop for Mosquitto {
 /// Writes `ca.crt`/`ca.key` (a CA) and `server.crt`/`server.key` (signed by
 /// it, for IP 127.0.0.1 and DNS localhost) into `dir`: P-256 keys, v3
 /// extensions that webpki (rustls) accepts.
-fn make_certs(dir: &Path) {
+pub(crate) fn make_certs(dir: &Path) {
     std::fs::write(
         dir.join("ca.cnf"),
         "[req]

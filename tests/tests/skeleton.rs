@@ -240,3 +240,35 @@ fn sigterm_flushes_and_restart_resumes_from_the_cursor() {
     let all: BTreeSet<_> = first.union(&second).cloned().collect();
     assert_eq!(stored(&influx), all);
 }
+
+/// The agent's HTTPS client (reqwest on rustls with the ring provider, the
+/// one crypto provider of the tree) trusts a private CA from `ca_file`.
+#[test]
+fn sink_speaks_tls_to_a_private_ca() {
+    let influx = Influxd::start_tls();
+    assert!(influx.url().starts_with("https://"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &influx.url(), "200ms").replace(
+        "backoff_max = \"1s\"",
+        &format!(
+            "backoff_max = \"1s\"\nca_file = \"{}\"",
+            influx.ca_file().display()
+        ),
+    );
+    let sim = Sim::start(
+        dir.path(),
+        &["--sensors", "2", "--rate", "200", "--count", "300"],
+    );
+    let agent = Agent::start(dir.path(), &cfg);
+    sim.wait_done(Duration::from_secs(30));
+    let want = expected_points(&sim.ledger(), "sim", &[("site", "lab")]);
+    wait_until("points over HTTPS", Duration::from_secs(30), || {
+        (agent.status().sinks[0].points_sent >= want.len() as u64).then_some(())
+    });
+    assert_eq!(stored(&influx), want);
+    assert_eq!(
+        agent.terminate().sinks[0].failures,
+        0,
+        "no TLS error on the way"
+    );
+}
