@@ -240,6 +240,12 @@ pub struct SerialSourceConfig {
     /// Longest line accepted, in bytes; longer lines are rejected.
     #[serde(default = "default_max_line")]
     pub max_line: usize,
+    /// Keys every reading must carry (e.g. its sensor id and timestamp). A
+    /// line without them is rejected: this also catches the tail of a line
+    /// cut in half when a port is opened mid-stream, which would otherwise
+    /// parse as a reading of a series that does not exist.
+    #[serde(default)]
+    pub required_keys: Vec<String>,
 }
 
 fn default_baud() -> u32 {

@@ -59,6 +59,7 @@ pub async fn demo(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Res
         timestamp_key: Some("ts".into()),
         timestamp_unit: TimeUnit::Ms,
         max_line: 4096,
+        required_keys: vec!["sensor".into(), "ts".into()],
     });
     if let Some(url) = &opts.influx {
         cfg.sinks.influx.push(InfluxSinkConfig {

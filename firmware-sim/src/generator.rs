@@ -1,7 +1,11 @@
-//! What the simulated firmware says, and when: pure, time passed in.
+//! What the simulated firmware says, and when: pure, with time passed in.
+//!
+//! Nothing here reads the clock or touches a file descriptor (apart from
+//! loading a replay CSV once), so unit tests can check the exact bytes.
 
 use std::collections::BTreeMap;
 use std::io;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::{Framing, LedgerEntry, SimConfig};
@@ -11,11 +15,11 @@ use crate::{Framing, LedgerEntry, SimConfig};
 pub struct Emitted {
     /// The bytes of the line, without its `\n`.
     pub line: Vec<u8>,
-    /// What the ledger records for it.
+    /// What the ledger records for it (`seq` as given to [`Generator::next`]).
     pub entry: LedgerEntry,
 }
 
-/// The state of every simulated sensor.
+/// The state of every simulated sensor, and the pacing of the stream.
 pub struct Generator {
     framing: Framing,
     garbage_rate: f64,
@@ -23,8 +27,14 @@ pub struct Generator {
     rate: f64,
     sensors: Vec<Sensor>,
     next_sensor: usize,
-    /// Replay rows (ts ms, value text) and the speed-up, instead of synthetic signals.
-    replay: Option<(Vec<(i64, String)>, f64)>,
+    /// Replay rows and the speed-up, instead of synthetic signals.
+    replay: Option<Replay>,
+}
+
+struct Replay {
+    /// (timestamp ms, value) per CSV row, in file order.
+    rows: Vec<(i64, f64)>,
+    speedup: f64,
 }
 
 struct Sensor {
@@ -33,14 +43,35 @@ struct Sensor {
     drift: f64,
     /// Phase of the daily cycle, so sensors differ.
     phase: f64,
+    /// Last timestamp sent, to keep (sensor, ts) unique.
     last_ts: i64,
+}
+
+/// One reading before framing: sensor, timestamp, fields in print order.
+struct Reading {
+    sensor: String,
+    ts: i64,
+    fields: Vec<(&'static str, f64)>,
 }
 
 impl Generator {
     /// A generator for `cfg`; reads the replay CSV, if any.
     pub fn new(cfg: &SimConfig) -> io::Result<Generator> {
         let mut rng = fastrand::Rng::with_seed(cfg.seed);
-        let sensors = (0..cfg.sensors.max(1))
+        let replay = match &cfg.replay {
+            Some(path) => Some(Replay {
+                rows: read_csv(path)?,
+                speedup: if cfg.speedup > 0.0 { cfg.speedup } else { 1.0 },
+            }),
+            None => None,
+        };
+        // Replay is one sensor by definition; otherwise at least one.
+        let n = if replay.is_some() {
+            1
+        } else {
+            cfg.sensors.max(1)
+        };
+        let sensors = (0..n)
             .map(|i| Sensor {
                 id: format!("s{:02}", i + 1),
                 drift: 0.0,
@@ -48,51 +79,64 @@ impl Generator {
                 last_ts: i64::MIN,
             })
             .collect();
-        let replay = match &cfg.replay {
-            Some(path) => Some((read_csv(path)?, cfg.speedup.max(1e-9))),
-            None => None,
-        };
         Ok(Generator {
             framing: cfg.framing,
-            garbage_rate: cfg.garbage_rate,
+            garbage_rate: cfg.garbage_rate.clamp(0.0, 1.0),
             rng,
-            rate: cfg.rate.max(1e-9),
+            rate: if cfg.rate > 0.0 { cfg.rate } else { 1.0 },
             sensors,
             next_sensor: 0,
             replay,
         })
     }
 
-    /// Lines due after `elapsed` since the start, given `sent` already sent.
+    /// Lines due `elapsed` after the start of a run, given `sent` already sent
+    /// in that run. Deadlines come from the start, so sleeping late never
+    /// drifts the rate: a late wake-up just finds more lines due.
     pub fn due_lines(&self, elapsed: Duration, sent: u64) -> u64 {
         match &self.replay {
-            Some((rows, speedup)) => {
-                let t0 = rows.first().map(|r| r.0).unwrap_or(0);
-                let horizon = t0 + (elapsed.as_secs_f64() * 1000.0 * speedup) as i64;
-                let due = rows.partition_point(|r| r.0 <= horizon) as u64;
-                // Past the end of the file: nothing more is ever due.
+            Some(r) => {
+                let horizon = r.rows[0].0 + (elapsed.as_secs_f64() * 1000.0 * r.speedup) as i64;
+                let due = r.rows.partition_point(|row| row.0 <= horizon) as u64;
                 due.saturating_sub(sent)
             }
             None => ((elapsed.as_secs_f64() * self.rate) as u64).saturating_sub(sent),
         }
     }
 
-    /// How long until the next line is due.
+    /// How long after `elapsed` the next line is due (`sent` already sent).
     pub fn until_next(&self, elapsed: Duration, sent: u64) -> Duration {
-        let at = match &self.replay {
-            Some((rows, speedup)) => match rows.get(sent as usize) {
-                Some(r) => (r.0 - rows[0].0) as f64 / 1000.0 / speedup,
-                None => return Duration::from_millis(50),
-            },
-            None => (sent + 1) as f64 / self.rate,
-        };
-        Duration::from_secs_f64((at - elapsed.as_secs_f64()).max(0.0))
+        match self.deadline(sent) {
+            Some(at) => at.saturating_sub(elapsed),
+            None => Duration::from_millis(50),
+        }
     }
 
-    /// The line number `seq`, at wall time `now_ms`.
+    /// When, after the start of a run, line number `sent` of the run is due;
+    /// `None` past the end of a replay.
+    pub fn deadline(&self, sent: u64) -> Option<Duration> {
+        let secs = match &self.replay {
+            Some(r) => {
+                let row = r.rows.get(sent as usize)?;
+                (row.0 - r.rows[0].0) as f64 / 1000.0 / r.speedup
+            }
+            None => (sent + 1) as f64 / self.rate,
+        };
+        Some(Duration::from_secs_f64(secs.max(0.0)))
+    }
+
+    /// True once a replay has sent all `sent` rows of its file; never for
+    /// synthetic sensors.
+    pub fn finished(&self, sent: u64) -> bool {
+        self.replay
+            .as_ref()
+            .is_some_and(|r| sent >= r.rows.len() as u64)
+    }
+
+    /// The line number `seq` (replay: the CSV row `seq`), at wall time `now_ms`.
     pub fn next(&mut self, now_ms: i64, seq: u64) -> Emitted {
         if self.garbage_rate > 0.0 && self.rng.f64() < self.garbage_rate {
-            let line = self.garbage(now_ms);
+            let line = self.garbage(now_ms, seq);
             let entry = LedgerEntry {
                 seq,
                 valid: false,
@@ -103,67 +147,78 @@ impl Generator {
             };
             return Emitted { line, entry };
         }
-        let (sensor, ts, fields) = self.reading(now_ms, seq);
-        let line = self.format(&sensor, ts, &fields);
-        let values = fields
-            .iter()
-            .map(|(k, text)| (k.clone(), text.parse::<f64>().expect("we print numbers")))
-            .collect::<BTreeMap<_, _>>();
+        let r = self.reading(now_ms, seq);
+        let line = self.format(&r);
+        let fields: BTreeMap<String, f64> =
+            r.fields.iter().map(|&(k, v)| (k.to_string(), v)).collect();
         Emitted {
             line,
             entry: LedgerEntry {
                 seq,
                 valid: true,
-                sensor: Some(sensor),
-                ts: Some(ts),
-                fields: Some(values),
+                sensor: Some(r.sensor),
+                ts: Some(r.ts),
+                fields: Some(fields),
                 line: None,
             },
         }
     }
 
-    /// A reading: sensor id, timestamp (ms) and field texts exactly as printed.
-    fn reading(&mut self, now_ms: i64, seq: u64) -> (String, i64, Vec<(String, String)>) {
-        if let Some((rows, _)) = &self.replay {
-            let (ts, text) = rows[(seq as usize).min(rows.len() - 1)].clone();
-            return ("s01".into(), ts, vec![("value".into(), text)]);
+    /// The next reading, round-robin over the sensors.
+    fn reading(&mut self, now_ms: i64, seq: u64) -> Reading {
+        if let Some(r) = &self.replay {
+            let (ts, value) = r.rows[(seq as usize).min(r.rows.len() - 1)];
+            let s = &mut self.sensors[0];
+            // A CSV may repeat a timestamp; (sensor, ts) must stay unique.
+            let ts = ts.max(s.last_ts.saturating_add(1));
+            s.last_ts = ts;
+            return Reading {
+                sensor: s.id.clone(),
+                ts,
+                fields: vec![("value", value)],
+            };
         }
         let i = self.next_sensor;
         self.next_sensor = (i + 1) % self.sensors.len();
         let noise_t = self.gauss() * 0.05;
         let noise_h = self.gauss() * 0.3;
-        let step = self.gauss() * 0.002;
+        let step = self.gauss() * 0.01;
         let s = &mut self.sensors[i];
         // Strictly increasing per sensor, so (sensor, ts) names one reading.
-        let ts = now_ms.max(s.last_ts + 1);
+        let ts = now_ms.max(s.last_ts.saturating_add(1));
         s.last_ts = ts;
         s.drift = (s.drift + step).clamp(-2.0, 2.0);
         let day = (ts as f64 / 86_400_000.0) * std::f64::consts::TAU + s.phase;
         let temp = 21.0 + 3.0 * day.sin() + s.drift + noise_t;
-        let hum = 50.0 - 12.0 * day.sin() + noise_h;
-        // Quantise like an ADC: integer counts, printed as short decimals.
-        let temp = decimal((temp * 100.0).round() as i64, 2);
-        let hum = decimal((hum.clamp(30.0, 70.0) * 10.0).round() as i64, 1);
-        (
-            s.id.clone(),
+        let hum = (50.0 - 12.0 * day.sin() + noise_h).clamp(30.0, 70.0);
+        // Quantise like an ADC: an integer count, turned into the f64 nearest
+        // to its decimal text, so `{}` prints it short ("21.53", not
+        // "21.530000000000001" as `count as f64 * 0.01` could).
+        Reading {
+            sensor: s.id.clone(),
             ts,
-            vec![("temp".into(), temp), ("hum".into(), hum)],
-        )
+            fields: vec![("temp", quantise(temp, 2)), ("hum", quantise(hum, 1))],
+        }
     }
 
-    fn format(&self, sensor: &str, ts: i64, fields: &[(String, String)]) -> Vec<u8> {
+    fn format(&self, r: &Reading) -> Vec<u8> {
+        use std::fmt::Write;
         let mut s = String::with_capacity(64);
         match self.framing {
             Framing::Kv => {
-                s.push_str(&format!("sensor={sensor} ts={ts}"));
-                for (k, v) in fields {
-                    s.push_str(&format!(" {k}={v}"));
+                let _ = write!(s, "sensor={} ts={}", r.sensor, r.ts);
+                for (k, v) in &r.fields {
+                    // `{}` on f64 is the shortest text that parses back to it.
+                    let _ = write!(s, " {k}={v}");
                 }
             }
             Framing::Json => {
-                s.push_str(&format!("{{\"sensor\":\"{sensor}\",\"ts\":{ts}"));
-                for (k, v) in fields {
-                    s.push_str(&format!(",\"{k}\":{v}"));
+                // serde_json for every token, so quoting and number
+                // formatting are exactly what a JSON parser reads back; keys
+                // are written in this order rather than a map's sorted order.
+                let _ = write!(s, "{{\"sensor\":{},\"ts\":{}", json(&r.sensor), r.ts);
+                for (k, v) in &r.fields {
+                    let _ = write!(s, ",{}:{}", json(k), json(v));
                 }
                 s.push('}');
             }
@@ -171,46 +226,99 @@ impl Generator {
         s.into_bytes()
     }
 
-    /// A line that the framing's grammar must reject.
-    fn garbage(&mut self, now_ms: i64) -> Vec<u8> {
-        let (sensor, ts, fields) = self.reading(now_ms, 0);
-        let good = self.format(&sensor, ts, &fields);
-        match self.rng.u8(0..5) {
-            // Printable junk with no '=' and not JSON.
+    /// A line that the framing's grammar rejects: one line, never blank.
+    fn garbage(&mut self, now_ms: i64, seq: u64) -> Vec<u8> {
+        let r = self.reading(now_ms, seq);
+        let good = self.format(&r);
+        let (sensor, ts) = (r.sensor.as_str(), r.ts);
+        let kv = self.framing == Framing::Kv;
+        match self.rng.u8(0..6) {
+            // Printable line noise: no '=' (so no kv token) and starting
+            // with a character no JSON text starts with.
             0 => {
-                let n = self.rng.usize(3..40);
-                let mut v: Vec<u8> = (0..n).map(|_| self.rng.u8(b'A'..=b'z')).collect();
-                v.retain(|&c| c != b'=' && c != b'{' && c != b'[');
-                v.insert(0, b'#');
+                let n = self.rng.usize(4..60);
+                let mut v = vec![b'#'];
+                v.extend(
+                    (0..n)
+                        .map(|_| self.rng.u8(b' '..=b'~'))
+                        .filter(|&c| c != b'='),
+                );
                 v
             }
-            // A reading cut short: kv leaves an empty value, JSON an open object.
-            1 => match self.framing {
-                Framing::Kv => format!("sensor={sensor} ts={ts} temp=").into_bytes(),
-                Framing::Json => good[..good.len() / 2].to_vec(),
-            },
-            // A value that is not a finite number.
-            2 => {
-                let bad = ["21.5x", "nan", "inf", "-", "0x1F"][self.rng.usize(0..5)];
-                match self.framing {
-                    Framing::Kv => format!("sensor={sensor} ts={ts} temp={bad}").into_bytes(),
-                    Framing::Json => {
-                        format!("{{\"sensor\":\"{sensor}\",\"ts\":{ts},\"temp\":\"{bad}\"}}")
-                            .into_bytes()
-                    }
+            // A reading cut short (a lost tail).
+            1 => {
+                if kv {
+                    // Any cut up to and including the first field's '=' has no
+                    // numeric field or ends in a bad token ("ts=", "te",
+                    // "temp="); a cut later could leave a valid shorter line.
+                    let first = good.iter().position(|&c| c == b'=').unwrap_or(0);
+                    let field_eq = good
+                        .iter()
+                        .enumerate()
+                        .filter(|&(_, &c)| c == b'=')
+                        .map(|(i, _)| i)
+                        .nth(2)
+                        .unwrap_or(first);
+                    good[..self.rng.usize(1..=field_eq + 1)].to_vec()
+                } else {
+                    // Every strict prefix of a JSON object is invalid JSON.
+                    good[..self.rng.usize(1..good.len())].to_vec()
                 }
             }
-            // Line noise: bytes that are not UTF-8.
+            // A value that is not a finite number.
+            2 => {
+                let bad = ["21.5x", "nan", "inf", "-inf", "-", "0x1F", "1,5", "--3"];
+                let bad = bad[self.rng.usize(0..bad.len())];
+                let field = ["temp", "hum"][self.rng.usize(0..2)];
+                if kv {
+                    format!("sensor={sensor} ts={ts} {field}={bad}").into_bytes()
+                } else {
+                    let v = match self.rng.u8(0..3) {
+                        0 => json(bad),     // a string
+                        1 => "null".into(), // not a number
+                        _ => "NaN".into(),  // not JSON at all
+                    };
+                    format!(
+                        "{{\"sensor\":{},\"ts\":{ts},\"{field}\":{v}}}",
+                        json(sensor)
+                    )
+                    .into_bytes()
+                }
+            }
+            // Bytes that are not UTF-8: a stray high byte, or a Latin-1 '°'.
             3 => {
-                let mut v = vec![0xff, 0xfe];
-                v.extend_from_slice(&good);
+                let mut v = good;
+                if self.rng.bool() {
+                    v.insert(0, 0xff);
+                } else {
+                    let at = self.rng.usize(1..v.len());
+                    v.insert(at, 0xb0);
+                }
                 v
             }
+            // Well-formed but with no numeric field, or a bad key/timestamp.
+            4 => {
+                if kv {
+                    match self.rng.u8(0..3) {
+                        0 => format!("sensor={sensor} ts={ts}"),
+                        1 => format!("sensor={sensor} ts={ts} =21.5"),
+                        _ => format!("sensor={sensor} ts={ts}.5 temp=21.5"),
+                    }
+                    .into_bytes()
+                } else if self.rng.bool() {
+                    format!("{{\"sensor\":{},\"ts\":{ts}}}", json(sensor)).into_bytes()
+                } else {
+                    b"[21.5,40.2]".to_vec()
+                }
+            }
             // The other framing's syntax.
-            _ => match self.framing {
-                Framing::Kv => b"{\"temp\":21.5}".to_vec(),
-                Framing::Json => format!("sensor={sensor} temp=21.5").into_bytes(),
-            },
+            _ => {
+                if kv {
+                    format!("{{\"sensor\":{},\"temp\":21.5}}", json(sensor)).into_bytes()
+                } else {
+                    format!("sensor={sensor} ts={ts} temp=21.5").into_bytes()
+                }
+            }
         }
     }
 
@@ -222,45 +330,64 @@ impl Generator {
     }
 }
 
+/// `x` rounded to `decimals` places, as the f64 nearest that decimal.
+fn quantise(x: f64, decimals: u32) -> f64 {
+    let count = (x * 10f64.powi(decimals as i32)).round() as i64;
+    decimal(count, decimals)
+        .parse()
+        .expect("a decimal is a number")
+}
+
 /// Prints `count × 10^-decimals` without float noise: `decimal(2153, 2)` is "21.53".
 fn decimal(count: i64, decimals: u32) -> String {
-    let scale = 10i64.pow(decimals);
+    let scale = 10u64.pow(decimals);
     let sign = if count < 0 { "-" } else { "" };
     let a = count.unsigned_abs();
     format!(
         "{sign}{}.{:0width$}",
-        a / scale as u64,
-        a % scale as u64,
+        a / scale,
+        a % scale,
         width = decimals as usize
     )
 }
 
-/// Reads a `timestamp,value` CSV (timestamps `YYYY-MM-DD HH:MM:SS`, UTC).
-fn read_csv(path: &std::path::Path) -> io::Result<Vec<(i64, String)>> {
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).expect("strings and finite numbers serialise")
+}
+
+/// Reads a `timestamp,value` CSV with a header line (timestamps
+/// `YYYY-MM-DD HH:MM:SS`, UTC); values must be finite numbers.
+fn read_csv(path: &Path) -> io::Result<Vec<(i64, f64)>> {
     let text = std::fs::read_to_string(path)?;
+    let bad = |line: usize, why: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}:{line}: {why}", path.display()),
+        )
+    };
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate().skip(1) {
-        let Some((t, v)) = line.split_once(',') else {
+        if line.trim().is_empty() {
             continue;
-        };
-        let ts = humantime::parse_rfc3339_weak(t.trim())
-            .map_err(|e| io::Error::other(format!("{}:{}: {e}", path.display(), i + 1)))?;
-        let ms = ts
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_err(io::Error::other)?
-            .as_millis() as i64;
-        let v = v.trim().to_string();
-        if v.parse::<f64>().is_err() {
-            return Err(io::Error::other(format!(
-                "{}:{}: `{v}` is not a number",
-                path.display(),
-                i + 1
-            )));
         }
-        rows.push((ms, v));
+        let (t, v) = line
+            .split_once(',')
+            .ok_or_else(|| bad(i + 1, "expected `timestamp,value`".into()))?;
+        let at = humantime::parse_rfc3339_weak(t.trim()).map_err(|e| bad(i + 1, e.to_string()))?;
+        let ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| bad(i + 1, e.to_string()))?
+            .as_millis() as i64;
+        let value = v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| bad(i + 1, format!("`{}` is not a finite number", v.trim())))?;
+        rows.push((ms, value));
     }
     if rows.is_empty() {
-        return Err(io::Error::other(format!("{}: no rows", path.display())));
+        return Err(bad(1, "no rows".into()));
     }
     Ok(rows)
 }
@@ -279,111 +406,160 @@ mod tests {
         }
     }
 
-    /// The agent's grammar, restated independently: true if the line is a valid reading.
-    fn valid_kv(line: &[u8]) -> bool {
-        let Ok(text) = std::str::from_utf8(line) else {
-            return false;
-        };
-        let mut fields = 0;
+    /// What a reference parser reads from a valid line: sensor, ts, fields.
+    type Parsed = (Option<String>, Option<i64>, BTreeMap<String, f64>);
+
+    /// The kv grammar, restated independently (and as permissively as the
+    /// agent): the reading's (sensor, ts, fields) if the line is valid.
+    fn parse_kv(line: &[u8]) -> Option<Parsed> {
+        let text = std::str::from_utf8(line).ok()?;
+        let (mut sensor, mut ts, mut fields) = (None, None, BTreeMap::new());
         for tok in text.split_ascii_whitespace() {
-            let Some((k, v)) = tok.split_once('=') else {
-                return false;
-            };
-            if k.is_empty() {
-                return false;
-            }
+            let (k, v) = tok.split_once('=').filter(|(k, _)| !k.is_empty())?;
             match k {
-                "sensor" => {}
-                "ts" => {
-                    if v.parse::<i64>().is_err() {
-                        return false;
+                "sensor" => sensor = Some(v.to_string()),
+                "ts" => ts = Some(v.parse::<i64>().ok()?),
+                _ => {
+                    let x = v.parse::<f64>().ok().filter(|x| x.is_finite())?;
+                    fields.insert(k.to_string(), x);
+                }
+            }
+        }
+        (!fields.is_empty()).then_some((sensor, ts, fields))
+    }
+
+    /// The JSON grammar, as permissively as the agent (which also takes
+    /// booleans and flattens nested objects).
+    fn parse_json(line: &[u8]) -> Option<Parsed> {
+        use serde_json::Value;
+        let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(line) else {
+            return None;
+        };
+        fn walk(prefix: &str, m: serde_json::Map<String, Value>, out: &mut Parsed) -> Option<()> {
+            for (k, v) in m {
+                let key = format!("{prefix}{k}");
+                match (key.as_str(), v) {
+                    (_, Value::Object(inner)) => walk(&format!("{key}."), inner, out)?,
+                    ("ts", v) => out.1 = Some(v.to_string().trim_matches('"').parse().ok()?),
+                    ("sensor", Value::String(s)) => out.0 = Some(s),
+                    ("sensor", Value::Number(n)) => out.0 = Some(n.to_string()),
+                    (_, Value::Number(n)) => {
+                        let x = n.as_f64().filter(|x| x.is_finite())?;
+                        out.2.insert(key, x);
+                    }
+                    (_, Value::Bool(b)) => {
+                        out.2.insert(key, b as u8 as f64);
+                    }
+                    _ => return None,
+                }
+            }
+            Some(())
+        }
+        let mut out = (None, None, BTreeMap::new());
+        walk("", m, &mut out)?;
+        (!out.2.is_empty()).then_some(out)
+    }
+
+    fn parser(framing: Framing) -> fn(&[u8]) -> Option<Parsed> {
+        match framing {
+            Framing::Kv => parse_kv,
+            Framing::Json => parse_json,
+        }
+    }
+
+    #[test]
+    fn garbage_is_always_rejected_and_readings_parse_to_the_ledger() {
+        for framing in [Framing::Kv, Framing::Json] {
+            let parse = parser(framing);
+            let mut g = Generator::new(&cfg(framing, 0.3)).unwrap();
+            let mut garbage = 0;
+            for seq in 0..20_000 {
+                let e = g.next(1_764_000_000_000 + seq as i64 / 7, seq);
+                let shown = String::from_utf8_lossy(&e.line).into_owned();
+                assert!(
+                    !e.line.contains(&b'\n') && !e.line.contains(&b'\r'),
+                    "{shown:?}"
+                );
+                assert!(!e.line.iter().all(u8::is_ascii_whitespace), "{shown:?}");
+                assert_eq!(e.entry.seq, seq);
+                match parse(&e.line) {
+                    Some((sensor, ts, fields)) => {
+                        assert!(e.entry.valid, "garbage accepted: {shown:?}");
+                        assert_eq!(sensor, e.entry.sensor);
+                        assert_eq!(ts, e.entry.ts);
+                        let want = e.entry.fields.as_ref().unwrap();
+                        assert_eq!(fields.len(), want.len());
+                        for (k, v) in &fields {
+                            // Bit-exact: the ledger holds what the text parses to.
+                            assert_eq!(v.to_bits(), want[k].to_bits(), "{shown}");
+                        }
+                    }
+                    None => {
+                        assert!(!e.entry.valid, "reading rejected: {shown:?}");
+                        assert_eq!(e.entry.line.as_deref(), Some(shown.as_str()));
+                        garbage += 1;
                     }
                 }
-                _ => match v.parse::<f64>() {
-                    Ok(x) if x.is_finite() => fields += 1,
-                    _ => return false,
-                },
             }
-        }
-        fields > 0
-    }
-
-    fn valid_json(line: &[u8]) -> bool {
-        let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(line) else {
-            return false;
-        };
-        let mut fields = 0;
-        for (k, v) in m {
-            match (k.as_str(), v) {
-                ("sensor", serde_json::Value::String(_)) | ("ts", serde_json::Value::Number(_)) => {
-                }
-                (_, serde_json::Value::Number(n)) if n.as_f64().is_some_and(f64::is_finite) => {
-                    fields += 1
-                }
-                _ => return false,
-            }
-        }
-        fields > 0
-    }
-
-    #[test]
-    fn garbage_is_always_rejected_and_readings_always_accepted() {
-        for framing in [Framing::Kv, Framing::Json] {
-            let mut g = Generator::new(&cfg(framing, 0.3)).unwrap();
-            let valid = if framing == Framing::Kv {
-                valid_kv
-            } else {
-                valid_json
-            };
-            let mut garbage = 0;
-            for seq in 0..5000 {
-                let e = g.next(1_764_000_000_000 + seq as i64, seq);
-                assert!(!e.line.contains(&b'\n') && !e.line.contains(&b'\r'));
-                assert!(!e.line.iter().all(u8::is_ascii_whitespace));
-                assert_eq!(
-                    valid(&e.line),
-                    e.entry.valid,
-                    "{:?}",
-                    String::from_utf8_lossy(&e.line)
-                );
-                if !e.entry.valid {
-                    garbage += 1;
-                }
-            }
-            assert!(garbage > 1000, "{garbage}");
+            assert!((5000..7000).contains(&garbage), "{garbage}");
         }
     }
 
     #[test]
-    fn ledger_values_are_what_the_line_says() {
+    fn values_print_short_and_stay_in_range() {
         let mut g = Generator::new(&cfg(Framing::Kv, 0.0)).unwrap();
-        for seq in 0..1000 {
-            let e = g.next(1_764_000_000_000, seq);
+        for seq in 0..20_000 {
+            // Sweep two days so the daily cycle is covered.
+            let e = g.next(1_764_000_000_000 + seq as i64 * 8_640, seq);
             let text = String::from_utf8(e.line).unwrap();
-            for tok in text.split(' ').skip(2) {
-                let (k, v) = tok.split_once('=').unwrap();
-                let want = e.entry.fields.as_ref().unwrap()[k];
-                assert_eq!(v.parse::<f64>().unwrap().to_bits(), want.to_bits());
-                assert!(v.len() <= 7, "short decimals: {v}");
-            }
+            let toks: Vec<&str> = text.split(' ').collect();
+            assert_eq!(toks.len(), 4, "{text}");
+            assert!(toks[0].starts_with("sensor=s0") && toks[1].starts_with("ts="));
+            let (_, temp) = toks[2].split_once('=').unwrap();
+            let (_, hum) = toks[3].split_once('=').unwrap();
+            let decimals = |v: &str| v.split_once('.').map_or(0, |(_, d)| d.len());
+            assert!(decimals(temp) <= 2 && decimals(hum) <= 1, "{text}");
+            let (t, h) = (temp.parse::<f64>().unwrap(), hum.parse::<f64>().unwrap());
+            assert!((10.0..32.0).contains(&t), "{text}");
+            assert!((30.0..=70.0).contains(&h), "{text}");
         }
+    }
+
+    #[test]
+    fn json_lines_keep_field_order() {
+        let mut g = Generator::new(&cfg(Framing::Json, 0.0)).unwrap();
+        let line = String::from_utf8(g.next(1_764_053_000_123, 0).line).unwrap();
+        assert!(
+            line.starts_with("{\"sensor\":\"s01\",\"ts\":1764053000123,\"temp\":"),
+            "{line}"
+        );
+        assert!(line.contains(",\"hum\":") && line.ends_with('}'), "{line}");
     }
 
     #[test]
     fn timestamps_strictly_increase_per_sensor_and_seed_repeats() {
         let mut a = Generator::new(&cfg(Framing::Kv, 0.1)).unwrap();
         let mut b = Generator::new(&cfg(Framing::Kv, 0.1)).unwrap();
+        let mut c = Generator::new(&SimConfig {
+            seed: 43,
+            ..cfg(Framing::Kv, 0.1)
+        })
+        .unwrap();
         let mut last: BTreeMap<String, i64> = BTreeMap::new();
+        let mut differs = false;
         for seq in 0..3000 {
             // The clock stands still: timestamps must still move.
-            let (x, y) = (a.next(1000, seq), b.next(1000, seq));
+            let (x, y, z) = (a.next(1000, seq), b.next(1000, seq), c.next(1000, seq));
             assert_eq!(x.line, y.line, "same seed, same stream");
+            differs |= x.line != z.line;
             if let (Some(s), Some(ts)) = (x.entry.sensor, x.entry.ts) {
                 if let Some(prev) = last.insert(s, ts) {
                     assert!(ts > prev);
                 }
             }
         }
+        assert!(differs, "another seed, another stream");
+        assert_eq!(last.len(), 3);
     }
 
     #[test]
@@ -395,10 +571,10 @@ mod tests {
         .unwrap();
         assert_eq!(g.due_lines(Duration::from_millis(1000), 0), 100);
         assert_eq!(g.due_lines(Duration::from_millis(1000), 60), 40);
-        assert_eq!(
-            g.until_next(Duration::from_millis(0), 0),
-            Duration::from_millis(10)
-        );
+        assert_eq!(g.due_lines(Duration::from_millis(1000), 200), 0);
+        assert_eq!(g.until_next(Duration::ZERO, 0), Duration::from_millis(10));
+        assert_eq!(g.deadline(99), Some(Duration::from_secs(1)));
+        assert!(!g.finished(u64::MAX));
     }
 
     #[test]
@@ -406,24 +582,59 @@ mod tests {
         assert_eq!(decimal(2153, 2), "21.53");
         assert_eq!(decimal(-5, 2), "-0.05");
         assert_eq!(decimal(400, 1), "40.0");
+        assert_eq!(quantise(21.534999, 2).to_string(), "21.53");
+        assert_eq!(quantise(40.04, 1).to_string(), "40");
     }
 
     #[test]
-    fn replays_a_real_recording() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/data/nab/speed_6005.csv");
+    fn replays_a_csv_at_the_speedup() {
+        let path = std::env::temp_dir().join(format!("fwsim-replay-{}.csv", std::process::id()));
+        std::fs::write(
+            &path,
+            "timestamp,value\n2015-08-31 18:22:00,90\n2015-08-31 18:32:00,80.50\n\
+             2015-08-31 18:32:00,7e1\n2015-08-31 19:22:00,-3\n",
+        )
+        .unwrap();
         let mut g = Generator::new(&SimConfig {
-            replay: Some(path),
-            speedup: 300_000.0, // five minutes a millisecond
+            replay: Some(path.clone()),
+            speedup: 600.0, // ten minutes a second
+            garbage_rate: 0.0,
             ..Default::default()
         })
         .unwrap();
-        let e = g.next(0, 0);
-        assert!(e.entry.valid);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(g.due_lines(Duration::ZERO, 0), 1);
+        assert_eq!(g.due_lines(Duration::from_millis(999), 0), 1);
+        assert_eq!(g.due_lines(Duration::from_millis(1000), 0), 3);
+        assert_eq!(g.until_next(Duration::ZERO, 1), Duration::from_secs(1));
+        let lines: Vec<String> = (0..4)
+            .map(|seq| String::from_utf8(g.next(0, seq).line).unwrap())
+            .collect();
+        let t0 = 1_441_045_320_000i64; // 2015-08-31 18:22:00 UTC
         assert_eq!(
-            e.entry.fields.unwrap().keys().collect::<Vec<_>>(),
-            ["value"]
+            lines,
+            [
+                format!("sensor=s01 ts={t0} value=90"),
+                format!("sensor=s01 ts={} value=80.5", t0 + 600_000),
+                // A repeated timestamp is bumped to keep (sensor, ts) unique.
+                format!("sensor=s01 ts={} value=70", t0 + 600_001),
+                format!("sensor=s01 ts={} value=-3", t0 + 3_600_000),
+            ]
         );
-        assert!(g.due_lines(Duration::from_millis(1), 0) >= 1);
+        assert!(g.finished(4) && !g.finished(3));
+    }
+
+    #[test]
+    fn replay_rejects_non_numbers() {
+        let path = std::env::temp_dir().join(format!("fwsim-bad-{}.csv", std::process::id()));
+        std::fs::write(&path, "timestamp,value\n2015-08-31 18:22:00,nan\n").unwrap();
+        let err = Generator::new(&SimConfig {
+            replay: Some(path.clone()),
+            ..Default::default()
+        })
+        .err()
+        .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(err.to_string().contains("not a finite number"), "{err}");
     }
 }

@@ -4,12 +4,15 @@
 //! pseudo-terminal, writes one reading a line at a chosen rate, and keeps a
 //! ledger of every line it sent, so a test can prove what arrived.
 //!
-//! The [`Generator`] is pure (time is passed in); [`Pty`] and [`spawn_pty`] do
-//! the I/O.
+//! The [`Generator`] is pure (time is passed in); [`Pty`] and [`Writer`] do
+//! the I/O, and [`spawn_pty`] runs them on a thread for in-process use.
+
+#![warn(missing_docs)]
 
 mod generator;
 mod pty;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -18,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use generator::{Emitted, Generator};
-pub use pty::Pty;
+pub use pty::{PartialWrite, Pty};
 use serde::{Deserialize, Serialize};
 
 /// How readings are written on the line.
@@ -36,17 +39,19 @@ pub enum Framing {
 pub struct SimConfig {
     /// Number of sensors, named `s01`, `s02`, ...
     pub sensors: usize,
-    /// Readings per second over all sensors.
+    /// Readings per second over all sensors (ignored when replaying).
     pub rate: f64,
-    /// Stop after this many lines (valid and garbage); `None` runs until stopped.
+    /// Stop after this many lines (valid and garbage); `None` runs until
+    /// stopped (or, replaying, until the file ends).
     pub count: Option<u64>,
     /// Line format.
     pub framing: Framing,
-    /// Probability that a line is garbage instead of a reading.
+    /// Probability (0..1) that a line is garbage instead of a reading.
     pub garbage_rate: f64,
     /// Seed: the same seed gives the same values and garbage.
     pub seed: u64,
-    /// Replay this CSV (`timestamp,value`) instead of synthetic signals.
+    /// Replay this CSV (`timestamp,value`, header, UTC `YYYY-MM-DD HH:MM:SS`)
+    /// as sensor `s01`, field `value`, instead of synthetic signals.
     pub replay: Option<PathBuf>,
     /// Replay speed-up: 3600 plays an hour of the CSV per second.
     pub speedup: f64,
@@ -67,10 +72,10 @@ impl Default for SimConfig {
     }
 }
 
-/// One line sent, as the ledger records it.
+/// One line sent, as the ledger records it (one JSON object a line).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LedgerEntry {
-    /// Position in the stream, from 0.
+    /// Position in the stream of lines sent, from 0.
     pub seq: u64,
     /// A reading (true) or garbage (false).
     pub valid: bool,
@@ -82,7 +87,7 @@ pub struct LedgerEntry {
     pub ts: Option<i64>,
     /// Field values, for readings: exactly the f64 the printed text parses to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fields: Option<std::collections::BTreeMap<String, f64>>,
+    pub fields: Option<BTreeMap<String, f64>>,
     /// The garbage bytes (lossy UTF-8), for garbage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<String>,
@@ -96,7 +101,10 @@ pub fn read_ledger(path: &Path) -> io::Result<Vec<LedgerEntry>> {
         if line.is_empty() {
             continue;
         }
-        out.push(serde_json::from_str(&line).map_err(io::Error::other)?);
+        out.push(
+            serde_json::from_str(&line)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
+        );
     }
     Ok(out)
 }
@@ -108,7 +116,8 @@ pub struct SimStats {
     pub valid: AtomicU64,
     /// Garbage lines sent.
     pub garbage: AtomicU64,
-    /// All lines sent.
+    /// Set once `count` lines are sent (or the replay ended) and the ledger
+    /// is flushed: it can be read in full from then on.
     pub done: AtomicBool,
 }
 
@@ -123,45 +132,51 @@ pub struct SimHandle {
 }
 
 impl SimHandle {
-    /// Stops the writer and waits for it (flushing the ledger).
-    pub fn stop(mut self) {
-        self.shutdown();
+    /// Stops the writer and waits for it (flushing the ledger, closing the PTY).
+    pub fn stop(self) {
+        let _ = self.finish();
     }
 
-    fn shutdown(&mut self) {
+    /// Like [`SimHandle::stop`], but says whether the writer failed.
+    pub fn finish(mut self) -> io::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> io::Result<()> {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("the firmware-sim thread panicked")),
+            None => Ok(()),
         }
     }
 }
 
 impl Drop for SimHandle {
     fn drop(&mut self) {
-        self.shutdown();
+        let _ = self.shutdown();
     }
 }
 
-/// Opens a PTY and writes readings to it on a thread, until stopped or `count` is reached.
+/// Opens a PTY and writes readings to it on a thread: from when the slave is
+/// first opened, pausing while nobody has it open, until `count` lines are
+/// sent (the PTY then stays open so the reader can drain it) or the handle is
+/// stopped. `ledger`, if given, is created (truncated) and written as lines go.
 pub fn spawn_pty(cfg: SimConfig, ledger: Option<PathBuf>) -> io::Result<SimHandle> {
     let pty = Pty::open()?;
     let slave_path = pty.slave_path().to_path_buf();
     let stats = Arc::new(SimStats::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let mut generator = Generator::new(&cfg)?;
     let ledger = match ledger {
         Some(p) => Some(BufWriter::new(File::create(p)?)),
         None => None,
     };
-    let (st, sp) = (stats.clone(), stop.clone());
+    let mut writer = Writer::new(&cfg, ledger, stats.clone(), stop.clone())?;
     let thread = std::thread::Builder::new()
         .name("firmware-sim".into())
         .spawn(move || {
-            let mut w = Writer::new(pty, ledger, st, sp);
-            if !w.wait_reader()? {
-                return Ok(());
-            }
-            w.run(&mut generator, &cfg)
+            let result = serve(&mut writer, &pty);
+            writer.flush().and(result)
         })?;
     Ok(SimHandle {
         slave_path,
@@ -169,6 +184,26 @@ pub fn spawn_pty(cfg: SimConfig, ledger: Option<PathBuf>) -> io::Result<SimHandl
         stop,
         thread: Some(thread),
     })
+}
+
+/// The in-process writer's life: send while someone reads, then idle.
+fn serve(writer: &mut Writer, pty: &Pty) -> io::Result<()> {
+    loop {
+        if !writer.wait_reader(pty)? {
+            return Ok(());
+        }
+        match writer.run_until(pty, None)? {
+            Stopped::Done => {
+                // Closing the master would drop what the reader has not read
+                // yet: keep it open until stopped.
+                writer.idle(pty);
+                return Ok(());
+            }
+            Stopped::Asked => return Ok(()),
+            Stopped::ReaderGone | Stopped::Until => {}
+            Stopped::WriteFailed(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 /// Unix milliseconds now.
@@ -179,44 +214,70 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Writes generated lines to a PTY at the configured pace and keeps the ledger.
+/// Lines written at most per write(2): enough to reach 100k lines/s with a
+/// few wake-ups a millisecond, small enough to keep the ledger close behind.
+const BATCH_LINES: u64 = 1024;
+
+/// How far behind schedule the writer may fall before it gives up catching
+/// up on the lost time.
+const MAX_LAG: Duration = Duration::from_secs(1);
+
+/// Writes generated lines to a PTY at the configured pace and keeps the
+/// ledger and the counters.
 pub struct Writer {
-    /// The terminal written to.
-    pub pty: Pty,
+    generator: Generator,
+    count: Option<u64>,
     ledger: Option<BufWriter<File>>,
     stats: Arc<SimStats>,
     stop: Arc<AtomicBool>,
     sent: u64,
+    /// The last write stopped inside a line: the next write starts with a
+    /// '\n' so the fragment cannot glue onto a ledgered line.
+    torn: bool,
+    follow_reader: bool,
 }
 
-/// What [`Writer::run_until`] stopped for.
-#[derive(Debug, PartialEq, Eq)]
+/// Why [`Writer::run_until`] returned.
+#[derive(Debug)]
 pub enum Stopped {
-    /// `count` lines were sent.
-    Count,
-    /// Asked to stop.
+    /// `count` lines were sent, or the replay file ended; the ledger is flushed.
+    Done,
+    /// The stop flag was set.
     Asked,
-    /// The reader went away (write failed).
+    /// Nobody has the slave open any more.
     ReaderGone,
-    /// `until` lines were sent.
+    /// `until` lines were sent in total.
     Until,
+    /// A write failed; only the lines written in full were counted.
+    WriteFailed(io::Error),
 }
 
 impl Writer {
-    /// A writer on `pty`.
+    /// A writer for `cfg`, setting `stop` ends it; reads the replay CSV, if any.
     pub fn new(
-        pty: Pty,
+        cfg: &SimConfig,
         ledger: Option<BufWriter<File>>,
         stats: Arc<SimStats>,
         stop: Arc<AtomicBool>,
-    ) -> Writer {
-        Writer {
-            pty,
+    ) -> io::Result<Writer> {
+        Ok(Writer {
+            generator: Generator::new(cfg)?,
+            count: cfg.count,
             ledger,
             stats,
             stop,
             sent: 0,
-        }
+            torn: false,
+            follow_reader: true,
+        })
+    }
+
+    /// Whether [`Writer::run_until`] pauses (returns
+    /// [`Stopped::ReaderGone`]) when nobody has the slave open; on by
+    /// default. Off, lines go into the kernel's buffer for the next reader,
+    /// and writing blocks once it is full.
+    pub fn follow_reader(&mut self, on: bool) {
+        self.follow_reader = on;
     }
 
     /// Lines sent so far.
@@ -224,90 +285,138 @@ impl Writer {
         self.sent
     }
 
-    /// Waits until someone opens the slave; false if asked to stop first.
-    pub fn wait_reader(&mut self) -> io::Result<bool> {
+    /// Waits until someone has the slave open; false if asked to stop first.
+    pub fn wait_reader(&mut self, pty: &Pty) -> io::Result<bool> {
+        // A pause: let ledger readers see everything sent so far.
+        self.flush()?;
         while !self.stop.load(Ordering::Relaxed) {
-            if self.pty.wait_opened(Duration::from_millis(100))? {
+            if pty.wait_opened(Duration::from_millis(100))? {
                 return Ok(true);
             }
         }
         Ok(false)
     }
 
-    /// Writes until `count` (from the config) or stop.
-    pub fn run(&mut self, generator: &mut Generator, cfg: &SimConfig) -> io::Result<()> {
-        self.run_until(generator, cfg, None).map(|_| ())
+    /// Keeps `pty` open, doing nothing, until asked to stop.
+    pub fn idle(&self, pty: &Pty) {
+        while !self.stop.load(Ordering::Relaxed) {
+            pty.discard_input();
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
-    /// Writes lines paced by `generator` until the config's count, `until`
-    /// lines in total, a stop request or a failed write.
-    pub fn run_until(
-        &mut self,
-        generator: &mut Generator,
-        cfg: &SimConfig,
-        until: Option<u64>,
-    ) -> io::Result<Stopped> {
-        let start = Instant::now();
+    /// Writes lines, paced from this call's start, until `count` lines (from
+    /// the config) or `until` lines in total are sent, the stop flag is set,
+    /// the reader goes away or a write fails. The ledger is flushed on return.
+    pub fn run_until(&mut self, pty: &Pty, until: Option<u64>) -> io::Result<Stopped> {
+        let result = self.pump(pty, until);
+        self.flush()?;
+        let result = result?;
+        if matches!(result, Stopped::Done) {
+            // After the flush: `done` promises a complete ledger.
+            self.stats.done.store(true, Ordering::SeqCst);
+        }
+        Ok(result)
+    }
+
+    fn pump(&mut self, pty: &Pty, until: Option<u64>) -> io::Result<Stopped> {
+        let mut start = Instant::now();
         let first = self.sent;
         let mut buf = Vec::with_capacity(64 * 1024);
-        let mut entries = Vec::new();
-        let result = loop {
+        let mut lines: Vec<(usize, LedgerEntry)> = Vec::new();
+        loop {
             if self.stop.load(Ordering::Relaxed) {
-                break Stopped::Asked;
+                return Ok(Stopped::Asked);
             }
-            if cfg.count.is_some_and(|c| self.sent >= c) {
-                break Stopped::Count;
+            if self.count.is_some_and(|c| self.sent >= c) || self.generator.finished(self.sent) {
+                return Ok(Stopped::Done);
             }
             if until.is_some_and(|u| self.sent >= u) {
-                break Stopped::Until;
+                return Ok(Stopped::Until);
+            }
+            if self.follow_reader && pty.hung_up()? {
+                return Ok(Stopped::ReaderGone);
+            }
+            pty.discard_input();
+            // Behind by more than MAX_LAG (a reader that stopped reading, a
+            // stalled machine): let the schedule slip rather than make it all
+            // up in one burst, as a UART cannot send faster either.
+            if let Some(at) = self.generator.deadline(self.sent - first) {
+                let lag = start.elapsed().saturating_sub(at);
+                if lag > MAX_LAG {
+                    start += lag - MAX_LAG;
+                }
             }
             // Every line due by now goes out in one write: at high rates this
             // batches, at low rates it is one line a write.
-            let due = generator.due_lines(start.elapsed(), self.sent - first);
+            let due = self.generator.due_lines(start.elapsed(), self.sent - first);
             if due == 0 {
-                let wait = generator.until_next(start.elapsed(), self.sent - first);
-                std::thread::sleep(wait.min(Duration::from_millis(50)));
+                // A pause: flush the ledger while nothing else is going on.
+                self.flush()?;
+                let wait = self
+                    .generator
+                    .until_next(start.elapsed(), self.sent - first);
+                std::thread::sleep(wait.min(Duration::from_millis(20)));
                 continue;
             }
-            let mut n = due.min(4096);
-            if let Some(c) = cfg.count {
-                n = n.min(c - self.sent);
-            }
-            if let Some(u) = until {
-                n = n.min(u - self.sent);
-            }
+            let limit = [self.count, until]
+                .into_iter()
+                .flatten()
+                .map(|c| c.saturating_sub(self.sent))
+                .fold(BATCH_LINES, u64::min);
+            let n = due.min(limit);
             buf.clear();
-            entries.clear();
+            lines.clear();
+            if self.torn {
+                buf.push(b'\n');
+            }
             let now = now_ms();
-            for _ in 0..n {
-                let e = generator.next(now, self.sent + entries.len() as u64);
+            for i in 0..n {
+                let e = self.generator.next(now, self.sent + i);
                 buf.extend_from_slice(&e.line);
                 buf.push(b'\n');
-                entries.push(e.entry);
+                lines.push((buf.len(), e.entry));
             }
-            if self.pty.write_all(&buf, &self.stop).is_err() {
-                break Stopped::ReaderGone;
+            let (written, failure) = match pty.write_all(&buf, &self.stop) {
+                Ok(()) => (buf.len(), None),
+                Err(p) => (p.written, Some(p.error)),
+            };
+            // Only lines that went out whole count as sent.
+            let whole = lines.partition_point(|(end, _)| *end <= written);
+            let boundary = if whole == 0 {
+                usize::from(self.torn)
+            } else {
+                lines[whole - 1].0
+            };
+            if whole > 0 || written > 0 {
+                self.torn = written != boundary;
             }
-            self.sent += n;
-            for e in &entries {
-                if e.valid {
-                    self.stats.valid.fetch_add(1, Ordering::Relaxed);
+            for (_, e) in lines.drain(..whole) {
+                self.record(&e)?;
+            }
+            if let Some(error) = failure {
+                return Ok(if error.kind() == io::ErrorKind::Interrupted {
+                    Stopped::Asked
                 } else {
-                    self.stats.garbage.fetch_add(1, Ordering::Relaxed);
-                }
-                if let Some(l) = &mut self.ledger {
-                    serde_json::to_writer(&mut *l, e).map_err(io::Error::other)?;
-                    l.write_all(b"\n")?;
-                }
+                    Stopped::WriteFailed(error)
+                });
             }
+        }
+    }
+
+    fn record(&mut self, e: &LedgerEntry) -> io::Result<()> {
+        self.sent += 1;
+        let counter = if e.valid {
+            &self.stats.valid
+        } else {
+            &self.stats.garbage
         };
+        counter.fetch_add(1, Ordering::Relaxed);
         if let Some(l) = &mut self.ledger {
-            l.flush()?;
+            serde_json::to_writer(&mut *l, e).map_err(io::Error::other)?;
+            l.write_all(b"\n")?;
         }
-        if result == Stopped::Count {
-            self.stats.done.store(true, Ordering::Relaxed);
-        }
-        Ok(result)
+        Ok(())
     }
 
     /// Flushes the ledger.

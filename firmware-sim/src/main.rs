@@ -1,4 +1,7 @@
 //! `firmware-sim`: simulated sensor firmware on a pseudo-terminal.
+//!
+//! Prints the PTY's path first, then `done valid=V garbage=G` once `--count`
+//! lines are sent, and keeps the PTY open until SIGTERM or SIGINT (exit 0).
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -8,50 +11,51 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use firmware_sim::{Framing, Generator, Pty, SimConfig, SimStats, Stopped, Writer};
+use firmware_sim::{Framing, Pty, SimConfig, SimStats, Stopped, Writer};
 
 /// Plays a board of sensors on a serial line (a PTY it opens itself) and keeps
 /// a ledger of every line it sent.
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
-    /// Simulated sensors.
+    /// Simulated sensors (ids s01, s02, ...).
     #[arg(long, default_value_t = 3)]
     sensors: usize,
     /// Readings per second, over all sensors.
     #[arg(long, default_value_t = 200.0)]
     rate: f64,
-    /// Stop after this many lines (valid and garbage).
+    /// Stop after this many lines (valid and garbage), print `done ...`.
     #[arg(long)]
     count: Option<u64>,
     /// Line format.
     #[arg(long, value_enum, default_value = "kv")]
     framing: Framing,
-    /// Share of lines that are garbage (0..1).
-    #[arg(long, default_value_t = 0.0)]
+    /// Probability (0..1) that a line is garbage.
+    #[arg(long, default_value_t = 0.02)]
     garbage_rate: f64,
-    /// Random seed.
+    /// Random seed: the same seed sends the same values and garbage.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Replay a `timestamp,value` CSV instead of synthetic sensors.
+    /// Replay a `timestamp,value` CSV as sensor s01 instead of synthetic sensors.
     #[arg(long)]
     replay: Option<PathBuf>,
-    /// Replay speed-up factor.
+    /// Replay speed-up factor (3600: an hour of the file per second).
     #[arg(long, default_value_t = 3600.0)]
     speedup: f64,
-    /// Write the ledger (JSON lines) here.
+    /// Write the ledger (JSON lines, one per line sent) here.
     #[arg(long)]
     ledger: Option<PathBuf>,
-    /// Write the PTY path to this file.
+    /// Write the PTY path to this file (rewritten on replug).
     #[arg(long)]
     path_file: Option<PathBuf>,
     /// Keep a symlink here pointing at the PTY (like /dev/serial/by-id).
     #[arg(long)]
     link: Option<PathBuf>,
-    /// Send without waiting for the port to be opened.
+    /// Send without waiting for the port to be opened (lines go into the
+    /// kernel's buffer for the first reader).
     #[arg(long)]
     no_wait: bool,
-    /// Unplug (close the PTY) after this many lines...
+    /// Unplug (close the PTY) once this many lines are sent...
     #[arg(long)]
     unplug_after: Option<u64>,
     /// ...and plug a new one in after this long.
@@ -61,8 +65,14 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.garbage_rate),
+        "--garbage-rate must be within 0..1"
+    );
+    anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
+    anyhow::ensure!(args.speedup > 0.0, "--speedup must be positive");
     let stop = Arc::new(AtomicBool::new(false));
-    signal_hook_flag(&stop)?;
+    on_signals_set(&stop)?;
     let cfg = SimConfig {
         sensors: args.sensors,
         rate: args.rate,
@@ -73,7 +83,6 @@ fn main() -> anyhow::Result<()> {
         replay: args.replay.clone(),
         speedup: args.speedup,
     };
-    let mut generator = Generator::new(&cfg).context("cannot prepare the readings")?;
     let ledger = match &args.ledger {
         Some(p) => Some(BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
@@ -81,71 +90,93 @@ fn main() -> anyhow::Result<()> {
         None => None,
     };
     let stats = Arc::new(SimStats::default());
-    let mut writer = Writer::new(plug(&args)?, ledger, stats.clone(), stop.clone());
+    let mut writer = Writer::new(&cfg, ledger, stats.clone(), stop.clone())
+        .context("cannot prepare the readings")?;
+    writer.follow_reader(!args.no_wait);
+    let mut pty = plug(&args)?;
+    let mut unplugged = false;
     loop {
-        if !args.no_wait && !writer.wait_reader()? {
+        if !args.no_wait && !writer.wait_reader(&pty)? {
             break;
         }
-        let until = args.unplug_after.filter(|&n| writer.sent() < n);
-        match writer.run_until(&mut generator, &cfg, until)? {
+        let until = args.unplug_after.filter(|_| !unplugged);
+        match writer.run_until(&pty, until)? {
             Stopped::Until => {
-                // Unplug: close the master, wait, plug a new PTY in.
-                let old = std::mem::replace(&mut writer.pty, Pty::open()?);
-                drop(old);
+                // Unplug: the reader sees a hang-up, the by-id link goes
+                // away as udev would remove it, then a new port appears.
+                unplugged = true;
+                // Let the reader take what was sent first: closing drops
+                // unread bytes, and the ledger says they were sent.
+                pty.wait_drained(Duration::from_secs(2), &stop)?;
+                drop(pty);
+                if let Some(link) = &args.link {
+                    let _ = std::fs::remove_file(link);
+                }
                 sleep_unless(&stop, args.replug_after);
-                writer.pty = plug_existing(&args, Pty::open()?)?;
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                pty = plug(&args)?;
             }
-            Stopped::Count => {
+            Stopped::Done => {
                 println!(
                     "done valid={} garbage={}",
                     stats.valid.load(Ordering::Relaxed),
                     stats.garbage.load(Ordering::Relaxed)
                 );
                 std::io::stdout().flush()?;
-                // Keep the port open so the reader drains it, until told to stop.
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+                // Closing the master would drop what the reader has not read
+                // yet: keep the port open until told to stop.
+                writer.idle(&pty);
                 break;
             }
             Stopped::Asked => break,
-            Stopped::ReaderGone => {
-                // The reader closed the port; wait for it to come back.
-                if args.no_wait {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+            // Back to waiting for a reader at the top of the loop.
+            Stopped::ReaderGone => {}
+            Stopped::WriteFailed(e) => {
+                eprintln!("firmware-sim: write failed: {e}");
+                sleep_unless(&stop, Duration::from_millis(100));
             }
         }
     }
-    writer.flush()?;
+    writer.flush().context("cannot write the ledger")?;
     Ok(())
 }
 
+/// Opens a PTY and announces it: stdout, path file, symlink.
 fn plug(args: &Args) -> anyhow::Result<Pty> {
-    plug_existing(args, Pty::open().context("cannot open a pseudo-terminal")?)
-}
-
-/// Announces a PTY: stdout, path file, symlink.
-fn plug_existing(args: &Args, pty: Pty) -> anyhow::Result<Pty> {
-    let path = pty.slave_path().to_path_buf();
-    if let Some(link) = &args.link {
-        relink(&path, link)?;
-    }
+    let pty = Pty::open().context("cannot open a pseudo-terminal")?;
+    let path = pty.slave_path();
     if let Some(f) = &args.path_file {
-        std::fs::write(f, format!("{}\n", path.display()))?;
+        // Via a rename, so a reader never sees a half-written file.
+        let tmp = sibling(f, ".tmp");
+        std::fs::write(&tmp, format!("{}\n", path.display()))
+            .and_then(|()| std::fs::rename(&tmp, f))
+            .with_context(|| format!("cannot write {}", f.display()))?;
     }
-    println!("{}", path.display());
-    std::io::stdout().flush()?;
+    if let Some(link) = &args.link {
+        relink(path, link).with_context(|| format!("cannot link {}", link.display()))?;
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", path.display())?;
+    out.flush()?;
     Ok(pty)
 }
 
-/// Points `link` at `target` atomically (a new symlink renamed over the old).
-fn relink(target: &Path, link: &Path) -> anyhow::Result<()> {
-    let tmp = link.with_extension("tmp-link");
+/// Points `link` at `target` atomically: a new symlink renamed over the old.
+fn relink(target: &Path, link: &Path) -> std::io::Result<()> {
+    let tmp = sibling(link, ".tmp-link");
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp)?;
-    std::fs::rename(&tmp, link).with_context(|| format!("cannot create {}", link.display()))?;
-    Ok(())
+    std::fs::rename(&tmp, link)
+}
+
+/// `path` with `suffix` appended to its file name, in the same directory (so
+/// a rename onto `path` is atomic).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
 }
 
 fn sleep_unless(stop: &AtomicBool, d: Duration) {
@@ -155,22 +186,24 @@ fn sleep_unless(stop: &AtomicBool, d: Duration) {
     }
 }
 
-/// SIGTERM and SIGINT set `stop`; the writer notices between writes.
-fn signal_hook_flag(stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
+/// SIGTERM and SIGINT set `stop`; the writer notices within ~100 ms and the
+/// process exits 0 after flushing the ledger.
+fn on_signals_set(stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
     let _ = STOP.set(stop.clone());
-    extern "C" fn on_signal(_: i32) {
+    extern "C" fn on_signal(_: libc::c_int) {
         if let Some(s) = STOP.get() {
             s.store(true, Ordering::Relaxed);
         }
     }
     let action = SigAction::new(
         SigHandler::Handler(on_signal),
-        SaFlags::empty(),
+        SaFlags::SA_RESTART,
         SigSet::empty(),
     );
-    // SAFETY: the handler only does an atomic store, which is async-signal-safe.
+    // SAFETY: the handler only reads an initialised OnceLock and does an
+    // atomic store, both async-signal-safe.
     unsafe {
         sigaction(Signal::SIGTERM, &action)?;
         sigaction(Signal::SIGINT, &action)?;

@@ -67,6 +67,7 @@ name = "sim"
 port = "{tty}"
 measurement = "sim"
 tags = {{ site = "lab" }}
+required_keys = ["sensor", "ts"]
 "#,
         state = dir.path().join("state").display(),
         tty = dir.path().join("tty").display(),

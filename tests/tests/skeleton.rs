@@ -25,6 +25,7 @@ name = "sim"
 port = "{tty}"
 measurement = "sim"
 tags = {{ site = "lab" }}
+required_keys = ["sensor", "ts"]
 tag_keys = ["sensor"]
 
 [[sinks.influx]]

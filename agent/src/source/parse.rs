@@ -32,6 +32,9 @@ pub enum Reject {
     /// The reading carries no numeric field.
     #[error("no numeric field")]
     NoFields,
+    /// A key listed in `required_keys` is missing.
+    #[error("required key `{0}` missing")]
+    MissingKey(String),
     /// The JSON does not parse, or is not an object.
     #[error("invalid JSON: {0}")]
     BadJson(String),
@@ -48,6 +51,7 @@ impl Reject {
             Reject::NotFinite(_) => "not_finite",
             Reject::BadTimestamp(_) => "bad_timestamp",
             Reject::NoFields => "no_fields",
+            Reject::MissingKey(_) => "missing_key",
             Reject::BadJson(_) => "bad_json",
         }
     }
@@ -62,6 +66,7 @@ pub struct LineParser {
     ts_key: Option<String>,
     ts_unit: TimeUnit,
     max_line: usize,
+    required: Vec<String>,
     /// Building a key allocates and sorts; sensors repeat the same few keys.
     keys: HashMap<(Vec<(String, String)>, String), SeriesKey>,
 }
@@ -84,6 +89,7 @@ impl LineParser {
             ts_key: cfg.timestamp_key.clone(),
             ts_unit: cfg.timestamp_unit,
             max_line: cfg.max_line,
+            required: cfg.required_keys.clone(),
             keys: HashMap::new(),
         }
     }
@@ -115,6 +121,14 @@ impl LineParser {
         };
         if reading.fields.is_empty() {
             return Err(Reject::NoFields);
+        }
+        for key in &self.required {
+            let present = self.ts_key.as_deref() == Some(key.as_str()) && reading.ts_ns.is_some()
+                || reading.tags.iter().any(|(k, _)| k == key)
+                || reading.fields.iter().any(|(k, _)| k == key);
+            if !present {
+                return Err(Reject::MissingKey(key.clone()));
+            }
         }
         let ts_ns = reading.ts_ns.unwrap_or(arrival_ns);
         let n = reading.fields.len();
@@ -266,6 +280,7 @@ mod tests {
             timestamp_key: Some("ts".into()),
             timestamp_unit: TimeUnit::Ms,
             max_line: 128,
+            required_keys: vec![],
         }
     }
 
@@ -326,6 +341,24 @@ mod tests {
             p.parse(b"temp=\xff1", 0, &mut Vec::new()),
             Err(Reject::NotUtf8)
         );
+    }
+
+    #[test]
+    fn required_keys_reject_the_tail_of_a_cut_line() {
+        let mut c = cfg(Framing::Kv);
+        c.required_keys = vec!["sensor".into(), "ts".into()];
+        let mut p = LineParser::new(&c);
+        let line = "sensor=s01 ts=1764053000123 temp=21.53 hum=40.2";
+        // Every proper suffix of a reading is rejected; the whole line is not.
+        for cut in 1..line.len() {
+            let mut out = Vec::new();
+            assert!(
+                p.parse(&line.as_bytes()[cut..], 0, &mut out).is_err(),
+                "{:?}",
+                &line[cut..]
+            );
+        }
+        assert_eq!(p.parse(line.as_bytes(), 0, &mut Vec::new()), Ok(2));
     }
 
     #[test]

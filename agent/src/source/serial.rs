@@ -196,6 +196,7 @@ mod tests {
             timestamp_key: None,
             timestamp_unit: TimeUnit::Ms,
             max_line,
+            required_keys: vec![],
         };
         let stats = Metrics::new("t").source("s");
         (
