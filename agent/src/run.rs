@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::ops::{control, Metrics, Status};
+use crate::ops::{control, notify, Metrics, Status};
 use crate::store::{self, Store};
 use crate::sync::{self, influx::InfluxSink, EngineConfig, Stopping};
 
@@ -67,7 +67,23 @@ pub async fn run(
     ));
     info!(store = %store_path.display(), socket = %socket.display(), sources = cfg.sources.serial.len(), sinks = cfg.sinks.influx.len(), "tidegate running");
 
+    // systemd (Type=notify): ready now that the store is open and the sources
+    // started; then STATUS every second and WATCHDOG while the writer moves.
+    let notifier = notify::Notifier::from_env();
+    notifier.ready();
+    let stop_notify = CancellationToken::new();
+    let supervisor = tokio::spawn(notify::supervise(
+        notifier.clone(),
+        metrics.clone(),
+        handle.heartbeat(),
+        cfg.store.flush_interval * 3 + std::time::Duration::from_secs(2),
+        stop_notify.clone(),
+    ));
+
     shutdown.cancelled().await;
+    stop_notify.cancel();
+    let _ = supervisor.await;
+    notifier.stopping();
     info!("stopping: sources first, then a last flush and sync");
     stop_sources.cancel();
     while sources.join_next().await.is_some() {}

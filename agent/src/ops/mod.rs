@@ -2,6 +2,7 @@
 
 pub mod control;
 pub mod metrics;
+pub mod notify;
 pub mod ratelimit;
 
 pub use metrics::{Metrics, Status};

@@ -5,6 +5,8 @@
 //! talks to it through [`StoreHandle`]. It stops when every handle is dropped,
 //! after a last flush and seal.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -48,6 +50,7 @@ enum Request {
 pub struct StoreHandle {
     tx: mpsc::Sender<Request>,
     flushed: watch::Receiver<i64>,
+    heartbeat: Arc<AtomicU64>,
 }
 
 /// The running store task; [`StoreTask::wait`] returns once it has closed the file.
@@ -69,6 +72,8 @@ pub fn spawn(store: Store, cfg: &StoreConfig) -> (StoreHandle, StoreTask) {
     let (done_tx, done) = oneshot::channel();
     let flush_every = cfg.flush_interval;
     let seal_every = cfg.seal_interval;
+    let heartbeat = Arc::new(AtomicU64::new(0));
+    let beat = heartbeat.clone();
     std::thread::Builder::new()
         .name("tidegate-store".into())
         .spawn(move || {
@@ -76,11 +81,18 @@ pub fn spawn(store: Store, cfg: &StoreConfig) -> (StoreHandle, StoreTask) {
                 .enable_time()
                 .build()
                 .expect("a current-thread runtime");
-            rt.block_on(run(store, rx, flushed_tx, flush_every, seal_every));
+            rt.block_on(run(store, rx, flushed_tx, flush_every, seal_every, beat));
             let _ = done_tx.send(());
         })
         .expect("spawn the store thread");
-    (StoreHandle { tx, flushed }, StoreTask { done })
+    (
+        StoreHandle {
+            tx,
+            flushed,
+            heartbeat,
+        },
+        StoreTask { done },
+    )
 }
 
 async fn run(
@@ -89,7 +101,9 @@ async fn run(
     flushed: watch::Sender<i64>,
     flush_every: Duration,
     seal_every: Duration,
+    heartbeat: Arc<AtomicU64>,
 ) {
+    let stall_at = test_stall_after().map(|d| Instant::now() + d);
     let mut flush_tick = tokio::time::interval(flush_every);
     let mut seal_tick = tokio::time::interval(seal_every);
     flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -116,6 +130,18 @@ async fn run(
         }
     };
     loop {
+        // Progress for the systemd watchdog (ops/notify.rs): one beat per
+        // iteration, and the flush tick wakes the loop at least once per
+        // flush interval.
+        heartbeat.fetch_add(1, Relaxed);
+        if stall_at.is_some_and(|t| Instant::now() >= t) {
+            error!(
+                "TIDEGATE_TEST_STALL_STORE_AFTER: the store writer stalls now (test-only fault)"
+            );
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
         tokio::select! {
             req = rx.recv() => {
                 let Some(req) = req else { break };
@@ -180,6 +206,15 @@ async fn run(
             Err(e) => warn!("store closed, sealing skipped: {e}"),
         }
     }
+}
+
+/// Test-only fault injection: `TIDEGATE_TEST_STALL_STORE_AFTER=2s` makes the
+/// store thread block for good that long after it starts, as a writer stuck on
+/// a hung SD card would (tests/tests/service.rs checks that the watchdog pings
+/// stop). Never set it in production.
+fn test_stall_after() -> Option<Duration> {
+    let v = std::env::var("TIDEGATE_TEST_STALL_STORE_AFTER").ok()?;
+    humantime::parse_duration(&v).ok()
 }
 
 fn now_ns() -> i64 {
@@ -263,6 +298,12 @@ impl StoreHandle {
     /// Flushes now.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.call(|reply| Request::Flush { reply }).await
+    }
+
+    /// Bumped by the store thread on every loop iteration: it stands still only
+    /// when the writer is stuck (the systemd watchdog watches it).
+    pub fn heartbeat(&self) -> Arc<AtomicU64> {
+        self.heartbeat.clone()
     }
 
     /// Changes whenever a flush made new points durable.

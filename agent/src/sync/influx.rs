@@ -120,7 +120,10 @@ impl Sink for InfluxSink {
     }
 
     async fn send(&self, body: Vec<u8>) -> Result<(), SinkError> {
-        for attempt in 0..2 {
+        // After CREATE DATABASE, InfluxDB may answer "database not found" for a
+        // moment longer: a few quick retries keep that from looking like an outage.
+        const CREATE_RETRIES: u32 = 40;
+        for attempt in 0..=CREATE_RETRIES {
             let req = self.with_auth(self.client.post(self.write_url.clone()).body(body.clone()));
             let resp = req.send().await.map_err(transport)?;
             let status = resp.status();
@@ -131,9 +134,13 @@ impl Sink for InfluxSink {
             let text = resp.text().await.unwrap_or_default();
             if status == StatusCode::NOT_FOUND
                 && text.contains("database not found")
-                && attempt == 0
+                && attempt < CREATE_RETRIES
             {
-                self.create_database().await?;
+                if attempt == 0 {
+                    self.create_database().await?;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 continue;
             }
             let reason = format!("HTTP {status}: {}", text.trim());
