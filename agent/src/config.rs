@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+#[macro_use]
+mod delivery;
+pub use delivery::{DeliveryConfig, Order, SinkTier, Window};
+
 /// Everything the agent is told.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -290,47 +294,26 @@ pub struct SinksConfig {
     pub influx: Vec<InfluxSinkConfig>,
 }
 
-/// An InfluxDB 1.x-compatible HTTP endpoint.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct InfluxSinkConfig {
-    /// Names the sink's cursor in the store: renaming a sink starts it from scratch.
-    pub name: String,
-    /// Base URL, e.g. `http://127.0.0.1:8086`.
-    pub url: String,
-    /// Database to write to.
-    pub db: String,
-    /// Retention policy, if not the default.
-    #[serde(default)]
-    pub rp: Option<String>,
-    /// User name for basic authentication.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Password for basic authentication.
-    #[serde(default)]
-    pub password: Option<String>,
-    /// Largest number of points in one request.
-    #[serde(default = "default_batch_points")]
-    pub batch_max_points: usize,
-    /// Time allowed for one request.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Longest wait between retries while the endpoint is down.
-    #[serde(default = "default_backoff_max", with = "humantime_serde")]
-    pub backoff_max: Duration,
-    /// PEM file of extra CA certificates to trust (for a private CA).
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-}
-
-fn default_batch_points() -> usize {
-    5000
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_backoff_max() -> Duration {
-    Duration::from_secs(30)
+sink_config! {
+    /// An InfluxDB 1.x-compatible HTTP endpoint.
+    pub struct InfluxSinkConfig {
+        /// Base URL, e.g. `http://127.0.0.1:8086`.
+        pub url: String,
+        /// Database to write to.
+        pub db: String,
+        /// Retention policy, if not the default.
+        #[serde(default)]
+        pub rp: Option<String>,
+        /// User name for basic authentication.
+        #[serde(default)]
+        pub username: Option<String>,
+        /// Password for basic authentication.
+        #[serde(default)]
+        pub password: Option<String>,
+        /// PEM file of extra CA certificates to trust (for a private CA).
+        #[serde(default)]
+        pub ca_file: Option<PathBuf>,
+    }
 }
 
 /// Operator interfaces.
@@ -429,31 +412,19 @@ impl Config {
             }
         }
         let mut names = std::collections::HashSet::new();
+        let tiers = self.store.rollup_widths();
         for (i, s) in self.sinks.influx.iter().enumerate() {
+            let key = format!("sinks.influx[{i}]");
             if !names.insert(s.name.as_str()) {
                 return invalid(
-                    format!("sinks.influx[{i}].name"),
+                    format!("{key}.name"),
                     format!("`{}` is used twice; every sink needs its own name because its cursor is stored under it", s.name),
                 );
             }
-            match reqwest::Url::parse(&s.url) {
-                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                _ => {
-                    return invalid(
-                        format!("sinks.influx[{i}].url"),
-                        format!(
-                            "`{}` is not an http(s) URL; expected e.g. \"http://127.0.0.1:8086\"",
-                            s.url
-                        ),
-                    )
-                }
-            }
-            if s.batch_max_points == 0 {
-                return invalid(
-                    format!("sinks.influx[{i}].batch_max_points"),
-                    "must be at least 1".into(),
-                );
-            }
+            check_url(&format!("{key}.url"), &s.url, "http://127.0.0.1:8086")?;
+            s.delivery()
+                .validate(&key, &tiers)
+                .or_else(|(key, message)| invalid(key, message))?;
         }
         Ok(())
     }
@@ -505,6 +476,17 @@ fn explain(msg: &str) -> String {
         format!("{msg}; add the key (see agent/tidegate.example.toml)")
     } else {
         msg.to_string()
+    }
+}
+
+/// An http(s) URL, or an error naming the key and an example.
+fn check_url(key: &str, url: &str, example: &str) -> Result<(), ConfigError> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(()),
+        _ => Err(ConfigError::Invalid {
+            key: key.to_string(),
+            message: format!("`{url}` is not an http(s) URL; expected e.g. \"{example}\""),
+        }),
     }
 }
 

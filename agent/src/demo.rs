@@ -62,18 +62,11 @@ pub async fn demo(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Res
         required_keys: vec!["sensor".into(), "ts".into()],
     });
     if let Some(url) = &opts.influx {
-        cfg.sinks.influx.push(InfluxSinkConfig {
-            name: "demo".into(),
-            url: url.clone(),
-            db: "tidegate".into(),
-            rp: None,
-            username: None,
-            password: None,
-            batch_max_points: 5000,
-            timeout: Duration::from_secs(10),
-            backoff_max: Duration::from_secs(5),
-            ca_file: None,
-        });
+        // Through serde, so every other setting takes its documented default.
+        let sink: InfluxSinkConfig = toml::from_str(&format!(
+            "name = \"demo\"\nurl = {url:?}\ndb = \"tidegate\"\nbackoff_max = \"5s\"\n"
+        ))?;
+        cfg.sinks.influx.push(sink);
     }
     cfg.validate()?;
 

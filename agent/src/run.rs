@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::ops::{control, notify, Metrics, Status};
 use crate::store::{self, Store};
-use crate::sync::{self, influx::InfluxSink, EngineConfig, Stopping};
+use crate::sync::{self, influx::InfluxSink, Stopping};
 
 /// Runs the pipeline until `shutdown` is cancelled, then stops it in order:
 /// sources first, then a flush, then the sinks drain what they can within
@@ -48,14 +48,9 @@ pub async fn run(
     let mut sinks = JoinSet::new();
     for s in &cfg.sinks.influx {
         let sink = InfluxSink::new(s)?;
-        let engine = EngineConfig {
-            name: s.name.clone(),
-            batch_max_points: s.batch_max_points,
-            backoff_max: s.backoff_max,
-        };
         let stats = metrics.sink(&s.name);
-        let (h, st) = (handle.clone(), stopping.clone());
-        sinks.spawn(async move { sync::run_sink(sink, engine, h, stats, st).await });
+        let (h, st, d) = (handle.clone(), stopping.clone(), s.delivery());
+        sinks.spawn(async move { sync::run_sink(sink, d, h, stats, st).await });
     }
 
     let stop_control = CancellationToken::new();

@@ -86,6 +86,24 @@ pub struct SinkStats {
     pub up: AtomicBool,
     /// Bytes sent on the wire (request bodies).
     pub bytes_sent: AtomicU64,
+    /// Requests in flight now.
+    pub in_flight: AtomicU64,
+    /// Requests the adaptive limit allows now.
+    pub concurrency_limit: AtomicU64,
+    /// Durable points not yet acknowledged by the endpoint.
+    pub backlog_points: AtomicU64,
+    /// Raw points evicted before this sink had them, sent as rollups instead.
+    pub raw_replaced: AtomicU64,
+    /// Rollup windows sent in place of evicted raw points.
+    pub rollups_replacing: AtomicU64,
+    /// Raw points evicted before this sink had them whose rollups were gone too.
+    pub lost: AtomicU64,
+    /// Rollup windows sent by a rollup-tier sink.
+    pub windows_sent: AtomicU64,
+    /// Bytes sent since local midnight (the daily budget's count).
+    pub bytes_today: AtomicU64,
+    /// Why the sink is holding back, if it is (outside its schedule, over budget).
+    pub held: Mutex<Option<String>>,
     last_error: Mutex<Option<String>>,
 }
 
@@ -166,6 +184,15 @@ impl Metrics {
                 failures: s.failures.load(Relaxed),
                 dead_letters: s.dead_letters.load(Relaxed),
                 bytes_sent: s.bytes_sent.load(Relaxed),
+                in_flight: s.in_flight.load(Relaxed),
+                concurrency_limit: s.concurrency_limit.load(Relaxed),
+                backlog_points: s.backlog_points.load(Relaxed),
+                raw_replaced: s.raw_replaced.load(Relaxed),
+                rollups_replacing: s.rollups_replacing.load(Relaxed),
+                lost: s.lost.load(Relaxed),
+                windows_sent: s.windows_sent.load(Relaxed),
+                bytes_today: s.bytes_today.load(Relaxed),
+                held: s.held.lock().unwrap().clone(),
                 last_error: s.last_error.lock().unwrap().clone(),
             })
             .collect();
@@ -256,6 +283,33 @@ pub struct SinkStatus {
     pub dead_letters: u64,
     /// Request body bytes sent.
     pub bytes_sent: u64,
+    /// Requests in flight.
+    #[serde(default)]
+    pub in_flight: u64,
+    /// Requests the adaptive limit allows.
+    #[serde(default)]
+    pub concurrency_limit: u64,
+    /// Durable points the endpoint has not acknowledged yet.
+    #[serde(default)]
+    pub backlog_points: u64,
+    /// Raw points evicted before they were sent, replaced by rollups.
+    #[serde(default)]
+    pub raw_replaced: u64,
+    /// Rollup windows sent in their place.
+    #[serde(default)]
+    pub rollups_replacing: u64,
+    /// Raw points evicted before they were sent, with no rollup left either.
+    #[serde(default)]
+    pub lost: u64,
+    /// Windows sent by a rollup-tier sink.
+    #[serde(default)]
+    pub windows_sent: u64,
+    /// Bytes sent since local midnight.
+    #[serde(default)]
+    pub bytes_today: u64,
+    /// Why the sink holds back, if it does.
+    #[serde(default)]
+    pub held: Option<String>,
     /// The last error, if the last request failed.
     pub last_error: Option<String>,
 }

@@ -25,6 +25,7 @@ enum Request {
     After {
         sink: String,
         from: Cursor,
+        until: Option<Cursor>,
         limit: usize,
         reply: oneshot::Sender<Result<(Batch, Cursor), StoreError>>,
     },
@@ -43,6 +44,9 @@ enum Request {
     Flush {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Anything else a caller needs of the store (rare requests: the closure
+    /// sends its own reply).
+    With(Box<dyn FnOnce(&mut Store) + Send>),
 }
 
 /// A cheap, cloneable way to talk to the store task.
@@ -153,9 +157,10 @@ async fn run(
                             }
                         }
                     }
-                    Request::After { sink, from, limit, reply } => {
-                        let _ = reply.send(store.after(&sink, from, limit));
+                    Request::After { sink, from, until, limit, reply } => {
+                        let _ = reply.send(store.after(&sink, from, until, limit));
                     }
+                    Request::With(f) => f(&mut store),
                     Request::Ack { sink, cursor } => {
                         if let Err(e) = store.ack(&sink, cursor) {
                             warn!("cannot record {sink}'s cursor: {e}");
@@ -256,19 +261,35 @@ impl StoreHandle {
             .map_err(|_| StoreError::Closed)
     }
 
-    /// Up to `limit` durable points after `from`, and the cursor after them.
+    /// Up to `limit` durable points after `from` (and before `until`), and
+    /// the cursor after them.
     pub async fn after(
         &self,
         sink: &str,
         from: Cursor,
+        until: Option<Cursor>,
         limit: usize,
     ) -> Result<(Batch, Cursor), StoreError> {
         let sink = sink.to_string();
         self.call(|reply| Request::After {
             sink,
             from,
+            until,
             limit,
             reply,
+        })
+        .await
+    }
+
+    /// Runs `f` on the store thread and returns its result.
+    pub async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.call(|reply| {
+            Request::With(Box::new(move |store: &mut Store| {
+                let _ = reply.send(f(store));
+            }))
         })
         .await
     }

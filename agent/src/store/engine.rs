@@ -22,7 +22,10 @@ use super::codec;
 use super::rollup::{window_start, Agg};
 use super::{Cursor, StoreError};
 use crate::ops::Metrics;
+
+mod uplink;
 use crate::point::{Batch, Point, SeriesKey};
+pub use uplink::DegradedRange;
 
 /// Bits of a chunk key given to the series id: at most about a million series.
 pub const SERIES_BITS: u32 = 20;
@@ -96,6 +99,9 @@ struct SinkPos {
     read: Cursor,
     /// The acknowledged cursor changed since it was last persisted.
     dirty: bool,
+    /// A reader of a sink's (its live stream), not a sink: never persisted,
+    /// never owed degraded ranges.
+    ephemeral: bool,
 }
 
 /// Limits the store keeps to.
@@ -173,6 +179,7 @@ impl Store {
         // After a checkpoint the WAL is cut back to this, so it cannot hoard space.
         conn.pragma_update(None, "journal_size_limit", 4 << 20)?;
         conn.execute_batch(SCHEMA)?;
+        uplink::migrate(&conn)?;
         Self::with_connection(conn, path, metrics)
     }
 
@@ -405,6 +412,7 @@ impl Store {
         let cursors: Vec<(String, Cursor)> = self
             .sinks
             .iter()
+            .filter(|(_, p)| !p.ephemeral)
             .map(|(name, p)| (name.clone(), p.acked))
             .collect();
         let tiers = self.tiers.clone();
@@ -438,9 +446,9 @@ impl Store {
                 };
                 if unsent > 0 {
                     tx.prepare_cached(
-                        "INSERT INTO degraded (sink, series, ts_min, ts_max, points) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        "INSERT INTO degraded (sink, series, ts_min, ts_max, points, chunk) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     )?
-                    .execute(params![sink, sid, lo, hi, unsent])?;
+                    .execute(params![sink, sid, lo, hi, unsent, id])?;
                     bump(&tx, &format!("degraded:{sink}"), unsent)?;
                 }
             }
@@ -457,8 +465,8 @@ impl Store {
                     *windows.keys().next_back().unwrap_or(&0),
                 );
                 tx.prepare_cached(
-                    "INSERT INTO rollup_chunks (tier, series, start_min, start_max, windows, data)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO rollup_chunks (tier, series, start_min, start_max, windows, data, chunk)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?
                 .execute(params![
                     tier,
@@ -466,7 +474,8 @@ impl Store {
                     smin,
                     smax,
                     windows.len() as i64,
-                    encode_windows(&windows)
+                    encode_windows(&windows),
+                    id
                 ])?;
             }
             tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?
@@ -578,7 +587,7 @@ impl Store {
             ])?;
         }
         for (name, pos) in &self.sinks {
-            if pos.dirty {
+            if pos.dirty && !pos.ephemeral {
                 tx.prepare_cached(
                     "INSERT INTO cursors (sink, key, offset) VALUES (?1, ?2, ?3)
                      ON CONFLICT (sink) DO UPDATE SET key = excluded.key, offset = excluded.offset",
@@ -896,6 +905,7 @@ impl Store {
                     acked: c,
                     read: c,
                     dirty: false,
+                    ephemeral: false,
                 },
             );
         }
@@ -916,22 +926,23 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `limit` flushed points after `from`, in chunk order, and the cursor
-    /// that follows them. Remembers how far `sink` has read, so sealing leaves
-    /// its in-flight range alone.
+    /// Up to `limit` flushed points after `from` and before `until` (a chunk
+    /// boundary), in chunk order, and the cursor that follows them. Remembers
+    /// how far `sink` has read, so sealing leaves its in-flight range alone.
     pub fn after(
         &mut self,
         sink: &str,
         from: Cursor,
+        until: Option<Cursor>,
         limit: usize,
     ) -> Result<(Batch, Cursor), StoreError> {
         let mut batch = Batch::with_capacity(limit.min(65_536));
         let mut next = from;
         {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT id, data FROM chunks WHERE id >= ?1 ORDER BY id")?;
-            let mut rows = stmt.query([from.key])?;
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT id, data FROM chunks WHERE id >= ?1 AND id < ?2 ORDER BY id",
+            )?;
+            let mut rows = stmt.query([from.key, until.map_or(i64::MAX, |u| u.key)])?;
             let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
             while batch.len() < limit {
                 let Some(row) = rows.next()? else { break };
@@ -1377,7 +1388,7 @@ mod tests {
         let mut out = Vec::new();
         let mut c = from;
         loop {
-            let (b, next) = store.after(sink, c, limit).unwrap();
+            let (b, next) = store.after(sink, c, None, limit).unwrap();
             if b.is_empty() {
                 return (out, c);
             }
@@ -1399,7 +1410,7 @@ mod tests {
             st.flush().unwrap();
         }
         // The sink reads 13 points (part-way through a chunk), acks them.
-        let (first, c) = st.after("s", Cursor::default(), 13).unwrap();
+        let (first, c) = st.after("s", Cursor::default(), None, 13).unwrap();
         st.ack("s", c).unwrap();
         assert_eq!(c.offset, 1);
         st.seal().unwrap();
@@ -1505,6 +1516,50 @@ mod tests {
             windows_after == windows_before,
             "windows changed by eviction"
         );
+        // What the sink is sent instead: windows standing for exactly the
+        // evicted points, each window once.
+        let pending = st.degraded_pending("cloud", 60, 10_000).unwrap();
+        let standing: u64 = pending
+            .iter()
+            .flat_map(|r| r.windows.iter().map(|w| w.1.count))
+            .sum::<u64>();
+        let mut starts: Vec<i64> = pending
+            .iter()
+            .flat_map(|r| r.windows.iter().map(|w| w.0))
+            .collect();
+        let n = starts.len();
+        starts.sort();
+        starts.dedup();
+        // A window split across two evicted chunks appears in both ranges,
+        // merged (so the later send overwrites the earlier one upstream).
+        assert!(starts.len() <= n);
+        let whole: u64 = starts.len() as u64;
+        assert!(whole > 0);
+        assert!(standing >= ev.raw_points);
+        let last = starts.last().copied().unwrap();
+        let unique: u64 = st
+            .rollup_windows(60, 0, last)
+            .unwrap()
+            .iter()
+            .map(|w| w.2.count)
+            .sum();
+        assert_eq!(
+            unique,
+            last as u64 / 1_000_000_000,
+            "all windows before the last evicted one are whole"
+        );
+        let ids: Vec<i64> = pending.iter().map(|r| r.id).collect();
+        st.degraded_sent("cloud", &ids, 0).unwrap();
+        assert!(st.degraded_pending("cloud", 60, 10).unwrap().is_empty());
+        assert_eq!(st.counter("degraded_sent:cloud").unwrap(), ev.raw_points);
+        // The rollup tier over all time counts every point once.
+        let all: u64 = st
+            .rollup_windows(60, 0, i64::MAX)
+            .unwrap()
+            .iter()
+            .map(|w| w.2.count)
+            .sum();
+        assert_eq!(all, 40_000);
     }
 
     #[test]
@@ -1579,13 +1634,13 @@ mod tests {
             })
             .unwrap();
             st.flush().unwrap();
-            let (_, c) = st.after("s", Cursor::default(), 1).unwrap();
+            let (_, c) = st.after("s", Cursor::default(), None, 1).unwrap();
             st.ack("s", c).unwrap();
             st.flush().unwrap();
         }
         let mut st = Store::open(&path, Metrics::new("t")).unwrap();
         let c = st.cursor("s").unwrap();
-        let (b, _) = st.after("s", c, 10).unwrap();
+        let (b, _) = st.after("s", c, None, 10).unwrap();
         assert_eq!(b.points, vec![point("m a", 2, 2.5)]);
         assert_eq!(
             st.read(&SeriesKey::from_canonical("m a"), 0, 10).unwrap(),
@@ -1597,7 +1652,7 @@ mod tests {
         })
         .unwrap();
         st.flush().unwrap();
-        let (b, _) = st.after("s", c, 10).unwrap();
+        let (b, _) = st.after("s", c, None, 10).unwrap();
         assert_eq!(b.len(), 2);
     }
 }

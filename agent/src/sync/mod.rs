@@ -5,24 +5,31 @@
 //! advances the sink's cursor only after the endpoint acknowledged it, so
 //! delivery is at-least-once and the databases deduplicate by series and time.
 
+pub mod arc;
 mod backoff;
 pub mod influx;
+pub mod meter;
+mod request;
+pub mod rollup;
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::ops::Range;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 pub use backoff::Backoff;
+pub use request::Requester;
 
+use crate::config::{DeliveryConfig, Order, SinkTier};
 use crate::ops::metrics::SinkStats;
-use crate::ops::RateLimit;
-use crate::point::Point;
-use crate::store::{StoreError, StoreHandle};
+use crate::point::{Batch, Point};
+use crate::store::{Cursor, StoreError, StoreHandle};
 
 /// Why a request failed, and so what to do about it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,140 +67,346 @@ pub struct Stopping {
     pub abort: CancellationToken,
 }
 
-/// Settings of the engine for one sink.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// The sink's name: its cursor is stored under it.
-    pub name: String,
-    /// Largest number of points a request carries.
-    pub batch_max_points: usize,
-    /// Longest wait between retries.
-    pub backoff_max: Duration,
-}
+/// A live-first sink goes live when its backlog holds more than this many
+/// batches: below it, oldest-first catches up within seconds anyway.
+const LIVE_AFTER_BATCHES: u64 = 4;
+/// How often a sink looks for ranges eviction degraded, and at its backlog.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// Feeds `sink` from the store until told to stop.
 pub async fn run_sink<S: Sink>(
     sink: S,
-    cfg: EngineConfig,
+    cfg: DeliveryConfig,
     store: StoreHandle,
     stats: Arc<SinkStats>,
     stopping: Stopping,
 ) -> Result<(), StoreError> {
-    let mut flushed = store.flushed();
-    let mut cursor = store.cursor(&cfg.name).await?;
-    let mut delivery = Delivery {
-        sink: &sink,
-        name: &cfg.name,
-        stats: &stats,
-        backoff: Backoff::new(Duration::from_millis(100), cfg.backoff_max),
-        down_since: None,
-        dead_letter_log: RateLimit::new(Duration::from_secs(10)),
-    };
-    loop {
-        // Mark the newest flush as seen before reading, so a flush that lands
-        // during the read wakes us up again.
-        flushed.borrow_and_update();
-        let (batch, next) = store.after(&cfg.name, cursor, cfg.batch_max_points).await?;
-        if batch.is_empty() {
-            if stopping.drain.is_cancelled() {
-                return Ok(());
-            }
-            tokio::select! {
-                _ = stopping.abort.cancelled() => return Ok(()),
-                _ = stopping.drain.cancelled() => {}
-                changed = flushed.changed() => if changed.is_err() { return Ok(()) },
-            }
-            continue;
-        }
-        if !delivery.deliver(&batch.points, &stopping.abort).await {
-            return Ok(());
-        }
-        store.ack(&cfg.name, next).await?;
-        cursor = next;
+    let req = Requester::new(sink, &cfg, stats);
+    match cfg.tier {
+        SinkTier::Raw => RawFeed::new(&req, &cfg, store, stopping).await?.run().await,
+        SinkTier::Rollup(width) => rollup::run_tier(&req, &cfg, width, store, stopping).await,
     }
 }
 
-/// The retry state of one sink.
-struct Delivery<'a, S> {
-    sink: &'a S,
-    name: &'a str,
-    stats: &'a SinkStats,
-    backoff: Backoff,
-    /// Set while the endpoint is failing, so the outage is logged once.
-    down_since: Option<Instant>,
-    dead_letter_log: RateLimit,
+/// Which of a raw sink's two readers a request came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    /// From the acknowledged cursor on: the backlog, oldest first.
+    Backfill,
+    /// From the head as it was when the sink went live: new points.
+    Live,
 }
 
-impl<S: Sink> Delivery<'_, S> {
-    /// Delivers all points, retrying what can be retried and setting aside
-    /// what the endpoint refuses for good. False if aborted first.
-    async fn deliver(&mut self, points: &[Point], abort: &CancellationToken) -> bool {
-        // Ranges still to send; a refused range is split in halves until the
-        // bad points are found, so one poison point never stalls the sink.
-        let mut todo: Vec<Range<usize>> = Vec::with_capacity(8);
-        todo.push(0..points.len());
-        while let Some(range) = todo.pop() {
-            let body = self.sink.encode(&points[range.clone()]);
-            let len = body.len() as u64;
-            self.stats.requests.fetch_add(1, Relaxed);
-            let result = tokio::select! {
-                _ = abort.cancelled() => return false,
-                r = self.sink.send(body) => r,
+/// One reader over the store's chunk order, with its requests in order.
+struct Reader {
+    /// Name the store knows the reader by (the sink's, or its live stream's).
+    name: String,
+    /// Where the next read starts.
+    next: Cursor,
+    /// Reads stop here (the backfill stops where the live stream began).
+    until: Option<Cursor>,
+    /// Requests sent, oldest first: their end cursor, and whether acknowledged.
+    queue: VecDeque<(u64, Cursor, bool)>,
+    /// Acknowledged up to here, in order.
+    acked: Cursor,
+    /// The last read found nothing; wait for a flush.
+    idle: bool,
+    /// Points this reader has had acknowledged (for the live-first share).
+    sent: u64,
+}
+
+impl Reader {
+    fn new(name: String, at: Cursor, until: Option<Cursor>) -> Reader {
+        Reader {
+            name,
+            next: at,
+            until,
+            queue: VecDeque::new(),
+            acked: at,
+            idle: false,
+            sent: 0,
+        }
+    }
+
+    /// Marks request `id` done and returns the new in-order acknowledged
+    /// cursor, if it moved.
+    fn done(&mut self, id: u64) -> Option<Cursor> {
+        if let Some(slot) = self.queue.iter_mut().find(|s| s.0 == id) {
+            slot.2 = true;
+        }
+        let mut moved = None;
+        while let Some(&(_, end, true)) = self.queue.front() {
+            self.queue.pop_front();
+            self.acked = end;
+            moved = Some(end);
+        }
+        moved
+    }
+}
+
+/// What finished among a sink's requests.
+enum Done {
+    /// A batch of raw points: delivered (`ok`), or aborted.
+    Batch {
+        lane: Lane,
+        id: u64,
+        points: usize,
+        ok: bool,
+    },
+    /// The rollups and gap report for degraded ranges (false if aborted).
+    Degraded(Result<bool, StoreError>),
+}
+
+type InFlight<'a> = FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send + 'a>>>;
+
+/// A raw-tier sink: points in the store's chunk order, acknowledged in order,
+/// several requests in flight, optionally new points first.
+struct RawFeed<'a, S> {
+    req: &'a Requester<S>,
+    cfg: &'a DeliveryConfig,
+    store: StoreHandle,
+    stopping: Stopping,
+    backfill: Reader,
+    live: Option<Reader>,
+    next_id: u64,
+}
+
+impl<'a, S: Sink> RawFeed<'a, S> {
+    async fn new(
+        req: &'a Requester<S>,
+        cfg: &'a DeliveryConfig,
+        store: StoreHandle,
+        stopping: Stopping,
+    ) -> Result<RawFeed<'a, S>, StoreError> {
+        let at = store.cursor(&cfg.name).await?;
+        Ok(RawFeed {
+            req,
+            cfg,
+            store,
+            stopping,
+            backfill: Reader::new(cfg.name.clone(), at, None),
+            live: None,
+            next_id: 0,
+        })
+    }
+
+    async fn run(mut self) -> Result<(), StoreError> {
+        let mut flushed = self.store.flushed();
+        let mut in_flight: InFlight<'a> = FuturesUnordered::new();
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Degraded ranges are looked for when the store's count moves (and
+        // once at start); one replacement send runs at a time.
+        let mut degraded_seen = u64::MAX;
+        let mut degraded_running = false;
+        loop {
+            // Mark the newest flush as seen before reading, so a flush that
+            // lands during the read wakes us up again.
+            if flushed.has_changed().unwrap_or(false) {
+                self.wake_readers();
+            }
+            flushed.borrow_and_update();
+            let (slots, wait) = self.req.slots(in_flight.len());
+            for _ in 0..slots {
+                let Some((lane, batch, end)) = self.read_next().await? else {
+                    break;
+                };
+                let id = self.next_id;
+                self.next_id += 1;
+                self.reader(lane).queue.push_back((id, end, false));
+                let (req, abort) = (self.req, self.stopping.abort.clone());
+                let n = batch.len();
+                in_flight.push(Box::pin(async move {
+                    let ok = req.deliver(&batch.points, &abort).await;
+                    Done::Batch {
+                        lane,
+                        id,
+                        points: n,
+                        ok,
+                    }
+                }));
+            }
+            self.req
+                .stats
+                .in_flight
+                .store(in_flight.len() as u64, Relaxed);
+            let idle = self.backfill.idle && self.live.as_ref().is_none_or(|l| l.idle);
+            if in_flight.is_empty() && idle && self.stopping.drain.is_cancelled() {
+                return Ok(());
+            }
+            let pause = async {
+                match wait {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
             };
-            match result {
-                Ok(()) => {
-                    self.stats
-                        .points_sent
-                        .fetch_add(range.len() as u64, Relaxed);
-                    self.stats.bytes_sent.fetch_add(len, Relaxed);
-                    self.stats.up.store(true, Relaxed);
-                    self.stats.set_error(None);
-                    self.backoff.reset();
-                    if let Some(since) = self.down_since.take() {
-                        info!(
-                            sink = self.name,
-                            "sink is back after {:.1}s; sending the backlog",
-                            since.elapsed().as_secs_f64()
-                        );
+            tokio::select! {
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => match done {
+                    Done::Batch { ok: false, .. } | Done::Degraded(Ok(false)) => return Ok(()), // aborted
+                    Done::Batch { lane, id, points, ok: true } => self.on_acked(lane, id, points).await?,
+                    Done::Degraded(result) => {
+                        degraded_running = false;
+                        if let Err(e) = result {
+                            warn!(sink = self.cfg.name, "cannot send the rollups of degraded ranges, will retry: {e}");
+                            degraded_seen = u64::MAX;
+                        }
                     }
-                }
-                Err(SinkError::Permanent { reason }) if range.len() > 1 => {
-                    self.stats.failures.fetch_add(1, Relaxed);
-                    let mid = range.start + range.len() / 2;
-                    todo.push(mid..range.end);
-                    todo.push(range.start..mid);
-                    self.stats.set_error(Some(reason));
-                }
-                Err(SinkError::Permanent { reason }) => {
-                    self.stats.failures.fetch_add(1, Relaxed);
-                    self.stats.dead_letters.fetch_add(1, Relaxed);
-                    let p = &points[range.start];
-                    if let Some(held) = self.dead_letter_log.allow(Instant::now()) {
-                        error!(sink = self.name, series = %p.series, ts = p.ts_ns, suppressed = held,
-                            "the endpoint refused a point for good, set aside: {reason}");
+                },
+                _ = self.stopping.abort.cancelled() => return Ok(()),
+                _ = self.stopping.drain.cancelled(), if !self.stopping.drain.is_cancelled() => {}
+                changed = flushed.changed() => {
+                    if changed.is_err() && in_flight.is_empty() {
+                        return Ok(());
                     }
-                    self.stats.set_error(Some(reason));
+                    self.wake_readers();
                 }
-                Err(SinkError::Retryable {
-                    reason,
-                    retry_after,
-                }) => {
-                    self.stats.failures.fetch_add(1, Relaxed);
-                    self.stats.up.store(false, Relaxed);
-                    if self.down_since.is_none() {
-                        warn!(sink = self.name, "sink unreachable ({reason}); buffering in the store and retrying with backoff");
-                        self.down_since = Some(Instant::now());
-                    }
-                    self.stats.set_error(Some(reason));
-                    let delay = retry_after.unwrap_or_else(|| self.backoff.next_delay());
-                    todo.push(range);
-                    tokio::select! {
-                        _ = abort.cancelled() => return false,
-                        _ = tokio::time::sleep(delay) => {}
+                _ = pause => {}
+                _ = housekeeping.tick() => {
+                    let degraded = self.housekeeping().await?;
+                    if degraded != degraded_seen && !degraded_running {
+                        degraded_seen = degraded;
+                        degraded_running = true;
+                        let (req, cfg, store, stopping) = (self.req, self.cfg, self.store.clone(), self.stopping.clone());
+                        in_flight.push(Box::pin(async move {
+                            Done::Degraded(rollup::send_degraded(req, cfg, &store, &stopping).await)
+                        }));
                     }
                 }
             }
         }
-        true
+    }
+
+    /// New points were flushed: both readers may find some.
+    fn wake_readers(&mut self) {
+        self.backfill.idle = false;
+        if let Some(l) = &mut self.live {
+            l.idle = false;
+        }
+    }
+
+    fn reader(&mut self, lane: Lane) -> &mut Reader {
+        match lane {
+            Lane::Backfill => &mut self.backfill,
+            Lane::Live => self
+                .live
+                .as_mut()
+                .expect("a live request implies a live reader"),
+        }
+    }
+
+    /// The next batch to send: from the live reader while it has points and
+    /// the backfill had its share, else from the backfill.
+    async fn read_next(&mut self) -> Result<Option<(Lane, Batch, Cursor)>, StoreError> {
+        let live_turn = self.live.as_ref().is_some_and(|l| {
+            let total = (l.sent + self.backfill.sent).max(1) as f64;
+            !l.idle
+                && (self.backfill.idle
+                    || self.backfill.sent as f64 / total >= self.cfg.backfill_share)
+        });
+        let order = if live_turn {
+            [Lane::Live, Lane::Backfill]
+        } else {
+            [Lane::Backfill, Lane::Live]
+        };
+        for lane in order {
+            if lane == Lane::Live && self.live.is_none() {
+                continue;
+            }
+            let limit = self.cfg.batch_max_points;
+            let r = match lane {
+                Lane::Backfill => &mut self.backfill,
+                Lane::Live => self.live.as_mut().expect("checked above"),
+            };
+            if r.idle {
+                continue;
+            }
+            let (batch, next) = self.store.after(&r.name, r.next, r.until, limit).await?;
+            if batch.is_empty() {
+                r.idle = true;
+                continue;
+            }
+            r.next = next;
+            return Ok(Some((lane, batch, next)));
+        }
+        Ok(None)
+    }
+
+    async fn on_acked(&mut self, lane: Lane, id: u64, points: usize) -> Result<(), StoreError> {
+        let r = self.reader(lane);
+        r.sent += points as u64;
+        let moved = r.done(id);
+        if lane == Lane::Backfill {
+            if let Some(c) = moved {
+                self.store.ack(&self.cfg.name, c).await?;
+            }
+        }
+        // The backfill reached where the live stream began: one reader again.
+        let caught_up = self
+            .live
+            .as_ref()
+            .is_some_and(|_| self.backfill.idle && self.backfill.queue.is_empty());
+        if caught_up {
+            self.join_live().await?;
+        }
+        Ok(())
+    }
+
+    /// Ends live-first mode: the live reader becomes the sink's only reader.
+    async fn join_live(&mut self) -> Result<(), StoreError> {
+        let Some(live) = self.live.take() else {
+            return Ok(());
+        };
+        let shadow = live.name.clone();
+        self.store.ack(&self.cfg.name, live.acked).await?;
+        self.backfill = Reader {
+            name: self.cfg.name.clone(),
+            until: None,
+            sent: self.backfill.sent,
+            ..live
+        };
+        self.store
+            .with(move |st| {
+                st.untrack(&shadow);
+                Ok(())
+            })
+            .await?;
+        info!(sink = self.cfg.name, "backlog sent; back to one stream");
+        Ok(())
+    }
+
+    /// Once a second: the backlog gauge, and whether a live-first sink should
+    /// go live or is back to one stream. Returns the store's count of points
+    /// degraded for this sink.
+    async fn housekeeping(&mut self) -> Result<u64, StoreError> {
+        let name = self.cfg.name.clone();
+        let from = self.backfill.acked;
+        let (backlog, degraded) = self
+            .store
+            .with(move |st| Ok((st.backlog(from)?, st.counter(&format!("degraded:{name}"))?)))
+            .await?;
+        self.req.stats.backlog_points.store(backlog, Relaxed);
+        if self.live.is_some() && self.backfill.idle && self.backfill.queue.is_empty() {
+            self.join_live().await?;
+        }
+        let threshold = LIVE_AFTER_BATCHES * self.cfg.batch_max_points as u64;
+        if self.cfg.order == Order::LiveFirst && self.live.is_none() && backlog > threshold {
+            let shadow = format!("{}~live", self.cfg.name);
+            let name = shadow.clone();
+            let head = self
+                .store
+                .with(move |st| {
+                    let head = st.head()?;
+                    st.track(&name, head);
+                    Ok(head)
+                })
+                .await?;
+            info!(
+                sink = self.cfg.name,
+                backlog, "behind: sending new points first, the backlog behind them"
+            );
+            self.backfill.until = Some(head);
+            self.live = Some(Reader::new(shadow, head, None));
+        }
+        Ok(degraded)
     }
 }

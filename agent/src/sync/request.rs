@@ -1,0 +1,219 @@
+//! One sink's request machinery, shared by all its requests in flight:
+//! retries with backoff, bisection of refused batches, the adaptive
+//! concurrency limit, the outage log and the byte meter.
+
+use std::ops::Range;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::arc::Controller;
+use super::meter::{Gate, LocalTime, Meter};
+use super::{Backoff, Sink, SinkError};
+use crate::config::DeliveryConfig;
+use crate::ops::metrics::SinkStats;
+use crate::ops::RateLimit;
+use crate::point::Point;
+
+/// A sink with its shared delivery state.
+pub struct Requester<S> {
+    sink: S,
+    /// The sink's name, for logs.
+    pub name: String,
+    /// The sink's counters.
+    pub stats: Arc<SinkStats>,
+    backoff_max: Duration,
+    state: Mutex<State>,
+}
+
+struct State {
+    arc: Controller,
+    /// New requests wait until then (a `Retry-After`, or a failed request's backoff).
+    pause_until: Option<Instant>,
+    /// Set while the endpoint is failing, so the outage is logged once.
+    down_since: Option<Instant>,
+    dead_letter_log: RateLimit,
+    meter: Meter,
+}
+
+impl<S: Sink> Requester<S> {
+    /// Wraps `sink` with the delivery settings of `cfg`.
+    pub fn new(sink: S, cfg: &DeliveryConfig, stats: Arc<SinkStats>) -> Requester<S> {
+        stats.concurrency_limit.store(1, Relaxed);
+        Requester {
+            sink,
+            name: cfg.name.clone(),
+            stats,
+            backoff_max: cfg.backoff_max,
+            state: Mutex::new(State {
+                arc: Controller::new(cfg.max_in_flight, Instant::now()),
+                pause_until: None,
+                down_since: None,
+                dead_letter_log: RateLimit::new(Duration::from_secs(10)),
+                meter: Meter::new(cfg.schedule.clone(), cfg.daily_budget.map(|b| b.0)),
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many more requests may start now, given `in_flight` outstanding;
+    /// zero while paused or outside the schedule or budget. The `Duration`
+    /// says when to look again if zero.
+    pub fn slots(&self, in_flight: usize) -> (usize, Option<Duration>) {
+        let now = Instant::now();
+        let mut st = self.state();
+        st.arc.observe_in_flight(in_flight);
+        let limit = st.arc.limit();
+        self.stats.concurrency_limit.store(limit as u64, Relaxed);
+        if let Some(until) = st.pause_until {
+            if until > now {
+                return (0, Some(until - now));
+            }
+            st.pause_until = None;
+        }
+        match st.meter.gate(LocalTime::now()) {
+            Gate::Open => {
+                *self.stats.held.lock().unwrap() = None;
+                (limit.saturating_sub(in_flight), None)
+            }
+            Gate::Closed { why, retry_in } => {
+                let mut held = self.stats.held.lock().unwrap();
+                if held.as_deref() != Some(why.as_str()) {
+                    info!(sink = self.name, "holding back: {why}");
+                    *held = Some(why);
+                }
+                (0, Some(retry_in))
+            }
+        }
+    }
+
+    /// True while today's byte budget is spent.
+    pub fn over_budget(&self) -> bool {
+        self.state().meter.over_budget(LocalTime::now())
+    }
+
+    /// Delivers all points, retrying what can be retried and setting aside
+    /// what the endpoint refuses for good. False if aborted first.
+    pub async fn deliver(&self, points: &[Point], abort: &CancellationToken) -> bool {
+        let mut backoff = Backoff::new(Duration::from_millis(100), self.backoff_max);
+        // Ranges still to send; a refused range is split in halves until the
+        // bad points are found, so one poison point never stalls the sink.
+        let mut todo: Vec<Range<usize>> = Vec::with_capacity(8);
+        if !points.is_empty() {
+            todo.push(0..points.len());
+        }
+        while let Some(range) = todo.pop() {
+            let body = self.sink.encode(&points[range.clone()]);
+            let len = body.len() as u64;
+            self.stats.requests.fetch_add(1, Relaxed);
+            let started = Instant::now();
+            let result = tokio::select! {
+                _ = abort.cancelled() => return false,
+                r = self.sink.send(body) => r,
+            };
+            let rtt = started.elapsed();
+            let retry_in = self.settle(result, &points[range.clone()], len, rtt, &mut backoff);
+            match retry_in {
+                Settled::Done => {}
+                Settled::Split => {
+                    let mid = range.start + range.len() / 2;
+                    todo.push(mid..range.end);
+                    todo.push(range.start..mid);
+                }
+                Settled::RetryIn(delay) => {
+                    todo.push(range);
+                    tokio::select! {
+                        _ = abort.cancelled() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Books one response: counters, the concurrency limit, the outage log;
+    /// says what to do with the points next.
+    fn settle(
+        &self,
+        result: Result<(), SinkError>,
+        points: &[Point],
+        len: u64,
+        rtt: Duration,
+        backoff: &mut Backoff,
+    ) -> Settled {
+        let mut st = self.state();
+        let pressure = matches!(result, Err(SinkError::Retryable { .. }));
+        st.arc.on_response(Instant::now(), rtt, pressure);
+        let s = &self.stats;
+        match result {
+            Ok(()) => {
+                s.points_sent.fetch_add(points.len() as u64, Relaxed);
+                s.bytes_sent.fetch_add(len, Relaxed);
+                let now = LocalTime::now();
+                st.meter.add(now, len);
+                s.bytes_today.store(st.meter.bytes_today(now), Relaxed);
+                s.up.store(true, Relaxed);
+                s.set_error(None);
+                backoff.reset();
+                if let Some(since) = st.down_since.take() {
+                    info!(
+                        sink = self.name,
+                        "sink is back after {:.1}s; sending the backlog",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+                Settled::Done
+            }
+            Err(SinkError::Permanent { reason }) if points.len() > 1 => {
+                s.failures.fetch_add(1, Relaxed);
+                s.set_error(Some(reason));
+                Settled::Split
+            }
+            Err(SinkError::Permanent { reason }) => {
+                s.failures.fetch_add(1, Relaxed);
+                s.dead_letters.fetch_add(1, Relaxed);
+                let p = &points[0];
+                if let Some(held) = st.dead_letter_log.allow(Instant::now()) {
+                    error!(sink = self.name, series = %p.series, ts = p.ts_ns, suppressed = held,
+                        "the endpoint refused a point for good, set aside: {reason}");
+                }
+                s.set_error(Some(reason));
+                Settled::Done
+            }
+            Err(SinkError::Retryable {
+                reason,
+                retry_after,
+            }) => {
+                s.failures.fetch_add(1, Relaxed);
+                s.up.store(false, Relaxed);
+                if st.down_since.is_none() {
+                    warn!(sink = self.name, "sink unreachable ({reason}); buffering in the store and retrying with backoff");
+                    st.down_since = Some(Instant::now());
+                }
+                s.set_error(Some(reason));
+                let delay = retry_after.unwrap_or_else(|| backoff.next_delay());
+                // No new request starts before this one may retry.
+                let until = Instant::now() + delay;
+                st.pause_until = Some(st.pause_until.map_or(until, |u| u.max(until)));
+                Settled::RetryIn(delay)
+            }
+        }
+    }
+}
+
+/// What to do with a request's points after its response.
+enum Settled {
+    /// Delivered or set aside.
+    Done,
+    /// Refused as a whole: send each half alone.
+    Split,
+    /// Send them again after this long.
+    RetryIn(Duration),
+}
