@@ -11,6 +11,7 @@ pub mod agent;
 mod influxd;
 mod mosquitto;
 mod process;
+pub mod receiver;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -1,0 +1,415 @@
+//! The uplink under stress, end to end: an outage long enough to force
+//! eviction (rollups and a gap report stand in for what was evicted), a
+//! receiver that throttles (concurrency falls and rises), live-first delivery
+//! after an outage, rollup-tier sinks and daily byte budgets.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use tidegate_e2e::agent::{expected_points, Agent, Sim};
+use tidegate_e2e::receiver::{Mode, Receiver};
+use tidegate_e2e::{poll_until, wait_until, Influxd, Row};
+
+const DB: &str = "e2e";
+
+/// An agent reading the simulator at `<dir>/tty`, with `extra` TOML appended.
+fn config(dir: &std::path::Path, store: &str, extra: &str) -> String {
+    format!(
+        r#"
+[agent]
+state_dir = "{state}"
+shutdown_timeout = "15s"
+
+[store]
+flush_interval = "200ms"
+{store}
+
+[[sources.serial]]
+name = "sim"
+port = "{tty}"
+measurement = "sim"
+tags = {{ site = "lab" }}
+required_keys = ["sensor", "ts"]
+tag_keys = ["sensor"]
+{extra}
+"#,
+        state = dir.join("state").display(),
+        tty = dir.join("tty").display(),
+    )
+}
+
+fn sim_args(sensors: u32, rate: u32, count: u32) -> Vec<String> {
+    [
+        "--sensors",
+        &sensors.to_string(),
+        "--rate",
+        &rate.to_string(),
+        "--count",
+        &count.to_string(),
+        "--garbage-rate",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn start_sim(dir: &std::path::Path, args: &[String]) -> Sim {
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    Sim::start(dir, &a)
+}
+
+/// Splits what InfluxDB holds into raw points and rollup rows.
+fn raw_and_rollups(rows: Vec<Row>) -> (BTreeSet<(String, i64, u64)>, Vec<Row>) {
+    let (rollups, raw): (Vec<Row>, Vec<Row>) = rows
+        .into_iter()
+        .partition(|r| r.series.contains("tidegate_resolution="));
+    let raw = raw
+        .into_iter()
+        .map(|r| (r.series, r.ts_ns, r.value.to_bits()))
+        .collect();
+    (raw, rollups)
+}
+
+/// The raw series a rollup row stands for, and its field suffix:
+/// `sim,sensor=s01,site=lab,tidegate_resolution=10s temp_count` →
+/// (`sim,sensor=s01,site=lab temp`, `_count`).
+fn rollup_of(series: &str) -> (String, &'static str) {
+    let (head, field) = series.rsplit_once(' ').unwrap();
+    let mut parts = head.split(',');
+    let measurement = parts.next().unwrap();
+    let mut tags: Vec<&str> = parts
+        .filter(|t| !t.starts_with("tidegate_resolution="))
+        .collect();
+    tags.sort();
+    tags.insert(0, measurement);
+    for suffix in ["_count", "_min", "_max"] {
+        if let Some(f) = field.strip_suffix(suffix) {
+            return (format!("{} {f}", tags.join(",")), suffix);
+        }
+    }
+    (format!("{} {field}", tags.join(",")), "")
+}
+
+#[test]
+fn outage_with_eviction_sends_rollups_for_exactly_what_was_evicted() {
+    let mut influx = Influxd::start();
+    influx.stop(); // down from the start: every evicted point is one the sink never had
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), &sim_args(10, 5000, 150_000)); // 10k points/s for 30 s
+    let sink = format!(
+        r#"
+[[sinks.influx]]
+name = "influx"
+url = "{url}"
+db = "{DB}"
+batch_max_points = 5000
+backoff_max = "500ms"
+"#,
+        url = influx.url()
+    );
+    let agent = Agent::start(
+        dir.path(),
+        &config(
+            dir.path(),
+            "seal_interval = \"5s\"\nmax_disk_bytes = \"256KiB\"\nmin_free_disk = 0\nrollups = [\"10s\"]",
+            &sink,
+        ),
+    );
+    sim.wait_done(Duration::from_secs(120));
+    let expected = expected_points(&sim.ledger(), "sim", &[("site", "lab")]);
+    wait_until("every reading flushed", Duration::from_secs(60), || {
+        (agent.status().store.points_flushed == expected.len() as u64).then_some(())
+    });
+    let evicted = agent.status().store.points_evicted;
+    assert!(
+        evicted > 0,
+        "the disk budget forced eviction: {:?}\n{}",
+        agent.status().store,
+        agent.log()
+    );
+
+    influx.start_again();
+    let st = wait_until(
+        "the backlog and the rollups sent",
+        Duration::from_secs(120),
+        || {
+            let st = agent.status();
+            let s = &st.sinks[0];
+            (s.backlog_points == 0 && s.raw_replaced + s.lost >= st.store.points_evicted)
+                .then_some(st)
+        },
+    );
+    let s = &st.sinks[0];
+    assert_eq!(
+        s.lost, 0,
+        "nothing lost: rollups were kept for every evicted point"
+    );
+    assert_eq!(
+        st.store.points_evicted, evicted,
+        "no eviction after the sink returned"
+    );
+    assert_eq!(
+        s.raw_replaced, evicted,
+        "degraded count equals the evicted count"
+    );
+
+    // The database: every raw point that was not evicted, and for the evicted
+    // ones, per series and 10 s window, a rollup counting exactly them.
+    let (raw, rollups) = raw_and_rollups(influx.points(DB, "sim"));
+    assert!(
+        raw.is_subset(&expected),
+        "no raw point the ledger does not have"
+    );
+    let missing: Vec<&(String, i64, u64)> = expected.difference(&raw).collect();
+    assert_eq!(
+        missing.len() as u64,
+        evicted,
+        "raw points not evicted all arrived"
+    );
+    let width = 10_000_000_000i64;
+    let mut want: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    for (series, ts, _) in &missing {
+        *want
+            .entry((series.clone(), ts - ts.rem_euclid(width)))
+            .or_default() += 1;
+    }
+    let mut got: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    for r in &rollups {
+        let (series, suffix) = rollup_of(&r.series);
+        if suffix == "_count" {
+            *got.entry((series, r.ts_ns)).or_default() += r.value as u64;
+        }
+    }
+    assert_eq!(got, want, "rollups for exactly the evicted ranges");
+
+    // The gap report says the same.
+    let gaps = influx.points(DB, "tidegate_gaps");
+    let reported: f64 = gaps
+        .iter()
+        .filter(|r| r.series.contains("kind=degraded") && r.series.ends_with(" raw_points"))
+        .map(|r| r.value)
+        .sum();
+    assert_eq!(reported as u64, evicted, "gap report: {gaps:?}");
+    assert!(!gaps.iter().any(|r| r.series.contains("kind=lost")));
+}
+
+#[test]
+fn concurrency_rises_falls_on_429_and_rises_again_without_loss() {
+    let receiver = Receiver::start(Mode::Accept(Duration::from_millis(40)));
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), &sim_args(10, 5000, 200_000));
+    let sink = format!(
+        r#"
+[[sinks.influx]]
+name = "rx"
+url = "{url}"
+db = "{DB}"
+batch_max_points = 200
+max_in_flight = 8
+backoff_max = "1s"
+"#,
+        url = receiver.url()
+    );
+    let agent = Agent::start(dir.path(), &config(dir.path(), "", &sink));
+    let limit = || agent.status().sinks[0].concurrency_limit;
+
+    // 200 points per 40 ms is 5k points/s a slot: 10k points/s needs several.
+    wait_until("concurrency to rise", Duration::from_secs(30), || {
+        (limit() >= 4).then_some(())
+    });
+    assert!(
+        receiver.take_peak() >= 3,
+        "the receiver saw requests in parallel"
+    );
+
+    receiver.set_mode(Mode::Throttle(1));
+    wait_until(
+        "concurrency to fall to 1 under 429",
+        Duration::from_secs(30),
+        || (limit() == 1).then_some(()),
+    );
+    receiver.take_peak();
+    std::thread::sleep(Duration::from_secs(2)); // a window of throttled traffic to measure
+    assert!(
+        receiver.take_peak() <= 1,
+        "one request at a time while throttled"
+    );
+
+    receiver.set_mode(Mode::Accept(Duration::from_millis(40)));
+    wait_until("concurrency to rise again", Duration::from_secs(30), || {
+        (limit() >= 3).then_some(())
+    });
+
+    sim.wait_done(Duration::from_secs(120));
+    let expected = expected_points(&sim.ledger(), "sim", &[("site", "lab")]);
+    wait_until("everything delivered", Duration::from_secs(120), || {
+        (receiver.points().len() >= expected.len()).then_some(())
+    });
+    assert_eq!(
+        receiver.points(),
+        expected,
+        "nothing lost, nothing invented"
+    );
+    let s = &agent.status().sinks[0];
+    assert!(s.failures > 0, "the 429s were counted");
+    assert_eq!(s.dead_letters, 0, "a 429 is never a reason to drop points");
+}
+
+#[test]
+fn live_first_sends_new_points_within_seconds_while_the_backlog_drains() {
+    let mut influx = Influxd::start();
+    influx.create_db(DB);
+    influx.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), &sim_args(10, 5000, 300_000)); // 60 s
+    let sink = format!(
+        r#"
+[[sinks.influx]]
+name = "influx"
+url = "{url}"
+db = "{DB}"
+batch_max_points = 500
+max_in_flight = 1
+order = "live_first"
+backoff_max = "300ms"
+"#,
+        url = influx.url()
+    );
+    let agent = Agent::start(dir.path(), &config(dir.path(), "", &sink));
+    wait_until("a backlog of 150k points", Duration::from_secs(60), || {
+        (agent.status().store.points_flushed >= 150_000).then_some(())
+    });
+    influx.start_again();
+    let back = Instant::now();
+    let back_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let q = format!("SELECT COUNT(temp) FROM sim WHERE time >= {back_ns}");
+    let fresh = poll_until(Duration::from_secs(5), Duration::from_millis(100), || {
+        let v = influx.query(DB, &q);
+        let n = v["results"][0]["series"][0]["values"][0][1]
+            .as_u64()
+            .unwrap_or(0);
+        (n > 0).then(|| agent.status().sinks[0].backlog_points)
+    });
+    let backlog = fresh.unwrap_or_else(|| {
+        panic!(
+            "no point newer than the sink's return arrived within 5 s; log:\n{}",
+            agent.log()
+        )
+    });
+    assert!(back.elapsed() <= Duration::from_secs(6));
+    assert!(
+        backlog > 0,
+        "the new points overtook a backlog still draining"
+    );
+
+    sim.wait_done(Duration::from_secs(120));
+    let expected = expected_points(&sim.ledger(), "sim", &[("site", "lab")]);
+    wait_until("the backlog drained", Duration::from_secs(180), || {
+        (influx.count(DB, "sim") >= expected.len()).then_some(())
+    });
+    let (raw, _) = raw_and_rollups(influx.points(DB, "sim"));
+    assert_eq!(
+        raw, expected,
+        "every point once, live and backfill together"
+    );
+    assert!(
+        agent.log().contains("back to one stream"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn rollup_tier_sink_and_daily_budget() {
+    let influx = Influxd::start();
+    influx.create_db("rollups");
+    influx.create_db("metered");
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), &sim_args(3, 200, 3000)); // 15 s
+    let sinks = format!(
+        r#"
+[[sinks.influx]]
+name = "tier"
+url = "{url}"
+db = "rollups"
+tier = "10s"
+
+[[sinks.influx]]
+name = "metered"
+url = "{url}"
+db = "metered"
+batch_max_points = 100
+daily_budget = "20KB"
+"#,
+        url = influx.url()
+    );
+    let agent = Agent::start(
+        dir.path(),
+        &config(dir.path(), "rollups = [\"10s\", \"1m\"]", &sinks),
+    );
+    sim.wait_done(Duration::from_secs(60));
+    let expected = expected_points(&sim.ledger(), "sim", &[("site", "lab")]);
+    let last_ts = expected.iter().map(|p| p.1).max().unwrap();
+    let width = 10_000_000_000i64;
+    let mut want: BTreeMap<(String, i64), (u64, f64, f64)> = BTreeMap::new();
+    for (series, ts, bits) in &expected {
+        let v = f64::from_bits(*bits);
+        let e = want
+            .entry((series.clone(), ts - ts.rem_euclid(width)))
+            .or_insert((0, f64::MAX, f64::MIN));
+        e.0 += 1;
+        e.1 = e.1.min(v);
+        e.2 = e.2.max(v);
+    }
+    // Every window up to the last point's closes 10 s (plus grace) after it.
+    let last_window = last_ts - last_ts.rem_euclid(width);
+    wait_until("every window sent", Duration::from_secs(60), || {
+        influx
+            .points("rollups", "sim")
+            .iter()
+            .any(|r| r.ts_ns == last_window)
+            .then_some(())
+    });
+    let mut got: BTreeMap<(String, i64), (u64, f64, f64)> = BTreeMap::new();
+    for r in influx.points("rollups", "sim") {
+        assert!(r.series.contains("tidegate_resolution=10s"), "{}", r.series);
+        let (series, suffix) = rollup_of(&r.series);
+        let e = got.entry((series, r.ts_ns)).or_insert((0, 0.0, 0.0));
+        match suffix {
+            "_count" => e.0 = r.value as u64,
+            "_min" => e.1 = r.value,
+            "_max" => e.2 = r.value,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        got, want,
+        "one point per series and window, counts and extremes exact"
+    );
+
+    // The metered sink spent its budget and holds the rest back, saying why.
+    let st = wait_until("the budget spent", Duration::from_secs(30), || {
+        let st = agent.status();
+        st.sinks[1].held.is_some().then_some(st)
+    });
+    let m = &st.sinks[1];
+    assert!(
+        m.held.as_deref().unwrap().contains("budget"),
+        "{:?}",
+        m.held
+    );
+    assert!(m.bytes_today >= 20_000);
+    assert!(
+        m.points_sent < expected.len() as u64,
+        "the rest waits for tomorrow"
+    );
+    assert_eq!(
+        influx.count("metered", "sim") as u64,
+        m.points_sent,
+        "what was sent arrived"
+    );
+}
