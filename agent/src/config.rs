@@ -282,15 +282,30 @@ impl SerialSourceConfig {
     }
 }
 
-/// All configured sinks.
+/// All configured sinks. Every sink's name is unique across all kinds.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinksConfig {
-    /// InfluxDB 1.x `/write` endpoints (also VictoriaMetrics and Telegraf).
+    /// InfluxDB line-protocol endpoints, v1 `/write` or v2 `/api/v2/write`
+    /// (also VictoriaMetrics, QuestDB and Telegraf).
     pub influx: Vec<InfluxSinkConfig>,
+    /// Prometheus remote write 1.0 endpoints (Prometheus, VictoriaMetrics,
+    /// Mimir, Cortex, Thanos).
+    pub remote_write: Vec<RemoteWriteSinkConfig>,
 }
 
-/// An InfluxDB 1.x-compatible HTTP endpoint.
+/// Which InfluxDB HTTP write API a sink speaks.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InfluxApi {
+    /// `/write?db=&rp=`, basic authentication (InfluxDB 1.x).
+    #[default]
+    V1,
+    /// `/api/v2/write?org=&bucket=`, `Authorization: Token` (InfluxDB 2.x, 3.x).
+    V2,
+}
+
+/// An InfluxDB line-protocol HTTP endpoint.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct InfluxSinkConfig {
@@ -298,17 +313,33 @@ pub struct InfluxSinkConfig {
     pub name: String,
     /// Base URL, e.g. `http://127.0.0.1:8086`.
     pub url: String,
-    /// Database to write to.
+    /// The write API: `v1` or `v2`.
+    #[serde(default)]
+    pub api: InfluxApi,
+    /// Database to write to (v1; required there).
+    #[serde(default)]
     pub db: String,
-    /// Retention policy, if not the default.
+    /// Retention policy, if not the default (v1).
     #[serde(default)]
     pub rp: Option<String>,
-    /// User name for basic authentication.
+    /// Organisation (v2; required there).
+    #[serde(default)]
+    pub org: Option<String>,
+    /// Bucket (v2; required there).
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// API token, sent as `Authorization: Token <token>` (v2).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// User name for basic authentication (v1).
     #[serde(default)]
     pub username: Option<String>,
-    /// Password for basic authentication.
+    /// Password for basic authentication (v1).
     #[serde(default)]
     pub password: Option<String>,
+    /// Compress request bodies (`Content-Encoding: gzip`).
+    #[serde(default = "default_true")]
+    pub gzip: bool,
     /// Largest number of points in one request.
     #[serde(default = "default_batch_points")]
     pub batch_max_points: usize,
@@ -323,6 +354,40 @@ pub struct InfluxSinkConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+/// A Prometheus remote write 1.0 endpoint.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWriteSinkConfig {
+    /// Names the sink's cursor in the store: renaming a sink starts it from scratch.
+    pub name: String,
+    /// The full endpoint URL, e.g. `http://127.0.0.1:9090/api/v1/write`.
+    pub url: String,
+    /// User name for basic authentication.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for basic authentication.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Sent as `Authorization: Bearer <token>` (instead of basic authentication).
+    #[serde(default)]
+    pub bearer_token: Option<String>,
+    /// Largest number of points in one request.
+    #[serde(default = "default_batch_points")]
+    pub batch_max_points: usize,
+    /// Time allowed for one request.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Longest wait between retries while the endpoint is down.
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// PEM file of extra CA certificates to trust (for a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
+}
 fn default_batch_points() -> usize {
     5000
 }
@@ -429,29 +494,66 @@ impl Config {
             }
         }
         let mut names = std::collections::HashSet::new();
-        for (i, s) in self.sinks.influx.iter().enumerate() {
-            if !names.insert(s.name.as_str()) {
+        let mut sink = |key: String, name: &str, url: &str, example: &str, batch: usize| {
+            if !names.insert(name.to_string()) {
                 return invalid(
-                    format!("sinks.influx[{i}].name"),
-                    format!("`{}` is used twice; every sink needs its own name because its cursor is stored under it", s.name),
+                    format!("{key}.name"),
+                    format!("`{name}` is used twice; every sink needs its own name because its cursor is stored under it"),
                 );
             }
-            match reqwest::Url::parse(&s.url) {
+            match reqwest::Url::parse(url) {
                 Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
                 _ => {
                     return invalid(
-                        format!("sinks.influx[{i}].url"),
-                        format!(
-                            "`{}` is not an http(s) URL; expected e.g. \"http://127.0.0.1:8086\"",
-                            s.url
-                        ),
+                        format!("{key}.url"),
+                        format!("`{url}` is not an http(s) URL; expected e.g. \"{example}\""),
                     )
                 }
             }
-            if s.batch_max_points == 0 {
+            if batch == 0 {
                 return invalid(
-                    format!("sinks.influx[{i}].batch_max_points"),
+                    format!("{key}.batch_max_points"),
                     "must be at least 1".into(),
+                );
+            }
+            Ok(())
+        };
+        for (i, s) in self.sinks.influx.iter().enumerate() {
+            let key = format!("sinks.influx[{i}]");
+            sink(
+                key.clone(),
+                &s.name,
+                &s.url,
+                "http://127.0.0.1:8086",
+                s.batch_max_points,
+            )?;
+            let required: &[(&str, bool)] = match s.api {
+                InfluxApi::V1 => &[("db", s.db.is_empty())],
+                InfluxApi::V2 => &[("org", s.org.is_none()), ("bucket", s.bucket.is_none())],
+            };
+            if let Some((field, _)) = required.iter().find(|(_, missing)| *missing) {
+                return invalid(
+                    format!("{key}.{field}"),
+                    format!(
+                        "is required with api = \"{}\"",
+                        if s.api == InfluxApi::V1 { "v1" } else { "v2" }
+                    ),
+                );
+            }
+        }
+        for (i, s) in self.sinks.remote_write.iter().enumerate() {
+            let key = format!("sinks.remote_write[{i}]");
+            sink(
+                key.clone(),
+                &s.name,
+                &s.url,
+                "http://127.0.0.1:9090/api/v1/write",
+                s.batch_max_points,
+            )?;
+            if s.bearer_token.is_some() && s.username.is_some() {
+                return invalid(
+                    format!("{key}.bearer_token"),
+                    "set either bearer_token or username/password, not both".into(),
                 );
             }
         }
@@ -526,6 +628,45 @@ mod tests {
         let cfg = Config::from_toml_with_env(text, "example").expect("example must load");
         assert_eq!(cfg.sources.serial.len(), 1);
         assert_eq!(cfg.sinks.influx.len(), 1);
+        assert_eq!(cfg.sinks.influx[0].api, InfluxApi::V1);
+        assert!(cfg.sinks.influx[0].gzip, "gzip by default");
+    }
+
+    #[test]
+    fn influx_v2_needs_org_and_bucket() {
+        let base = "[[sinks.influx]]\nname = \"a\"\nurl = \"http://h:8086\"\napi = \"v2\"\n";
+        let err = Config::from_toml_with_env(&format!("{base}org = \"o\"\n"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sinks.influx[0].bucket"), "{err}");
+        let cfg = Config::from_toml_with_env(
+            &format!("{base}org = \"o\"\nbucket = \"b\"\ntoken = \"t\"\ngzip = false\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(cfg.sinks.influx[0].api, InfluxApi::V2);
+        assert!(!cfg.sinks.influx[0].gzip);
+        let err =
+            Config::from_toml_with_env("[[sinks.influx]]\nname = \"a\"\nurl = \"http://h\"\n", "t")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("sinks.influx[0].db"), "{err}");
+    }
+
+    #[test]
+    fn sink_names_are_unique_across_kinds() {
+        let text = "[[sinks.influx]]\nname = \"up\"\nurl = \"http://h:8086\"\ndb = \"d\"\n\
+                    [[sinks.remote_write]]\nname = \"up\"\nurl = \"http://h:9090/api/v1/write\"\n";
+        let err = Config::from_toml_with_env(text, "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sinks.remote_write[0].name"), "{err}");
+        let cfg = Config::from_toml_with_env(&text.replacen("\"up\"", "\"lp\"", 1), "t").unwrap();
+        let rw = &cfg.sinks.remote_write[0];
+        assert_eq!(
+            (rw.batch_max_points, rw.timeout),
+            (5000, Duration::from_secs(10))
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::ops::{control, notify, Metrics, Status};
 use crate::store::{self, Store};
-use crate::sync::{self, influx::InfluxSink, EngineConfig, Stopping};
+use crate::store::{StoreError, StoreHandle};
+use crate::sync::{self, influx::InfluxSink, EngineConfig, Sink, Stopping};
+use crate::sync_remote_write::RemoteWriteSink;
 
 /// Runs the pipeline until `shutdown` is cancelled, then stops it in order:
 /// sources first, then a flush, then the sinks drain what they can within
@@ -47,15 +49,34 @@ pub async fn run(
     let stopping = Stopping::default();
     let mut sinks = JoinSet::new();
     for s in &cfg.sinks.influx {
-        let sink = InfluxSink::new(s)?;
         let engine = EngineConfig {
             name: s.name.clone(),
             batch_max_points: s.batch_max_points,
             backoff_max: s.backoff_max,
         };
-        let stats = metrics.sink(&s.name);
-        let (h, st) = (handle.clone(), stopping.clone());
-        sinks.spawn(async move { sync::run_sink(sink, engine, h, stats, st).await });
+        spawn_sink(
+            &mut sinks,
+            InfluxSink::new(s)?,
+            engine,
+            &handle,
+            &metrics,
+            &stopping,
+        );
+    }
+    for s in &cfg.sinks.remote_write {
+        let engine = EngineConfig {
+            name: s.name.clone(),
+            batch_max_points: s.batch_max_points,
+            backoff_max: s.backoff_max,
+        };
+        spawn_sink(
+            &mut sinks,
+            RemoteWriteSink::new(s)?,
+            engine,
+            &handle,
+            &metrics,
+            &stopping,
+        );
     }
 
     let stop_control = CancellationToken::new();
@@ -65,7 +86,7 @@ pub async fn run(
         metrics.clone(),
         stop_control.clone(),
     ));
-    info!(store = %store_path.display(), socket = %socket.display(), sources = cfg.sources.serial.len(), sinks = cfg.sinks.influx.len(), "tidegate running");
+    info!(store = %store_path.display(), socket = %socket.display(), sources = cfg.sources.serial.len(), sinks = sinks.len(), "tidegate running");
 
     // systemd (Type=notify): ready now that the store is open and the sources
     // started; then STATUS every second and WATCHDOG while the writer moves.
@@ -116,6 +137,25 @@ pub async fn run(
         Ok(Ok(())) => {}
     }
     Ok(metrics.snapshot())
+}
+
+/// Runs the engine for one sink in `tasks`.
+fn spawn_sink<S: Sink>(
+    tasks: &mut JoinSet<Result<(), StoreError>>,
+    sink: S,
+    engine: EngineConfig,
+    store: &StoreHandle,
+    metrics: &Metrics,
+    stopping: &Stopping,
+) {
+    let stats = metrics.sink(&engine.name);
+    tasks.spawn(sync::run_sink(
+        sink,
+        engine,
+        store.clone(),
+        stats,
+        stopping.clone(),
+    ));
 }
 
 /// Cancels the returned token on SIGINT or SIGTERM.
