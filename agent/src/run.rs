@@ -48,31 +48,28 @@ pub async fn run(
 
     let stopping = Stopping::default();
     let mut sinks = JoinSet::new();
+    let engine = |name: &str, batch_max_points, backoff_max| EngineConfig {
+        name: name.to_string(),
+        batch_max_points,
+        backoff_max,
+    };
     for s in &cfg.sinks.influx {
-        let engine = EngineConfig {
-            name: s.name.clone(),
-            batch_max_points: s.batch_max_points,
-            backoff_max: s.backoff_max,
-        };
+        let e = engine(&s.name, s.batch_max_points, s.backoff_max);
         spawn_sink(
             &mut sinks,
             InfluxSink::new(s)?,
-            engine,
+            e,
             &handle,
             &metrics,
             &stopping,
         );
     }
     for s in &cfg.sinks.remote_write {
-        let engine = EngineConfig {
-            name: s.name.clone(),
-            batch_max_points: s.batch_max_points,
-            backoff_max: s.backoff_max,
-        };
+        let e = engine(&s.name, s.batch_max_points, s.backoff_max);
         spawn_sink(
             &mut sinks,
             RemoteWriteSink::new(s)?,
-            engine,
+            e,
             &handle,
             &metrics,
             &stopping,

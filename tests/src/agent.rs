@@ -145,6 +145,39 @@ pub fn expected_samples(
     out
 }
 
+/// An agent's configuration for a test in `dir`: state in `<dir>/state`,
+/// flushes every 200 ms; with `Some(site)`, the simulator's PTY
+/// (`<dir>/tty`) as measurement `sim`, tagged `site`; then `sinks` (TOML).
+pub fn sim_config(dir: &Path, site: Option<&str>, sinks: &str) -> String {
+    let mut c = format!(
+        r#"
+[agent]
+state_dir = "{state}"
+shutdown_timeout = "15s"
+
+[store]
+flush_interval = "200ms"
+seal_interval = "2s"
+"#,
+        state = dir.join("state").display(),
+    );
+    if let Some(site) = site {
+        c += &format!(
+            r#"
+[[sources.serial]]
+name = "sim"
+port = "{tty}"
+measurement = "sim"
+tags = {{ site = "{site}" }}
+required_keys = ["sensor", "ts"]
+tag_keys = ["sensor"]
+"#,
+            tty = dir.join("tty").display(),
+        );
+    }
+    c + sinks
+}
+
 /// A running `tidegate run`.
 pub struct Agent {
     child: Option<Child>,

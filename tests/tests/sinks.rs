@@ -12,42 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use tidegate::ops::Status;
-use tidegate_e2e::agent::{expected_points, expected_samples, Agent, Sim};
+use tidegate_e2e::agent::{expected_points, expected_samples, sim_config, Agent, Sim};
 use tidegate_e2e::{poll_until, wait_until, Influxd, Prometheus, Sample, Victoria};
-
-/// An agent reading the simulator's PTY (if `source`) into `sinks` (TOML).
-fn config(dir: &Path, source: bool, sinks: &str) -> String {
-    let source = if source {
-        format!(
-            r#"
-[[sources.serial]]
-name = "sim"
-port = "{tty}"
-measurement = "sim"
-tags = {{ site = "lab" }}
-required_keys = ["sensor", "ts"]
-tag_keys = ["sensor"]
-"#,
-            tty = dir.join("tty").display()
-        )
-    } else {
-        String::new()
-    };
-    format!(
-        r#"
-[agent]
-state_dir = "{state}"
-shutdown_timeout = "15s"
-
-[store]
-flush_interval = "200ms"
-seal_interval = "2s"
-{source}
-{sinks}
-"#,
-        state = dir.join("state").display(),
-    )
-}
 
 /// The counters of sink `name`.
 fn sink<'a>(status: &'a Status, name: &str) -> &'a tidegate::ops::metrics::SinkStatus {
@@ -73,7 +39,7 @@ fn feed(dir: &Path, sinks: &str, names: &[&str], lines: u32) -> (Agent, Sim, usi
             &lines.to_string(),
         ],
     );
-    let agent = Agent::start(dir, &config(dir, true, sinks));
+    let agent = Agent::start(dir, &sim_config(dir, Some("lab"), sinks));
     sim.wait_done(Duration::from_secs(60));
     let n = expected_points(&sim.ledger(), "sim", &[("site", "lab")]).len();
     wait_until(
@@ -288,7 +254,7 @@ fn one_refused_point_in_a_batch_of_1000_is_dead_lettered_and_999_arrive() {
             "0",
         ],
     );
-    let agent = Agent::start(dir.path(), &config(dir.path(), true, ""));
+    let agent = Agent::start(dir.path(), &sim_config(dir.path(), Some("lab"), ""));
     sim.wait_done(Duration::from_secs(60));
     let want = expected_points(&sim.ledger(), "sim", &[("site", "lab")]);
     assert_eq!(want.len(), 1000);
@@ -312,7 +278,7 @@ backoff_max = "1s"
 "#,
         url = influx.url()
     );
-    let agent = Agent::start(dir.path(), &config(dir.path(), false, &sinks));
+    let agent = Agent::start(dir.path(), &sim_config(dir.path(), None, &sinks));
     let s = wait_until(
         "the sink to go through the batch",
         Duration::from_secs(60),
