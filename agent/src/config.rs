@@ -527,17 +527,40 @@ impl Config {
                 "http://127.0.0.1:8086",
                 s.batch_max_points,
             )?;
-            let required: &[(&str, bool)] = match s.api {
-                InfluxApi::V1 => &[("db", s.db.is_empty())],
-                InfluxApi::V2 => &[("org", s.org.is_none()), ("bucket", s.bucket.is_none())],
+            // What each API needs, and what it would silently ignore:
+            // (setting, whether it is missing / set).
+            type Checks<'a> = &'a [(&'a str, bool)];
+            let (api, required, foreign): (&str, Checks, Checks) = match s.api {
+                InfluxApi::V1 => (
+                    "v1",
+                    &[("db", s.db.is_empty())],
+                    &[
+                        ("org", s.org.is_some()),
+                        ("bucket", s.bucket.is_some()),
+                        ("token", s.token.is_some()),
+                    ],
+                ),
+                InfluxApi::V2 => (
+                    "v2",
+                    &[("org", s.org.is_none()), ("bucket", s.bucket.is_none())],
+                    &[
+                        ("db", !s.db.is_empty()),
+                        ("rp", s.rp.is_some()),
+                        ("username", s.username.is_some()),
+                        ("password", s.password.is_some()),
+                    ],
+                ),
             };
             if let Some((field, _)) = required.iter().find(|(_, missing)| *missing) {
                 return invalid(
                     format!("{key}.{field}"),
-                    format!(
-                        "is required with api = \"{}\"",
-                        if s.api == InfluxApi::V1 { "v1" } else { "v2" }
-                    ),
+                    format!("is required with api = \"{api}\""),
+                );
+            }
+            if let Some((field, _)) = foreign.iter().find(|(_, set)| *set) {
+                return invalid(
+                    format!("{key}.{field}"),
+                    format!("is not used with api = \"{api}\"; remove it or set the api (v1: db, rp, username, password; v2: org, bucket, token)"),
                 );
             }
         }
@@ -651,6 +674,16 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("sinks.influx[0].db"), "{err}");
+        let err = Config::from_toml_with_env(
+            &format!("{base}org = \"o\"\nbucket = \"b\"\nusername = \"u\"\n"),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("sinks.influx[0].username") && err.contains("not used"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -145,6 +145,47 @@ mod tests {
     use super::*;
     use crate::point::SeriesKey;
 
+    fn sink(extra: &str) -> InfluxSink {
+        let text = format!("[[sinks.influx]]\nname = \"i\"\nurl = \"http://h:8086\"\n{extra}");
+        let cfg = crate::config::Config::from_toml_with_env(&text, "t").unwrap();
+        InfluxSink::new(&cfg.sinks.influx[0]).unwrap()
+    }
+
+    #[test]
+    fn v1_and_v2_write_urls_and_auth() {
+        let v1 = sink("db = \"d b\"\nrp = \"r\"\nusername = \"u\"\npassword = \"p\"\n");
+        assert_eq!(
+            v1.write_url.as_str(),
+            "http://h:8086/write?db=d+b&rp=r&precision=ns"
+        );
+        assert_eq!(v1.auth, Auth::Basic("u".into(), Some("p".into())));
+        assert!(v1.query_url.is_some(), "v1 creates a missing database");
+        let v2 = sink("api = \"v2\"\norg = \"o\"\nbucket = \"b\"\ntoken = \"t\"\n");
+        assert_eq!(
+            v2.write_url.as_str(),
+            "http://h:8086/api/v2/write?org=o&bucket=b&precision=ns"
+        );
+        assert_eq!(v2.auth, Auth::Token("Token", "t".into()));
+        assert!(v2.query_url.is_none());
+    }
+
+    #[test]
+    fn bodies_are_gzipped_unless_told_otherwise() {
+        use std::io::Read as _;
+        let points = [Point {
+            series: SeriesKey::new("m", [("t", "v")], "f"),
+            ts_ns: 5,
+            value: 1.5,
+        }];
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&sink("db = \"d\"\n").encode(&points)[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "m,t=v f=1.5 5\n");
+        let plain = sink("db = \"d\"\ngzip = false\n").encode(&points);
+        assert_eq!(plain, b"m,t=v f=1.5 5\n");
+    }
+
     #[test]
     fn line_protocol_is_exact() {
         let mut s = String::new();
