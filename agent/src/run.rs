@@ -10,8 +10,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::ops::{control, notify, Metrics, Status};
-use crate::store::{self, Store};
-use crate::store::{StoreError, StoreHandle};
+use crate::store::{self, Store, StoreError, StoreHandle};
 use crate::sync::{self, influx::InfluxSink, EngineConfig, Sink, Stopping};
 use crate::sync_remote_write::RemoteWriteSink;
 
