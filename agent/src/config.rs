@@ -286,34 +286,89 @@ impl SerialSourceConfig {
     }
 }
 
-/// All configured sinks.
+/// All configured sinks. Every sink's name is unique across all kinds.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinksConfig {
-    /// InfluxDB 1.x `/write` endpoints (also VictoriaMetrics and Telegraf).
+    /// InfluxDB line-protocol endpoints, v1 `/write` or v2 `/api/v2/write`
+    /// (also VictoriaMetrics, QuestDB and Telegraf).
     pub influx: Vec<InfluxSinkConfig>,
+    /// Prometheus remote write 1.0 endpoints (Prometheus, VictoriaMetrics,
+    /// Mimir, Cortex, Thanos).
+    pub remote_write: Vec<RemoteWriteSinkConfig>,
+}
+
+/// Which InfluxDB HTTP write API a sink speaks.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InfluxApi {
+    /// `/write?db=&rp=`, basic authentication (InfluxDB 1.x).
+    #[default]
+    V1,
+    /// `/api/v2/write?org=&bucket=`, `Authorization: Token` (InfluxDB 2.x, 3.x).
+    V2,
 }
 
 sink_config! {
-    /// An InfluxDB 1.x-compatible HTTP endpoint.
+    /// An InfluxDB line-protocol HTTP endpoint.
     pub struct InfluxSinkConfig {
         /// Base URL, e.g. `http://127.0.0.1:8086`.
         pub url: String,
-        /// Database to write to.
+        /// The write API: `v1` or `v2`.
+        #[serde(default)]
+        pub api: InfluxApi,
+        /// Database to write to (v1; required there).
+        #[serde(default)]
         pub db: String,
-        /// Retention policy, if not the default.
+        /// Retention policy, if not the default (v1).
         #[serde(default)]
         pub rp: Option<String>,
+        /// Organisation (v2; required there).
+        #[serde(default)]
+        pub org: Option<String>,
+        /// Bucket (v2; required there).
+        #[serde(default)]
+        pub bucket: Option<String>,
+        /// API token, sent as `Authorization: Token <token>` (v2).
+        #[serde(default)]
+        pub token: Option<String>,
+        /// User name for basic authentication (v1).
+        #[serde(default)]
+        pub username: Option<String>,
+        /// Password for basic authentication (v1).
+        #[serde(default)]
+        pub password: Option<String>,
+        /// Compress request bodies (`Content-Encoding: gzip`).
+        #[serde(default = "default_true")]
+        pub gzip: bool,
+        /// PEM file of extra CA certificates to trust (for a private CA).
+        #[serde(default)]
+        pub ca_file: Option<PathBuf>,
+    }
+}
+
+sink_config! {
+    /// A Prometheus remote write 1.0 endpoint.
+    pub struct RemoteWriteSinkConfig {
+        /// The full endpoint URL, e.g. `http://127.0.0.1:9090/api/v1/write`.
+        pub url: String,
         /// User name for basic authentication.
         #[serde(default)]
         pub username: Option<String>,
         /// Password for basic authentication.
         #[serde(default)]
         pub password: Option<String>,
+        /// Sent as `Authorization: Bearer <token>` (instead of basic authentication).
+        #[serde(default)]
+        pub bearer_token: Option<String>,
         /// PEM file of extra CA certificates to trust (for a private CA).
         #[serde(default)]
         pub ca_file: Option<PathBuf>,
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Operator interfaces.
@@ -413,18 +468,78 @@ impl Config {
         }
         let mut names = std::collections::HashSet::new();
         let tiers = self.store.rollup_widths();
-        for (i, s) in self.sinks.influx.iter().enumerate() {
-            let key = format!("sinks.influx[{i}]");
-            if !names.insert(s.name.as_str()) {
+        // What every sink shares: a unique name, an http(s) URL, delivery settings.
+        let mut sink = |key: &str, d: DeliveryConfig, url: &str, example: &str| {
+            if !names.insert(d.name.clone()) {
                 return invalid(
                     format!("{key}.name"),
-                    format!("`{}` is used twice; every sink needs its own name because its cursor is stored under it", s.name),
+                    format!("`{}` is used twice; every sink needs its own name because its cursor is stored under it", d.name),
                 );
             }
-            check_url(&format!("{key}.url"), &s.url, "http://127.0.0.1:8086")?;
-            s.delivery()
-                .validate(&key, &tiers)
-                .or_else(|(key, message)| invalid(key, message))?;
+            check_url(&format!("{key}.url"), url, example)?;
+            d.validate(key, &tiers)
+                .or_else(|(key, message)| invalid(key, message))
+        };
+        for (i, s) in self.sinks.influx.iter().enumerate() {
+            let key = format!("sinks.influx[{i}]");
+            sink(&key, s.delivery(), &s.url, "http://127.0.0.1:8086")?;
+            // What each API needs, and what it would silently ignore:
+            // (setting, whether it is missing / set).
+            type Checks<'a> = &'a [(&'a str, bool)];
+            let (api, required, foreign): (&str, Checks, Checks) = match s.api {
+                InfluxApi::V1 => (
+                    "v1",
+                    &[("db", s.db.is_empty())],
+                    &[
+                        ("org", s.org.is_some()),
+                        ("bucket", s.bucket.is_some()),
+                        ("token", s.token.is_some()),
+                    ],
+                ),
+                InfluxApi::V2 => (
+                    "v2",
+                    &[("org", s.org.is_none()), ("bucket", s.bucket.is_none())],
+                    &[
+                        ("db", !s.db.is_empty()),
+                        ("rp", s.rp.is_some()),
+                        ("username", s.username.is_some()),
+                        ("password", s.password.is_some()),
+                    ],
+                ),
+            };
+            if let Some((field, _)) = required.iter().find(|(_, missing)| *missing) {
+                return invalid(
+                    format!("{key}.{field}"),
+                    format!("is required with api = \"{api}\""),
+                );
+            }
+            if let Some((field, _)) = foreign.iter().find(|(_, set)| *set) {
+                return invalid(
+                    format!("{key}.{field}"),
+                    format!("is not used with api = \"{api}\"; remove it or set the api (v1: db, rp, username, password; v2: org, bucket, token)"),
+                );
+            }
+        }
+        for (i, s) in self.sinks.remote_write.iter().enumerate() {
+            let key = format!("sinks.remote_write[{i}]");
+            sink(
+                &key,
+                s.delivery(),
+                &s.url,
+                "http://127.0.0.1:9090/api/v1/write",
+            )?;
+            if s.order == Order::LiveFirst {
+                return invalid(
+                    format!("{key}.order"),
+                    "remote write needs samples in time order per series (Prometheus refuses older ones); use \"oldest_first\"".into(),
+                );
+            }
+            if s.bearer_token.is_some() && s.username.is_some() {
+                return invalid(
+                    format!("{key}.bearer_token"),
+                    "set either bearer_token or username/password, not both".into(),
+                );
+            }
         }
         Ok(())
     }
@@ -508,6 +623,55 @@ mod tests {
         let cfg = Config::from_toml_with_env(text, "example").expect("example must load");
         assert_eq!(cfg.sources.serial.len(), 1);
         assert_eq!(cfg.sinks.influx.len(), 1);
+        assert_eq!(cfg.sinks.influx[0].api, InfluxApi::V1);
+        assert!(cfg.sinks.influx[0].gzip, "gzip by default");
+    }
+
+    #[test]
+    fn influx_v2_needs_org_and_bucket() {
+        let base = "[[sinks.influx]]\nname = \"a\"\nurl = \"http://h:8086\"\napi = \"v2\"\n";
+        let err = Config::from_toml_with_env(&format!("{base}org = \"o\"\n"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sinks.influx[0].bucket"), "{err}");
+        let cfg = Config::from_toml_with_env(
+            &format!("{base}org = \"o\"\nbucket = \"b\"\ntoken = \"t\"\ngzip = false\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(cfg.sinks.influx[0].api, InfluxApi::V2);
+        assert!(!cfg.sinks.influx[0].gzip);
+        let err =
+            Config::from_toml_with_env("[[sinks.influx]]\nname = \"a\"\nurl = \"http://h\"\n", "t")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("sinks.influx[0].db"), "{err}");
+        let err = Config::from_toml_with_env(
+            &format!("{base}org = \"o\"\nbucket = \"b\"\nusername = \"u\"\n"),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("sinks.influx[0].username") && err.contains("not used"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sink_names_are_unique_across_kinds() {
+        let text = "[[sinks.influx]]\nname = \"up\"\nurl = \"http://h:8086\"\ndb = \"d\"\n\
+                    [[sinks.remote_write]]\nname = \"up\"\nurl = \"http://h:9090/api/v1/write\"\n";
+        let err = Config::from_toml_with_env(text, "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sinks.remote_write[0].name"), "{err}");
+        let cfg = Config::from_toml_with_env(&text.replacen("\"up\"", "\"lp\"", 1), "t").unwrap();
+        let rw = &cfg.sinks.remote_write[0];
+        assert_eq!(
+            (rw.batch_max_points, rw.timeout),
+            (5000, Duration::from_secs(10))
+        );
     }
 
     #[test]

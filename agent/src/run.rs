@@ -8,10 +8,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, DeliveryConfig};
 use crate::ops::{control, notify, Metrics, Status};
-use crate::store::{self, Store};
-use crate::sync::{self, influx::InfluxSink, Stopping};
+use crate::store::{self, Store, StoreError, StoreHandle};
+use crate::sync::{self, influx::InfluxSink, remote_write::RemoteWriteSink, Sink, Stopping};
 
 /// Runs the pipeline until `shutdown` is cancelled, then stops it in order:
 /// sources first, then a flush, then the sinks drain what they can within
@@ -47,10 +47,24 @@ pub async fn run(
     let stopping = Stopping::default();
     let mut sinks = JoinSet::new();
     for s in &cfg.sinks.influx {
-        let sink = InfluxSink::new(s)?;
-        let stats = metrics.sink(&s.name);
-        let (h, st, d) = (handle.clone(), stopping.clone(), s.delivery());
-        sinks.spawn(async move { sync::run_sink(sink, d, h, stats, st).await });
+        spawn_sink(
+            &mut sinks,
+            InfluxSink::new(s)?,
+            s.delivery(),
+            &handle,
+            &metrics,
+            &stopping,
+        );
+    }
+    for s in &cfg.sinks.remote_write {
+        spawn_sink(
+            &mut sinks,
+            RemoteWriteSink::new(s)?,
+            s.delivery(),
+            &handle,
+            &metrics,
+            &stopping,
+        );
     }
 
     let stop_control = CancellationToken::new();
@@ -60,7 +74,7 @@ pub async fn run(
         metrics.clone(),
         stop_control.clone(),
     ));
-    info!(store = %store_path.display(), socket = %socket.display(), sources = cfg.sources.serial.len(), sinks = cfg.sinks.influx.len(), "tidegate running");
+    info!(store = %store_path.display(), socket = %socket.display(), sources = cfg.sources.serial.len(), sinks = sinks.len(), "tidegate running");
 
     // systemd (Type=notify): ready now that the store is open and the sources
     // started; then STATUS every second and WATCHDOG while the writer moves.
@@ -111,6 +125,25 @@ pub async fn run(
         Ok(Ok(())) => {}
     }
     Ok(metrics.snapshot())
+}
+
+/// Runs the engine for one sink in `tasks`.
+fn spawn_sink<S: Sink>(
+    tasks: &mut JoinSet<Result<(), StoreError>>,
+    sink: S,
+    engine: DeliveryConfig,
+    store: &StoreHandle,
+    metrics: &Metrics,
+    stopping: &Stopping,
+) {
+    let stats = metrics.sink(&engine.name);
+    tasks.spawn(sync::run_sink(
+        sink,
+        engine,
+        store.clone(),
+        stats,
+        stopping.clone(),
+    ));
 }
 
 /// Cancels the returned token on SIGINT or SIGTERM.

@@ -1,7 +1,7 @@
 //! The two binaries under test: `firmware-sim` playing a sensor board on a PTY,
 //! and `tidegate run` reading it. Both are killed when dropped.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use firmware_sim::LedgerEntry;
 use tidegate::ops::Status;
 use tidegate::point::SeriesKey;
 
-use crate::bin;
+use crate::{bin, Sample};
 
 /// A running `firmware-sim` with its PTY linked at `<dir>/tty`.
 pub struct Sim {
@@ -94,6 +94,18 @@ impl Drop for Sim {
     }
 }
 
+/// The readings a ledger promises: (sensor, ts ms, field, value).
+fn valid_readings(ledger: &[LedgerEntry]) -> impl Iterator<Item = (&str, i64, &str, f64)> {
+    ledger.iter().filter(|e| e.valid).flat_map(|e| {
+        let sensor = e.sensor.as_deref().expect("valid entries name the sensor");
+        let ts = e.ts.expect("valid entries have ts");
+        e.fields
+            .iter()
+            .flatten()
+            .map(move |(field, value)| (sensor, ts, field.as_str(), *value))
+    })
+}
+
 /// The points a ledger promises, as (series key, ts ns, value bits).
 pub fn expected_points(
     ledger: &[LedgerEntry],
@@ -101,17 +113,69 @@ pub fn expected_points(
     tags: &[(&str, &str)],
 ) -> BTreeSet<(String, i64, u64)> {
     let mut out = BTreeSet::new();
-    for e in ledger.iter().filter(|e| e.valid) {
-        let sensor = e.sensor.as_deref().expect("valid entries name the sensor");
-        let ts = e.ts.expect("valid entries have ts") * 1_000_000;
-        for (field, value) in e.fields.iter().flatten() {
-            let mut all: Vec<(&str, &str)> = tags.to_vec();
-            all.push(("sensor", sensor));
-            let key = SeriesKey::new(measurement, all, field);
-            out.insert((key.as_str().to_string(), ts, value.to_bits()));
-        }
+    for (sensor, ts, field, value) in valid_readings(ledger) {
+        let mut all: Vec<(&str, &str)> = tags.to_vec();
+        all.push(("sensor", sensor));
+        let key = SeriesKey::new(measurement, all, field);
+        out.insert((key.as_str().to_string(), ts * 1_000_000, value.to_bits()));
     }
     out
+}
+
+/// The samples a ledger promises in a Prometheus-style database, sorted:
+/// metric `<measurement>_<field>`, labels `sensor` and `tags` (names and
+/// values that need no sanitising), time in ms.
+pub fn expected_samples(
+    ledger: &[LedgerEntry],
+    measurement: &str,
+    tags: &[(&str, &str)],
+) -> Vec<Sample> {
+    let mut out: Vec<Sample> = valid_readings(ledger)
+        .map(|(sensor, ts, field, value)| {
+            let mut labels: BTreeMap<String, String> = tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            labels.insert("sensor".into(), sensor.into());
+            labels.insert("__name__".into(), format!("{measurement}_{field}"));
+            (labels, ts, value.to_bits())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// An agent's configuration for a test in `dir`: state in `<dir>/state`,
+/// flushes every 200 ms; with `Some(site)`, the simulator's PTY
+/// (`<dir>/tty`) as measurement `sim`, tagged `site`; then `sinks` (TOML).
+pub fn sim_config(dir: &Path, site: Option<&str>, sinks: &str) -> String {
+    let mut c = format!(
+        r#"
+[agent]
+state_dir = "{state}"
+shutdown_timeout = "15s"
+
+[store]
+flush_interval = "200ms"
+seal_interval = "2s"
+"#,
+        state = dir.join("state").display(),
+    );
+    if let Some(site) = site {
+        c += &format!(
+            r#"
+[[sources.serial]]
+name = "sim"
+port = "{tty}"
+measurement = "sim"
+tags = {{ site = "{site}" }}
+required_keys = ["sensor", "ts"]
+tag_keys = ["sensor"]
+"#,
+            tty = dir.join("tty").display(),
+        );
+    }
+    c + sinks
 }
 
 /// A running `tidegate run`.

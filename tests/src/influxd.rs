@@ -1,18 +1,14 @@
 //! `influxd` from Debian's `influxdb` package (1.6.7), one instance per test.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::process::{append_log, program, tail, ChildGuard};
-use crate::{free_port, poll_until};
-
-/// How long a start may take before the test fails (a start takes ~0.1 s
-/// on an idle machine; the 2-core CI box runs several suites at once).
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::free_port;
+use crate::process::{self, launch_http, port_taken, program, ChildGuard};
 
 /// One field value of a point as InfluxDB returns it.
 #[derive(Debug, Clone, PartialEq)]
@@ -307,58 +303,27 @@ bind-address = "127.0.0.1:{rpc_port}"
 
     /// Spawns `influxd` and waits for `/ping`; on failure the child is killed.
     fn launch(&mut self) -> Result<(), String> {
-        let log = append_log(&self.log_file());
-        let mut child = ChildGuard::spawn(
+        let child = launch_http(
             "influxd",
             Command::new(program("influxd", "influxdb"))
                 .arg("-config")
-                .arg(self.config_file())
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("dup the log file"))
-                .stderr(log),
-        );
-        let ping = format!("{}/ping", self.url());
-        let what = format!("influxd to answer GET {ping} with 204");
-        let http = &self.http;
-        let ready = poll_until(START_TIMEOUT, Duration::from_millis(20), || {
-            if let Some(status) = child.try_wait() {
-                return Some(Err(format!(
-                    "influxd exited ({status}) while waiting for {what}"
-                )));
-            }
-            let r = http.get(&ping).timeout(Duration::from_secs(2)).send();
-            r.is_ok_and(|r| r.status().as_u16() == 204)
-                .then_some(Ok(()))
-        });
-        match ready {
-            Some(Ok(())) => {
-                self.child = Some(child);
-                Ok(())
-            }
-            Some(Err(e)) => Err(e),
-            None => Err(format!(
-                "timed out after {START_TIMEOUT:?} waiting for {what}"
-            )),
-        }
+                .arg(self.config_file()),
+            &self.log_file(),
+            &self.http,
+            &format!("{}/ping", self.url()),
+            204,
+        )?;
+        self.child = Some(child);
+        Ok(())
     }
 
     /// Whether the last start failed because a port was taken meanwhile.
     fn port_taken(&self) -> bool {
-        self.log_tail()
-            .to_lowercase()
-            .contains("address already in use")
-    }
-
-    fn log_tail(&self) -> String {
-        tail(&self.log_file(), 40)
+        port_taken(&self.log_file())
     }
 
     fn fail(&self, e: &str) -> ! {
-        panic!(
-            "{e}\n--- tail of {} ---\n{}",
-            self.log_file().display(),
-            self.log_tail()
-        )
+        process::fail(e, &self.log_file())
     }
 }
 

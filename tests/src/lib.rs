@@ -1,7 +1,7 @@
 //! End-to-end harness: the workspace's binaries and real servers from Debian's
-//! packages (`influxdb` 1.6, `mosquitto` 2.0), each started on free loopback
-//! ports with a temporary data directory, and killed when dropped (also when a
-//! test panics).
+//! packages (`influxdb` 1.6, `victoria-metrics` 1.79, `prometheus` 2.42,
+//! `mosquitto` 2.0), each started on free loopback ports with a temporary
+//! data directory, and killed when dropped (also when a test panics).
 //!
 //! Nothing here sleeps to synchronise: readiness is polled with a deadline
 //! ([`wait_until`]), and a missed deadline panics naming what was awaited,
@@ -11,8 +11,11 @@ pub mod agent;
 mod influxd;
 mod mosquitto;
 mod process;
+mod prometheus;
 pub mod receiver;
+mod victoria;
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -21,6 +24,30 @@ pub use influxd::{Influxd, Row};
 pub use mosquitto::Mosquitto;
 pub use nix::sys::signal::Signal;
 pub use process::{program, tail, ChildGuard};
+pub use prometheus::Prometheus;
+pub use victoria::Victoria;
+
+/// One sample as a Prometheus-style database holds it: the series' labels
+/// (`__name__` included), the time in milliseconds and the value's bits.
+pub type Sample = (BTreeMap<String, String>, i64, u64);
+
+/// The labels of a `"metric": {...}` object of a Prometheus-style answer.
+fn labels(metric: &serde_json::Value) -> BTreeMap<String, String> {
+    metric
+        .as_object()
+        .expect("a metric is an object")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().expect("a label value").to_string()))
+        .collect()
+}
+
+/// The HTTP client of the harness's servers.
+fn http_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("an HTTP client")
+}
 
 /// The path of a workspace binary (`tidegate`, `firmware-sim`), built next to
 /// the test executable.

@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{self, Signal};
@@ -134,4 +134,80 @@ pub fn program(name: &str, package: &str) -> PathBuf {
         .unwrap_or_else(|| {
             panic!("`{name}` not found: apt-get install {package} (scripts/test does)")
         })
+}
+
+/// How long a server's start may take before the test fails (most start in
+/// well under a second on an idle machine; the 2-core CI box runs several
+/// suites at once).
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Spawns the server `cmd` (`what` in messages) with stdout and stderr
+/// appended to `log`, and polls `GET ready_url` until it answers `status`.
+/// On failure the child is killed and the error says why.
+pub(crate) fn launch_http(
+    what: &str,
+    cmd: &mut Command,
+    log: &Path,
+    http: &reqwest::blocking::Client,
+    ready_url: &str,
+    status: u16,
+) -> Result<ChildGuard, String> {
+    let out = append_log(log);
+    let mut child = ChildGuard::spawn(
+        what,
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup the log file"))
+            .stderr(out),
+    );
+    let awaited = format!("{what} to answer GET {ready_url} with {status}");
+    let ready = poll_until(START_TIMEOUT, Duration::from_millis(20), || {
+        if let Some(exit) = child.try_wait() {
+            return Some(Err(format!(
+                "{what} exited ({exit}) while waiting for {awaited}"
+            )));
+        }
+        let r = http.get(ready_url).timeout(Duration::from_secs(2)).send();
+        r.is_ok_and(|r| r.status().as_u16() == status)
+            .then_some(Ok(()))
+    });
+    match ready {
+        Some(Ok(())) => Ok(child),
+        Some(Err(e)) => Err(e),
+        None => Err(format!(
+            "timed out after {START_TIMEOUT:?} waiting for {awaited}"
+        )),
+    }
+}
+
+/// Whether the server whose log is `log` failed because its port was taken
+/// (between [`crate::free_port`] and its bind).
+pub(crate) fn port_taken(log: &Path) -> bool {
+    tail(log, 40)
+        .to_lowercase()
+        .contains("address already in use")
+}
+
+/// Panics with `e` and the tail of `log`.
+pub(crate) fn fail(e: &str, log: &Path) -> ! {
+    panic!("{e}\n--- tail of {} ---\n{}", log.display(), tail(log, 40))
+}
+
+/// Starts a server on a free port: `launch(port)` up to three times while
+/// the failure was a port taken meanwhile; panics with the log otherwise.
+pub(crate) fn start_on_free_port(
+    what: &str,
+    log: &Path,
+    mut launch: impl FnMut(u16) -> Result<ChildGuard, String>,
+) -> (ChildGuard, u16) {
+    for attempt in 1.. {
+        let port = crate::free_port();
+        match launch(port) {
+            Ok(child) => return (child, port),
+            Err(e) if attempt < 3 && port_taken(log) => {
+                eprintln!("{what}: {e}; retrying with another port");
+            }
+            Err(e) => fail(&e, log),
+        }
+    }
+    unreachable!("the loop returns or panics")
 }

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tidegate::ops::Status;
-use tidegate_e2e::agent::{expected_points, Agent, Sim};
+use tidegate_e2e::agent::{expected_points, sim_config, Agent, Sim};
 use tidegate_e2e::{bin, wait_until, Influxd};
 
 const TRIPLE: &str = "aarch64-unknown-linux-gnu";
@@ -133,33 +133,8 @@ impl Drop for CrossAgent {
 }
 
 fn config(dir: &Path, source: bool, influx: Option<&str>) -> String {
-    let mut c = format!(
-        r#"
-[agent]
-state_dir = "{state}"
-shutdown_timeout = "15s"
-
-[store]
-flush_interval = "200ms"
-seal_interval = "2s"
-"#,
-        state = dir.join("state").display(),
-    );
-    if source {
-        c += &format!(
-            r#"
-[[sources.serial]]
-name = "sim"
-port = "{tty}"
-measurement = "sim"
-tags = {{ site = "qemu" }}
-tag_keys = ["sensor"]
-"#,
-            tty = dir.join("tty").display(),
-        );
-    }
-    if let Some(url) = influx {
-        c += &format!(
+    let sink = match influx {
+        Some(url) => format!(
             r#"
 [[sinks.influx]]
 name = "influx"
@@ -168,9 +143,10 @@ db = "{DB}"
 batch_max_points = 500
 backoff_max = "1s"
 "#
-        );
-    }
-    c
+        ),
+        None => String::new(),
+    };
+    sim_config(dir, source.then_some("qemu"), &sink)
 }
 
 /// qemu-user does not emulate TCSETS2, so the emulated agent cannot open a

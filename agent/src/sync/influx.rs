@@ -1,81 +1,84 @@
-//! InfluxDB 1.x line protocol over HTTP `/write` (also VictoriaMetrics, Telegraf).
+//! InfluxDB line protocol over HTTP: v1 `/write` (InfluxDB 1.x,
+//! VictoriaMetrics, Telegraf, QuestDB) and v2 `/api/v2/write` (InfluxDB 2.x
+//! and 3.x, VictoriaMetrics), gzip bodies by default.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::Context;
+use reqwest::header::CONTENT_ENCODING;
 use reqwest::StatusCode;
 
-use super::{Sink, SinkError};
-use crate::config::InfluxSinkConfig;
+use super::http::{self, Auth};
+use crate::config::{InfluxApi, InfluxSinkConfig};
 use crate::point::Point;
+use crate::sync::{Sink, SinkError};
 
-/// A `/write` endpoint.
+/// A line-protocol write endpoint.
 pub struct InfluxSink {
     client: reqwest::Client,
     write_url: reqwest::Url,
-    query_url: reqwest::Url,
+    /// `/query`, to create a missing database (v1 only).
+    query_url: Option<reqwest::Url>,
     db: String,
-    auth: Option<(String, Option<String>)>,
+    auth: Auth,
+    gzip: bool,
 }
 
 impl InfluxSink {
-    /// Builds the HTTP client from the sink's settings.
+    /// Builds the HTTP client and the write URL from the sink's settings.
     pub fn new(cfg: &InfluxSinkConfig) -> anyhow::Result<InfluxSink> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("tidegate/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca).with_context(|| {
-                format!("sink {}: cannot read ca_file {}", cfg.name, ca.display())
-            })?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
-                format!("sink {}: ca_file {} is not PEM", cfg.name, ca.display())
-            })? {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let client = builder.build().context("cannot build the HTTP client")?;
+        let client = http::client(&cfg.name, cfg.timeout, cfg.ca_file.as_deref())?;
         let base = reqwest::Url::parse(&cfg.url)
             .with_context(|| format!("sink {}: bad url {}", cfg.name, cfg.url))?;
-        let mut write_url = base.join("write")?;
-        {
-            let mut q = write_url.query_pairs_mut();
-            q.append_pair("db", &cfg.db).append_pair("precision", "ns");
-            if let Some(rp) = &cfg.rp {
-                q.append_pair("rp", rp);
+        let (write_url, query_url, auth) = match cfg.api {
+            InfluxApi::V1 => {
+                let mut url = base.join("write")?;
+                let mut q = url.query_pairs_mut();
+                q.append_pair("db", &cfg.db);
+                if let Some(rp) = &cfg.rp {
+                    q.append_pair("rp", rp);
+                }
+                q.append_pair("precision", "ns");
+                drop(q);
+                let auth = Auth::basic(cfg.username.as_deref(), cfg.password.as_deref());
+                (url, Some(base.join("query")?), auth)
             }
-        }
+            InfluxApi::V2 => {
+                let mut url = base.join("api/v2/write")?;
+                url.query_pairs_mut()
+                    .append_pair("org", cfg.org.as_deref().unwrap_or_default())
+                    .append_pair("bucket", cfg.bucket.as_deref().unwrap_or_default())
+                    .append_pair("precision", "ns");
+                let auth = match &cfg.token {
+                    Some(t) => Auth::Token("Token", t.clone()),
+                    None => Auth::None,
+                };
+                (url, None, auth)
+            }
+        };
         Ok(InfluxSink {
             client,
             write_url,
-            query_url: base.join("query")?,
+            query_url,
             db: cfg.db.clone(),
-            auth: cfg.username.clone().map(|u| (u, cfg.password.clone())),
+            auth,
+            gzip: cfg.gzip,
         })
     }
 
-    fn with_auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.auth {
-            Some((u, p)) => req.basic_auth(u, p.as_ref()),
-            None => req,
-        }
-    }
-
     /// Creates the database if it does not exist, as Telegraf does by default.
-    async fn create_database(&self) -> Result<(), SinkError> {
+    async fn create_database(&self, query_url: &reqwest::Url) -> Result<(), SinkError> {
         let q = format!("CREATE DATABASE \"{}\"", self.db.replace('"', "\\\""));
-        let req = self.with_auth(self.client.post(self.query_url.clone()).form(&[("q", q)]));
-        let resp = req.send().await.map_err(transport)?;
-        if resp.status().is_success() {
+        let req = self.client.post(query_url.clone()).form(&[("q", q)]);
+        let reply = http::exchange(self.auth.apply(req)).await?;
+        if reply.status.is_success() {
             Ok(())
         } else {
             Err(SinkError::Retryable {
                 reason: format!(
                     "database {} does not exist and cannot be created ({}); create it or grant the user the right",
-                    self.db,
-                    resp.status()
+                    self.db, reply.status
                 ),
                 retry_after: None,
             })
@@ -92,79 +95,46 @@ pub fn write_line(out: &mut String, p: &Point) {
     let _ = writeln!(out, "{series} {field}={:?} {}", p.value, p.ts_ns);
 }
 
-fn transport(e: reqwest::Error) -> SinkError {
-    SinkError::Retryable {
-        reason: format!("request failed: {e}"),
-        retry_after: None,
-    }
-}
-
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    resp.headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
-}
-
 impl Sink for InfluxSink {
+    /// Line protocol, gzip-compressed if so configured: the engine counts
+    /// the bytes that go on the wire.
     fn encode(&self, points: &[Point]) -> Vec<u8> {
         let mut s = String::with_capacity(points.len() * 64);
         for p in points {
             write_line(&mut s, p);
         }
-        s.into_bytes()
+        if self.gzip {
+            http::gzip(s.as_bytes())
+        } else {
+            s.into_bytes()
+        }
     }
 
     async fn send(&self, body: Vec<u8>) -> Result<(), SinkError> {
         // After CREATE DATABASE, InfluxDB may answer "database not found" for a
         // moment longer: a few quick retries keep that from looking like an outage.
         const CREATE_RETRIES: u32 = 40;
-        for attempt in 0..=CREATE_RETRIES {
-            let req = self.with_auth(self.client.post(self.write_url.clone()).body(body.clone()));
-            let resp = req.send().await.map_err(transport)?;
-            let status = resp.status();
-            if status.is_success() {
-                return Ok(());
-            }
-            let after = retry_after(&resp);
-            let text = resp.text().await.unwrap_or_default();
-            if status == StatusCode::NOT_FOUND
-                && text.contains("database not found")
-                && attempt < CREATE_RETRIES
-            {
-                if attempt == 0 {
-                    self.create_database().await?;
-                } else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                continue;
-            }
-            let reason = format!("HTTP {status}: {}", text.trim());
-            return Err(match status {
-                StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
-                    SinkError::Retryable {
-                        reason,
-                        retry_after: after,
+        let mut req = self.client.post(self.write_url.clone()).body(body);
+        if self.gzip {
+            req = req.header(CONTENT_ENCODING, "gzip");
+        }
+        let req = self.auth.apply(req);
+        for attempt in 0.. {
+            let reply = http::exchange(req.try_clone().expect("a byte body clones")).await?;
+            match &self.query_url {
+                Some(query_url)
+                    if reply.status == StatusCode::NOT_FOUND
+                        && reply.body.contains("database not found")
+                        && attempt < CREATE_RETRIES =>
+                {
+                    if attempt == 0 {
+                        self.create_database(query_url).await?;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
-                // 401/403/404 are configuration errors: keep the data and retry,
-                // the operator fixes the credentials or the URL.
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {
-                    SinkError::Retryable {
-                        reason: format!("{reason}; check the sink's url, db and credentials"),
-                        retry_after: None,
-                    }
-                }
-                s if s.is_client_error() => SinkError::Permanent { reason },
-                _ => SinkError::Retryable {
-                    reason,
-                    retry_after: after,
-                },
-            });
+                _ => return reply.result(),
+            }
         }
         unreachable!("the loop returns")
     }
@@ -174,6 +144,47 @@ impl Sink for InfluxSink {
 mod tests {
     use super::*;
     use crate::point::SeriesKey;
+
+    fn sink(extra: &str) -> InfluxSink {
+        let text = format!("[[sinks.influx]]\nname = \"i\"\nurl = \"http://h:8086\"\n{extra}");
+        let cfg = crate::config::Config::from_toml_with_env(&text, "t").unwrap();
+        InfluxSink::new(&cfg.sinks.influx[0]).unwrap()
+    }
+
+    #[test]
+    fn v1_and_v2_write_urls_and_auth() {
+        let v1 = sink("db = \"d b\"\nrp = \"r\"\nusername = \"u\"\npassword = \"p\"\n");
+        assert_eq!(
+            v1.write_url.as_str(),
+            "http://h:8086/write?db=d+b&rp=r&precision=ns"
+        );
+        assert_eq!(v1.auth, Auth::Basic("u".into(), Some("p".into())));
+        assert!(v1.query_url.is_some(), "v1 creates a missing database");
+        let v2 = sink("api = \"v2\"\norg = \"o\"\nbucket = \"b\"\ntoken = \"t\"\n");
+        assert_eq!(
+            v2.write_url.as_str(),
+            "http://h:8086/api/v2/write?org=o&bucket=b&precision=ns"
+        );
+        assert_eq!(v2.auth, Auth::Token("Token", "t".into()));
+        assert!(v2.query_url.is_none());
+    }
+
+    #[test]
+    fn bodies_are_gzipped_unless_told_otherwise() {
+        use std::io::Read as _;
+        let points = [Point {
+            series: SeriesKey::new("m", [("t", "v")], "f"),
+            ts_ns: 5,
+            value: 1.5,
+        }];
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&sink("db = \"d\"\n").encode(&points)[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "m,t=v f=1.5 5\n");
+        let plain = sink("db = \"d\"\ngzip = false\n").encode(&points);
+        assert_eq!(plain, b"m,t=v f=1.5 5\n");
+    }
 
     #[test]
     fn line_protocol_is_exact() {

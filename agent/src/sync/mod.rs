@@ -7,8 +7,10 @@
 
 pub mod arc;
 mod backoff;
+pub mod http;
 pub mod influx;
 pub mod meter;
+pub mod remote_write;
 mod request;
 pub mod rollup;
 

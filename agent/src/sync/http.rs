@@ -1,0 +1,375 @@
+//! What every HTTP sink shares: the client (timeouts, user agent, private
+//! CAs), authentication, `Retry-After`, and one reading of HTTP statuses.
+//!
+//! | answer | meaning |
+//! |---|---|
+//! | 2xx | acknowledged |
+//! | 408, 429 | retryable, honouring `Retry-After` |
+//! | 401, 403, 404 | retryable: a configuration error (url, credentials); the data stays in the store until the operator fixes it |
+//! | other 4xx | permanent: the endpoint refused these points (the engine splits the batch to find them) |
+//! | 5xx, no answer | retryable, honouring `Retry-After` |
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{RequestBuilder, StatusCode};
+
+use crate::sync::SinkError;
+
+/// The longest part of a server's answer kept in an error message: an
+/// InfluxDB partial write can list thousands of points.
+const MAX_MESSAGE: usize = 1024;
+
+/// Builds the client of sink `name`: a whole request may take `timeout`
+/// (connecting at most 5 s of it), and the certificates of `ca_file` (a PEM
+/// bundle) are trusted besides the system's.
+pub fn client(
+    name: &str,
+    timeout: Duration,
+    ca_file: Option<&Path>,
+) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .user_agent(concat!("tidegate/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = ca_file {
+        let pem = std::fs::read(ca)
+            .with_context(|| format!("sink {name}: cannot read ca_file {}", ca.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("sink {name}: ca_file {} is not PEM", ca.display()))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().context("cannot build the HTTP client")
+}
+
+/// How a sink proves who it is.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Auth {
+    /// Nothing.
+    #[default]
+    None,
+    /// `Authorization: Basic` with a user name and an optional password.
+    Basic(String, Option<String>),
+    /// `Authorization: <scheme> <token>`: `Bearer` (OAuth-style) or `Token`
+    /// (InfluxDB 2).
+    Token(&'static str, String),
+}
+
+impl Auth {
+    /// Basic authentication if a user name is given, else nothing.
+    pub fn basic(username: Option<&str>, password: Option<&str>) -> Auth {
+        match username {
+            Some(u) => Auth::Basic(u.to_string(), password.map(str::to_string)),
+            None => Auth::None,
+        }
+    }
+
+    /// A bearer token if given, else basic authentication if a user name is
+    /// given, else nothing.
+    pub fn bearer_or_basic(
+        token: Option<&str>,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) -> Auth {
+        match token {
+            Some(t) => Auth::Token("Bearer", t.to_string()),
+            None => Auth::basic(username, password),
+        }
+    }
+
+    /// Adds the credentials to a request.
+    pub fn apply(&self, req: RequestBuilder) -> RequestBuilder {
+        match self {
+            Auth::None => req,
+            Auth::Basic(u, p) => req.basic_auth(u, p.as_ref()),
+            Auth::Token(scheme, t) => {
+                req.header(reqwest::header::AUTHORIZATION, format!("{scheme} {t}"))
+            }
+        }
+    }
+}
+
+/// An endpoint's answer, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    /// The status.
+    pub status: StatusCode,
+    /// What `Retry-After` asked for, if anything readable.
+    pub retry_after: Option<Duration>,
+    /// The body as text (lossy), for error messages.
+    pub body: String,
+}
+
+impl Reply {
+    /// What the answer means for the points sent ([`classify`]).
+    pub fn result(&self) -> Result<(), SinkError> {
+        classify(self.status, self.retry_after, &self.body)
+    }
+}
+
+/// Sends `req` and reads the answer; only a failure to get one is an error
+/// (retryable: the endpoint is unreachable or timed out).
+pub async fn exchange(req: RequestBuilder) -> Result<Reply, SinkError> {
+    let resp = req.send().await.map_err(transport)?;
+    let status = resp.status();
+    let retry_after = retry_after(resp.headers(), SystemTime::now());
+    let body = resp.text().await.unwrap_or_default();
+    Ok(Reply {
+        status,
+        retry_after,
+        body,
+    })
+}
+
+/// Sends `req`: `Ok` on a 2xx, else the [`classify`]d error.
+pub async fn send(req: RequestBuilder) -> Result<(), SinkError> {
+    exchange(req).await?.result()
+}
+
+/// The one reading of an HTTP answer for every sink (see the module's table).
+pub fn classify(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &str,
+) -> Result<(), SinkError> {
+    if status.is_success() {
+        return Ok(());
+    }
+    let reason = format!("HTTP {status}: {}", shorten(body.trim()));
+    Err(match status {
+        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => SinkError::Retryable {
+            reason,
+            retry_after,
+        },
+        // Configuration errors: keep the data and retry while the operator
+        // fixes the credentials or the URL.
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {
+            SinkError::Retryable {
+                reason: format!("{reason}; check the sink's url, credentials and database/bucket"),
+                retry_after: None,
+            }
+        }
+        s if s.is_client_error() => SinkError::Permanent { reason },
+        _ => SinkError::Retryable {
+            reason,
+            retry_after,
+        },
+    })
+}
+
+/// No answer at all (connection refused, reset, timed out, TLS failure):
+/// retryable. The message carries the causes, where the detail is.
+pub fn transport(e: reqwest::Error) -> SinkError {
+    let mut reason = format!("request failed: {e}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        source = s.source();
+    }
+    SinkError::Retryable {
+        reason,
+        retry_after: None,
+    }
+}
+
+/// `Retry-After` as a delay: delay-seconds (`120`) or an HTTP-date
+/// (`Wed, 21 Oct 2015 07:28:00 GMT`, counted from `now`; a date in the past
+/// is no delay).
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = parse_http_date(v)?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Parses the IMF-fixdate form of an HTTP-date (RFC 9110 §5.6.7), the one
+/// servers send: `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn parse_http_date(s: &str) -> Option<SystemTime> {
+    let rest = s.split_once(", ")?.1;
+    let parts: Vec<&str> = rest.split(' ').collect();
+    let [day, month, year, time, "GMT"] = parts[..] else {
+        return None;
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
+    let hms: Vec<i64> = time
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, sec] = hms[..] else { return None };
+    if !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 || year < 1970 {
+        return None;
+    }
+    let secs = days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + sec;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `bytes` gzip-compressed at the fast level (`Content-Encoding: gzip`): on
+/// a gateway's CPU, most of the ratio for a fraction of the time.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(bytes).expect("writing to a Vec cannot fail");
+    enc.finish().expect("writing to a Vec cannot fail")
+}
+
+/// `s` cut to [`MAX_MESSAGE`] bytes (at a character boundary), marked if cut.
+fn shorten(s: &str) -> String {
+    if s.len() <= MAX_MESSAGE {
+        return s.to_string();
+    }
+    let mut end = MAX_MESSAGE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(status: u16) -> &'static str {
+        match classify(StatusCode::from_u16(status).unwrap(), None, "msg") {
+            Ok(()) => "ok",
+            Err(SinkError::Retryable { .. }) => "retry",
+            Err(SinkError::Permanent { .. }) => "permanent",
+        }
+    }
+
+    #[test]
+    fn statuses_are_read_once_for_all_sinks() {
+        for (status, want) in [
+            (200, "ok"),
+            (204, "ok"),
+            (400, "permanent"),
+            (413, "permanent"),
+            (422, "permanent"),
+            (408, "retry"),
+            (429, "retry"),
+            (401, "retry"),
+            (403, "retry"),
+            (404, "retry"),
+            (500, "retry"),
+            (503, "retry"),
+        ] {
+            assert_eq!(kind(status), want, "HTTP {status}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_kept_for_overload_only() {
+        let wait = Some(Duration::from_secs(7));
+        let after = |s: u16| match classify(StatusCode::from_u16(s).unwrap(), wait, "") {
+            Err(SinkError::Retryable { retry_after, .. }) => retry_after,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(after(429), wait);
+        assert_eq!(after(503), wait);
+        assert_eq!(after(401), None);
+    }
+
+    #[test]
+    fn messages_name_the_fix_and_stay_short() {
+        let Err(SinkError::Retryable { reason, .. }) = classify(StatusCode::UNAUTHORIZED, None, "")
+        else {
+            panic!()
+        };
+        assert!(reason.contains("credentials"), "{reason}");
+        let long = "x".repeat(10_000);
+        let Err(SinkError::Permanent { reason }) = classify(StatusCode::BAD_REQUEST, None, &long)
+        else {
+            panic!()
+        };
+        assert!(reason.len() < 1200, "{}", reason.len());
+        assert!(reason.ends_with("(10000 bytes)"), "{reason}");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let mut h = HeaderMap::new();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_767); // 06 Nov 1994 08:49:27
+        assert_eq!(retry_after(&h, now), None);
+        h.insert(RETRY_AFTER, " 120 ".parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(120)));
+        h.insert(
+            RETRY_AFTER,
+            "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(10)));
+        h.insert(
+            RETRY_AFTER,
+            "Sat, 05 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h, now), Some(Duration::ZERO));
+        h.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&h, now), None);
+        assert_eq!(
+            parse_http_date("Thu, 29 Feb 2024 00:00:00 GMT"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_164_800))
+        );
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        use std::io::Read as _;
+        let text = "sim,sensor=s01 temp=21.5 1\n".repeat(100);
+        let packed = gzip(text.as_bytes());
+        assert!(packed.len() < text.len() / 5, "{}", packed.len());
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(&packed[..])
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out, text);
+    }
+
+    #[test]
+    fn auth_headers() {
+        let c = reqwest::Client::new();
+        let header = |a: Auth| {
+            a.apply(c.post("http://x/"))
+                .build()
+                .unwrap()
+                .headers()
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(header(Auth::None), None);
+        assert_eq!(
+            header(Auth::Token("Token", "t0k".into())).as_deref(),
+            Some("Token t0k")
+        );
+        assert_eq!(
+            header(Auth::bearer_or_basic(Some("b"), Some("u"), None)).as_deref(),
+            Some("Bearer b")
+        );
+        assert_eq!(
+            header(Auth::basic(Some("u"), Some("p"))).as_deref(),
+            Some("Basic dTpw")
+        );
+    }
+}
