@@ -344,6 +344,7 @@ url = "{url}"
 db = "metered"
 batch_max_points = 100
 daily_budget = "20KB"
+over_budget_tier = "10s"
 "#,
         url = influx.url()
     );
@@ -407,9 +408,15 @@ daily_budget = "20KB"
         m.points_sent < expected.len() as u64,
         "the rest waits for tomorrow"
     );
-    assert_eq!(
-        influx.count("metered", "sim") as u64,
-        m.points_sent,
-        "what was sent arrived"
-    );
+    // Once over budget, only the named tier goes out: closed 10 s windows.
+    let rows = wait_until("rollups while over budget", Duration::from_secs(60), || {
+        let (raw, rollups) = raw_and_rollups(influx.points("metered", "sim"));
+        (!rollups.is_empty()).then_some((raw, rollups))
+    });
+    let (raw, rollups) = rows;
+    assert!(rollups
+        .iter()
+        .all(|r| r.series.contains("tidegate_resolution=10s")));
+    assert!(raw.is_subset(&expected));
+    assert!((raw.len() as u64) < expected.len() as u64, "raw held back");
 }

@@ -287,6 +287,13 @@ impl DeliveryConfig {
         check_tier("tier", &self.tier)?;
         if let Some(t) = &self.over_budget_tier {
             check_tier("over_budget_tier", t)?;
+            if *t == SinkTier::Raw || self.tier != SinkTier::Raw || self.daily_budget.is_none() {
+                return Err((
+                    format!("{key}.over_budget_tier"),
+                    "needs tier = \"raw\", a daily_budget, and a rollup tier here such as \"1h\""
+                        .into(),
+                ));
+            }
         }
         if self.batch_max_points == 0 {
             return Err((

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 
 pub use backoff::Backoff;
 pub use request::Requester;
+use rollup::TierMode;
 
 use crate::config::{DeliveryConfig, Order, SinkTier};
 use crate::ops::metrics::SinkStats;
@@ -84,10 +85,29 @@ pub async fn run_sink<S: Sink>(
     stopping: Stopping,
 ) -> Result<(), StoreError> {
     let req = Requester::new(sink, &cfg, stats);
-    match cfg.tier {
-        SinkTier::Raw => RawFeed::new(&req, &cfg, store, stopping).await?.run().await,
-        SinkTier::Rollup(width) => rollup::run_tier(&req, &cfg, width, store, stopping).await,
-    }
+    let fallback = async {
+        match (cfg.tier, cfg.over_budget_tier) {
+            (SinkTier::Raw, Some(SinkTier::Rollup(width))) => {
+                let (st, stop) = (store.clone(), stopping.clone());
+                rollup::run_tier(&req, &cfg, width, TierMode::OverBudget, st, stop).await
+            }
+            _ => Ok(()),
+        }
+    };
+    let main = async {
+        match cfg.tier {
+            SinkTier::Raw => {
+                let feed = RawFeed::new(&req, &cfg, store.clone(), stopping.clone()).await?;
+                feed.run().await
+            }
+            SinkTier::Rollup(width) => {
+                let (st, stop) = (store.clone(), stopping.clone());
+                rollup::run_tier(&req, &cfg, width, TierMode::Always, st, stop).await
+            }
+        }
+    };
+    let (main, fallback) = tokio::join!(main, fallback);
+    main.and(fallback)
 }
 
 /// Which of a raw sink's two readers a request came from.

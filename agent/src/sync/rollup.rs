@@ -165,31 +165,51 @@ pub async fn send_degraded<S: Sink>(
     }
 }
 
-/// Feeds a rollup-tier sink: every closed window of every series, once, in
+/// When a rollup feed sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TierMode {
+    /// Always (within the sink's schedule and budget): a rollup-tier sink.
+    Always,
+    /// Only while the sink's daily budget is spent (its `over_budget_tier`):
+    /// the raw feed holds back, and this keeps the cloud roughly informed
+    /// until midnight. Windows closing while the budget lasts are skipped,
+    /// the raw points cover them.
+    OverBudget,
+}
+
+/// Feeds a rollup tier: every closed window of every series, once, in
 /// time order, from a watermark kept in the store.
 pub async fn run_tier<S: Sink>(
     req: &Requester<S>,
     cfg: &DeliveryConfig,
     width: Duration,
+    mode: TierMode,
     store: StoreHandle,
     stopping: Stopping,
 ) -> Result<(), StoreError> {
     let tier = width.as_secs() as i64;
     let width_ns = tier * 1_000_000_000;
     let label = width_label(tier);
-    let name = cfg.name.clone();
-    let mut mark = match store.with(move |st| st.watermark(&name)).await? {
+    let name = match mode {
+        TierMode::Always => cfg.name.clone(),
+        TierMode::OverBudget => format!("{}@over_budget", cfg.name),
+    };
+    let key = name.clone();
+    let mut mark = match store.with(move |st| st.watermark(&key)).await? {
         Some(m) => m,
-        // A new sink starts with the oldest data the store has.
-        None => store
+        // A new rollup-tier sink starts with the oldest data the store has.
+        None if mode == TierMode::Always => store
             .with(|st| st.oldest())
             .await?
             .map(|t| window_start(t, width_ns))
             .unwrap_or_else(|| window_start(now_ns(), width_ns)),
+        None => window_start(now_ns(), width_ns),
     };
     loop {
         let closed = window_start(now_ns() - GRACE.as_nanos() as i64, width_ns);
-        if mark < closed && !stopping.drain.is_cancelled() {
+        if mode == TierMode::OverBudget && !req.over_budget() {
+            mark = mark.max(closed);
+        } else if mark < closed && !stopping.drain.is_cancelled() {
             let series = store.with(|st| Ok(st.series().count() as i64)).await?;
             let per_read = (MAX_WINDOWS_PER_READ / series.max(1)).max(1);
             let to = closed.min(mark.saturating_add(per_read * width_ns));
@@ -207,8 +227,9 @@ pub async fn run_tier<S: Sink>(
                     &mut points,
                 );
             }
-            // Wait for the schedule and budget like the raw path does.
-            loop {
+            // Wait for the schedule and budget like the raw path does (the
+            // over-budget feed is what the budget allows once spent).
+            while mode == TierMode::Always {
                 let (slots, wait) = req.slots(0);
                 if slots > 0 {
                     break;
@@ -227,8 +248,8 @@ pub async fn run_tier<S: Sink>(
             req.stats
                 .windows_sent
                 .fetch_add(windows.len() as u64, Relaxed);
-            let name = cfg.name.clone();
-            store.with(move |st| st.set_watermark(&name, to)).await?;
+            let key = name.clone();
+            store.with(move |st| st.set_watermark(&key, to)).await?;
             mark = to;
             continue;
         }
