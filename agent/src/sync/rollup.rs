@@ -229,9 +229,9 @@ pub async fn run_tier<S: Sink>(
             }
             // Wait for the schedule and budget like the raw path does (the
             // over-budget feed is what the budget allows once spent).
-            while mode == TierMode::Always {
+            loop {
                 let (slots, wait) = req.slots(0);
-                if slots > 0 {
+                if slots > 0 || mode == TierMode::OverBudget {
                     break;
                 }
                 tokio::select! {
