@@ -149,6 +149,11 @@ pub fn expected_samples(
 /// flushes every 200 ms; with `Some(site)`, the simulator's PTY
 /// (`<dir>/tty`) as measurement `sim`, tagged `site`; then `sinks` (TOML).
 pub fn sim_config(dir: &Path, site: Option<&str>, sinks: &str) -> String {
+    sim_config_with(dir, site, "seal_interval = \"2s\"", sinks)
+}
+
+/// [`sim_config`] with `store` (TOML lines) in the `[store]` section.
+pub fn sim_config_with(dir: &Path, site: Option<&str>, store: &str, sinks: &str) -> String {
     let mut c = format!(
         r#"
 [agent]
@@ -157,7 +162,7 @@ shutdown_timeout = "15s"
 
 [store]
 flush_interval = "200ms"
-seal_interval = "2s"
+{store}
 "#,
         state = dir.join("state").display(),
     );

@@ -6,36 +6,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use tidegate_e2e::agent::{expected_points, Agent, Sim};
+use tidegate_e2e::agent::{expected_points, expected_samples, sim_config_with, Agent, Sim};
 use tidegate_e2e::receiver::{Mode, Receiver};
-use tidegate_e2e::{poll_until, wait_until, Influxd, Row};
+use tidegate_e2e::{poll_until, wait_until, Influxd, Row, Victoria};
 
 const DB: &str = "e2e";
 
-/// An agent reading the simulator at `<dir>/tty`, with `extra` TOML appended.
-fn config(dir: &std::path::Path, store: &str, extra: &str) -> String {
-    format!(
-        r#"
-[agent]
-state_dir = "{state}"
-shutdown_timeout = "15s"
-
-[store]
-flush_interval = "200ms"
-{store}
-
-[[sources.serial]]
-name = "sim"
-port = "{tty}"
-measurement = "sim"
-tags = {{ site = "lab" }}
-required_keys = ["sensor", "ts"]
-tag_keys = ["sensor"]
-{extra}
-"#,
-        state = dir.join("state").display(),
-        tty = dir.join("tty").display(),
-    )
+/// An agent reading the simulator at `<dir>/tty` (site `lab`), with `store`
+/// lines in `[store]` and `sinks` appended.
+fn config(dir: &std::path::Path, store: &str, sinks: &str) -> String {
+    sim_config_with(dir, Some("lab"), store, sinks)
 }
 
 fn sim_args(sensors: u32, rate: u32, count: u32) -> Vec<String> {
@@ -258,15 +238,14 @@ backoff_max = "1s"
 
 #[test]
 fn live_first_sends_new_points_within_seconds_while_the_backlog_drains() {
-    let mut influx = Influxd::start();
-    influx.create_db(DB);
-    influx.stop();
+    let mut vm = Victoria::start();
+    vm.stop();
     let dir = tempfile::tempdir().unwrap();
     let sim = start_sim(dir.path(), &sim_args(10, 5000, 300_000)); // 60 s
     let sink = format!(
         r#"
 [[sinks.influx]]
-name = "influx"
+name = "vm"
 url = "{url}"
 db = "{DB}"
 batch_max_points = 500
@@ -274,29 +253,32 @@ max_in_flight = 1
 order = "live_first"
 backoff_max = "300ms"
 "#,
-        url = influx.url()
+        url = vm.url()
     );
     let agent = Agent::start(dir.path(), &config(dir.path(), "", &sink));
     wait_until("a backlog of 150k points", Duration::from_secs(60), || {
         (agent.status().store.points_flushed >= 150_000).then_some(())
     });
-    influx.start_again();
+    vm.start_again();
     let back = Instant::now();
-    let back_ns = std::time::SystemTime::now()
+    let back_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_nanos() as i64;
-    let q = format!("SELECT COUNT(temp) FROM sim WHERE time >= {back_ns}");
-    let fresh = poll_until(Duration::from_secs(5), Duration::from_millis(100), || {
-        let v = influx.query(DB, &q);
-        let n = v["results"][0]["series"][0]["values"][0][1]
-            .as_u64()
+        .as_millis() as i64;
+    // A point stamped after the database came back is in it within 5 s,
+    // while the sink still has a backlog to send.
+    let fresh = poll_until(Duration::from_secs(5), Duration::from_millis(200), || {
+        let newest = vm
+            .samples("{__name__=\"sim_temp\"}")
+            .iter()
+            .map(|s| s.1)
+            .max()
             .unwrap_or(0);
-        (n > 0).then(|| agent.status().sinks[0].backlog_points)
+        (newest >= back_ms).then(|| agent.status().sinks[0].backlog_points)
     });
     let backlog = fresh.unwrap_or_else(|| {
         panic!(
-            "no point newer than the sink's return arrived within 5 s; log:\n{}",
+            "no point newer than the database's return arrived within 5 s; log:\n{}",
             agent.log()
         )
     });
@@ -307,15 +289,18 @@ backoff_max = "300ms"
     );
 
     sim.wait_done(Duration::from_secs(120));
-    let expected = expected_points(&sim.ledger(), "sim", &[("site", "lab")]);
-    wait_until("the backlog drained", Duration::from_secs(180), || {
-        (influx.count(DB, "sim") >= expected.len()).then_some(())
-    });
-    let (raw, _) = raw_and_rollups(influx.points(DB, "sim"));
+    let expected = expected_samples(&sim.ledger(), "sim", &[("site", "lab"), ("db", DB)]);
+    let got = poll_until(Duration::from_secs(180), Duration::from_millis(500), || {
+        let got = vm.samples("{__name__=~\"sim_.*\"}");
+        (got.len() >= expected.len()).then_some(got)
+    })
+    .unwrap_or_else(|| vm.samples("{__name__=~\"sim_.*\"}"));
     assert_eq!(
-        raw, expected,
+        got.len(),
+        expected.len(),
         "every point once, live and backfill together"
     );
+    assert!(got == expected, "the points that arrived are the ledger's");
     assert!(
         agent.log().contains("back to one stream"),
         "{}",
