@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 #[macro_use]
 mod delivery;
 pub use delivery::{DeliveryConfig, Order, SinkTier, Window};
+mod secrets;
 
 /// Everything the agent is told.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

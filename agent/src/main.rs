@@ -135,6 +135,14 @@ fn init_logging(filter: &str) {
 fn main() -> std::process::ExitCode {
     tidegate::install_crypto_provider();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. } | Command::Demo { .. }) {
+        // A printing command piped into `head` should end quietly when the
+        // pipe closes, as other CLI tools do, not panic on EPIPE. (The agent
+        // itself keeps SIGPIPE ignored: a control-socket client hanging up
+        // must not kill it.)
+        // SAFETY: restoring a signal's default disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match dispatch(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -149,12 +157,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig { file } => {
             let cfg = Config::load(&file)?;
+            // Checked, not printed: the secrets stay out of the output.
+            cfg.clone().resolve_credentials()?;
             println!("# {}: OK. Effective configuration:", file.display());
             print!("{}", cfg.to_toml());
             Ok(())
         }
         Command::Run { config } => {
-            let cfg = Config::load(&config)?;
+            let mut cfg = Config::load(&config)?;
+            cfg.resolve_credentials()?;
             init_logging(&cfg.agent.log);
             let rt = runtime()?;
             rt.block_on(async {
