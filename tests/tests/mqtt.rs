@@ -1,0 +1,355 @@
+//! MQTT source end to end: `firmware-sim mqtt` → a real mosquitto →
+//! `tidegate run` → the store, checked against the simulator's ledger.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use firmware_sim::LedgerEntry;
+use tidegate::point::SeriesKey;
+use tidegate_e2e::agent::Agent;
+use tidegate_e2e::{bin, wait_until, Mosquitto};
+
+/// A running `firmware-sim mqtt`.
+struct MqttSim {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    ledger: PathBuf,
+}
+
+impl MqttSim {
+    fn start(dir: &Path, url: &str, args: &[&str]) -> MqttSim {
+        let ledger = dir.join("mqtt-ledger.jsonl");
+        let mut child = Command::new(bin("firmware-sim"))
+            .args(["mqtt", "--url", url, "--ledger"])
+            .arg(&ledger)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn firmware-sim mqtt");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        MqttSim {
+            child,
+            lines,
+            ledger,
+        }
+    }
+
+    fn wait_done(&self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with("done") => return l,
+                Ok(_) => continue,
+                Err(e) => panic!("firmware-sim mqtt did not finish within {timeout:?}: {e}"),
+            }
+        }
+    }
+
+    fn ledger(&self) -> Vec<LedgerEntry> {
+        firmware_sim::read_ledger(&self.ledger).expect("read the ledger")
+    }
+}
+
+impl Drop for MqttSim {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+fn config(dir: &Path, url: &str, extra: &str, subscription: &str) -> String {
+    format!(
+        r#"
+[agent]
+state_dir = "{state}"
+device = "gw"
+[store]
+seal_interval = "2s"
+[[sources.mqtt]]
+name = "broker"
+url = "{url}"
+backoff_max = "1s"
+{extra}
+[[sources.mqtt.subscriptions]]
+{subscription}
+"#,
+        state = dir.join("state").display(),
+    )
+}
+
+/// Every raw point in the store: (series, ts, value bits).
+fn stored(dir: &Path) -> Vec<(String, i64, u64)> {
+    let out = Command::new(bin("tidegate"))
+        .args([
+            "query",
+            "--tier",
+            "raw",
+            "--format",
+            "json",
+            "--from",
+            "1970-01-01T00:00:00Z",
+            "--to",
+            "2100-01-01T00:00:00Z",
+            "--store",
+        ])
+        .arg(dir.join("state/store.db"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "query failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["series"].as_str().unwrap().to_string(),
+                v["ts_ns"].as_i64().unwrap(),
+                v["value"].as_f64().unwrap().to_bits(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until mosquitto logs the agent's subscription to `filter`, so that
+/// nothing published afterwards can miss the session.
+fn wait_subscribed(broker: &Mosquitto, filter: &str) {
+    wait_until(
+        "the agent's subscription in mosquitto's log",
+        Duration::from_secs(30),
+        || {
+            let log = std::fs::read_to_string(broker.log_file()).unwrap_or_default();
+            log.lines()
+                .any(|l| l.contains("tidegate-gw-broker") && l.contains(filter))
+                .then_some(())
+        },
+    );
+}
+
+fn key(e: &LedgerEntry, field: &str) -> String {
+    let site = e.site.as_deref().expect("the MQTT ledger names the site");
+    let device = e.sensor.as_deref().expect("and the device");
+    SeriesKey::new("env", [("site", site), ("device", device)], field)
+        .as_str()
+        .to_string()
+}
+
+#[test]
+fn twenty_devices_with_topic_bound_tags_arrive_once_and_garbage_is_counted() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &broker.url(),
+        "",
+        "topic = \"sensors/+site/+device/#field\"\nmeasurement = \"env\"",
+    );
+    let agent = Agent::start(dir.path(), &cfg);
+    wait_subscribed(&broker, "sensors/+/+/#");
+    let sim = MqttSim::start(
+        dir.path(),
+        &broker.url(),
+        &[
+            "--devices",
+            "20",
+            "--sites",
+            "3",
+            "--rate",
+            "2000",
+            "--count",
+            "6000",
+            "--format",
+            "number",
+            "--garbage-rate",
+            "0.03",
+        ],
+    );
+    sim.wait_done(Duration::from_secs(90));
+    let ledger = sim.ledger();
+    let garbage = ledger.iter().filter(|e| !e.valid).count() as u64;
+    assert!(garbage > 0);
+    // Bare numbers carry no timestamp (the agent stamps arrival): compare
+    // series and values, as a multiset.
+    let mut want: BTreeMap<(String, u64), u64> = BTreeMap::new();
+    let mut messages = garbage;
+    for e in ledger.iter().filter(|e| e.valid) {
+        for (field, v) in e.fields.iter().flatten() {
+            *want.entry((key(e, field), v.to_bits())).or_default() += 1;
+            messages += 1;
+        }
+    }
+    let points: u64 = want.values().sum();
+    let status = wait_until(
+        "the agent to read and commit every message",
+        Duration::from_secs(60),
+        || {
+            let s = agent.status();
+            (s.sources[0].lines >= messages && s.store.points_flushed >= points).then_some(s)
+        },
+    );
+    assert_eq!(status.sources[0].lines, messages, "every message read once");
+    assert_eq!(status.sources[0].points, points);
+    assert_eq!(
+        status.sources[0].rejected(),
+        garbage,
+        "rejects == the ledger's garbage: {:?}",
+        status.sources[0].rejects
+    );
+    assert!(
+        status.sources[0].rejects.len() >= 2,
+        "{:?}",
+        status.sources[0].rejects
+    );
+    assert!(status.sources[0].connected);
+    agent.terminate();
+    let mut got: BTreeMap<(String, u64), u64> = BTreeMap::new();
+    for (series, _, v) in stored(dir.path()) {
+        *got.entry((series, v)).or_default() += 1;
+    }
+    let devices: BTreeSet<_> = got.keys().map(|(s, _)| s.clone()).collect();
+    assert_eq!(devices.len(), 40, "20 devices x 2 fields: {devices:?}");
+    assert!(got == want, "the store holds exactly the ledger's readings");
+}
+
+#[test]
+fn sigkill_with_a_backlog_at_the_broker_loses_nothing() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &broker.url(),
+        "",
+        "topic = \"sensors/+site/+device\"\nformat = \"json\"\nmeasurement = \"env\"\ntimestamp = \"/ts\"",
+    );
+    let agent = Agent::start(dir.path(), &cfg);
+    wait_subscribed(&broker, "sensors/+/+");
+    let sim = MqttSim::start(
+        dir.path(),
+        &broker.url(),
+        &[
+            "--devices",
+            "20",
+            "--rate",
+            "2000",
+            "--count",
+            "12000",
+            "--format",
+            "json",
+            "--garbage-rate",
+            "0",
+        ],
+    );
+    wait_until(
+        "the agent to be mid-stream",
+        Duration::from_secs(30),
+        || (agent.status().sources[0].lines > 2000).then_some(()),
+    );
+    agent.kill();
+    // The broker queues the rest for the persistent session meanwhile.
+    sim.wait_done(Duration::from_secs(60));
+    let ledger = sim.ledger();
+    let want: BTreeSet<(String, i64, u64)> = ledger
+        .iter()
+        .flat_map(|e| {
+            e.fields
+                .iter()
+                .flatten()
+                .map(|(f, v)| (key(e, f), e.ts.unwrap() * 1_000_000, v.to_bits()))
+        })
+        .collect();
+    assert_eq!(want.len(), 24000);
+    let agent = Agent::start(dir.path(), &cfg);
+    let got = wait_until(
+        "every ledger reading in the store after the restart",
+        Duration::from_secs(60),
+        || {
+            let got = stored(dir.path());
+            let set: BTreeSet<_> = got.iter().cloned().collect();
+            set.is_superset(&want).then_some(got)
+        },
+    );
+    let status = agent.terminate();
+    let set: BTreeSet<_> = got.iter().cloned().collect();
+    assert!(set.is_subset(&want), "nothing the devices did not send");
+    let redelivered = got.len() - set.len();
+    // At-least-once: only messages received but not yet acknowledged at the
+    // kill come twice (at most the broker's in-flight window, 2 points each).
+    assert!(redelivered <= 2 * 1000, "{redelivered} points stored twice");
+    assert!(
+        status.sources[0].lines > 0,
+        "the backlog came after the restart"
+    );
+    eprintln!(
+        "backlog after restart: {} messages, {redelivered} points redelivered",
+        status.sources[0].lines
+    );
+}
+
+#[test]
+fn tls_connection_with_a_private_ca() {
+    let broker = Mosquitto::start_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &broker.tls_url(),
+        &format!("ca_file = \"{}\"", broker.ca_file().display()),
+        "topic = \"sensors/+site/+device\"\nformat = \"lp\"\nprecision = \"ms\"",
+    );
+    let agent = Agent::start(dir.path(), &cfg);
+    wait_subscribed(&broker, "sensors/+/+");
+    assert!(agent.status().sources[0].connected);
+    let sim = MqttSim::start(
+        dir.path(),
+        &broker.url(),
+        &[
+            "--devices",
+            "4",
+            "--rate",
+            "500",
+            "--count",
+            "400",
+            "--format",
+            "lp",
+            "--garbage-rate",
+            "0.05",
+        ],
+    );
+    sim.wait_done(Duration::from_secs(30));
+    let ledger = sim.ledger();
+    let garbage = ledger.iter().filter(|e| !e.valid).count() as u64;
+    let want: BTreeSet<(String, i64, u64)> = ledger
+        .iter()
+        .filter(|e| e.valid)
+        .flat_map(|e| {
+            e.fields
+                .iter()
+                .flatten()
+                .map(|(f, v)| (key(e, f), e.ts.unwrap() * 1_000_000, v.to_bits()))
+        })
+        .collect();
+    wait_until("every message over TLS", Duration::from_secs(30), || {
+        (agent.status().sources[0].lines >= ledger.len() as u64).then_some(())
+    });
+    let status = agent.terminate();
+    assert_eq!(status.sources[0].rejected(), garbage);
+    let got = stored(dir.path());
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
+}
