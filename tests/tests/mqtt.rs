@@ -2,78 +2,27 @@
 //! `tidegate run` → the store, checked against the simulator's ledger.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use firmware_sim::LedgerEntry;
 use tidegate::point::SeriesKey;
-use tidegate_e2e::agent::Agent;
-use tidegate_e2e::{bin, wait_until, Mosquitto};
+use tidegate_e2e::agent::{stored_raw as stored, Agent, MqttSim};
+use tidegate_e2e::{wait_until, Mosquitto};
 
-/// A running `firmware-sim mqtt`.
-struct MqttSim {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    ledger: PathBuf,
-}
-
-impl MqttSim {
-    fn start(dir: &Path, url: &str, args: &[&str]) -> MqttSim {
-        let ledger = dir.join("mqtt-ledger.jsonl");
-        let mut child = Command::new(bin("firmware-sim"))
-            .args(["mqtt", "--url", url, "--ledger"])
-            .arg(&ledger)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn firmware-sim mqtt");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        MqttSim {
-            child,
-            lines,
-            ledger,
-        }
-    }
-
-    fn wait_done(&self, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.starts_with("done") => return l,
-                Ok(_) => continue,
-                Err(e) => panic!("firmware-sim mqtt did not finish within {timeout:?}: {e}"),
-            }
-        }
-    }
-
-    fn ledger(&self) -> Vec<LedgerEntry> {
-        firmware_sim::read_ledger(&self.ledger).expect("read the ledger")
-    }
-}
-
-impl Drop for MqttSim {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
-fn config(dir: &Path, url: &str, extra: &str, subscription: &str) -> String {
-    format!(
+/// Starts the agent with one MQTT source on `url` (settings `extra`) and one
+/// subscription; returns once mosquitto has its subscription to `filter`, so
+/// that nothing published afterwards can miss the session. Also returns the
+/// configuration, for a restart.
+fn start_agent(
+    broker: &Mosquitto,
+    dir: &Path,
+    url: &str,
+    extra: &str,
+    subscription: &str,
+    filter: &str,
+) -> (Agent, String) {
+    let cfg = format!(
         r#"
 [agent]
 state_dir = "{state}"
@@ -89,43 +38,10 @@ backoff_max = "1s"
 {subscription}
 "#,
         state = dir.join("state").display(),
-    )
-}
-
-/// Every raw point in the store: (series, ts, value bits).
-fn stored(dir: &Path) -> Vec<(String, i64, u64)> {
-    let out = Command::new(bin("tidegate"))
-        .args([
-            "query",
-            "--tier",
-            "raw",
-            "--format",
-            "json",
-            "--from",
-            "1970-01-01T00:00:00Z",
-            "--to",
-            "2100-01-01T00:00:00Z",
-            "--store",
-        ])
-        .arg(dir.join("state/store.db"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "query failed: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["series"].as_str().unwrap().to_string(),
-                v["ts_ns"].as_i64().unwrap(),
-                v["value"].as_f64().unwrap().to_bits(),
-            )
-        })
-        .collect()
+    let agent = Agent::start(dir, &cfg);
+    wait_subscribed(broker, filter);
+    (agent, cfg)
 }
 
 /// Waits until mosquitto logs the agent's subscription to `filter`, so that
@@ -143,6 +59,20 @@ fn wait_subscribed(broker: &Mosquitto, filter: &str) {
     );
 }
 
+/// The exact points of the ledger's valid readings (they carry their time).
+fn readings(ledger: &[LedgerEntry]) -> BTreeSet<(String, i64, u64)> {
+    ledger
+        .iter()
+        .filter(|e| e.valid)
+        .flat_map(|e| {
+            e.fields
+                .iter()
+                .flatten()
+                .map(|(f, v)| (key(e, f), e.ts.unwrap() * 1_000_000, v.to_bits()))
+        })
+        .collect()
+}
+
 fn key(e: &LedgerEntry, field: &str) -> String {
     let site = e.site.as_deref().expect("the MQTT ledger names the site");
     let device = e.sensor.as_deref().expect("and the device");
@@ -155,14 +85,14 @@ fn key(e: &LedgerEntry, field: &str) -> String {
 fn twenty_devices_with_topic_bound_tags_arrive_once_and_garbage_is_counted() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
+    let (agent, _) = start_agent(
+        &broker,
         dir.path(),
         &broker.url(),
         "",
         "topic = \"sensors/+site/+device/#field\"\nmeasurement = \"env\"",
+        "sensors/+/+/#",
     );
-    let agent = Agent::start(dir.path(), &cfg);
-    wait_subscribed(&broker, "sensors/+/+/#");
     let sim = MqttSim::start(
         dir.path(),
         &broker.url(),
@@ -232,14 +162,14 @@ fn twenty_devices_with_topic_bound_tags_arrive_once_and_garbage_is_counted() {
 fn sigkill_with_a_backlog_at_the_broker_loses_nothing() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
+    let (agent, cfg) = start_agent(
+        &broker,
         dir.path(),
         &broker.url(),
         "",
         "topic = \"sensors/+site/+device\"\nformat = \"json\"\nmeasurement = \"env\"\ntimestamp = \"/ts\"",
+        "sensors/+/+",
     );
-    let agent = Agent::start(dir.path(), &cfg);
-    wait_subscribed(&broker, "sensors/+/+");
     let sim = MqttSim::start(
         dir.path(),
         &broker.url(),
@@ -265,15 +195,7 @@ fn sigkill_with_a_backlog_at_the_broker_loses_nothing() {
     // The broker queues the rest for the persistent session meanwhile.
     sim.wait_done(Duration::from_secs(60));
     let ledger = sim.ledger();
-    let want: BTreeSet<(String, i64, u64)> = ledger
-        .iter()
-        .flat_map(|e| {
-            e.fields
-                .iter()
-                .flatten()
-                .map(|(f, v)| (key(e, f), e.ts.unwrap() * 1_000_000, v.to_bits()))
-        })
-        .collect();
+    let want = readings(&ledger);
     assert_eq!(want.len(), 24000);
     let agent = Agent::start(dir.path(), &cfg);
     let got = wait_until(
@@ -306,14 +228,14 @@ fn sigkill_with_a_backlog_at_the_broker_loses_nothing() {
 fn tls_connection_with_a_private_ca() {
     let broker = Mosquitto::start_tls();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
+    let (agent, _) = start_agent(
+        &broker,
         dir.path(),
         &broker.tls_url(),
         &format!("ca_file = \"{}\"", broker.ca_file().display()),
         "topic = \"sensors/+site/+device\"\nformat = \"lp\"\nprecision = \"ms\"",
+        "sensors/+/+",
     );
-    let agent = Agent::start(dir.path(), &cfg);
-    wait_subscribed(&broker, "sensors/+/+");
     assert!(agent.status().sources[0].connected);
     let sim = MqttSim::start(
         dir.path(),
@@ -334,16 +256,7 @@ fn tls_connection_with_a_private_ca() {
     sim.wait_done(Duration::from_secs(30));
     let ledger = sim.ledger();
     let garbage = ledger.iter().filter(|e| !e.valid).count() as u64;
-    let want: BTreeSet<(String, i64, u64)> = ledger
-        .iter()
-        .filter(|e| e.valid)
-        .flat_map(|e| {
-            e.fields
-                .iter()
-                .flatten()
-                .map(|(f, v)| (key(e, f), e.ts.unwrap() * 1_000_000, v.to_bits()))
-        })
-        .collect();
+    let want = readings(&ledger);
     wait_until("every message over TLS", Duration::from_secs(30), || {
         (agent.status().sources[0].lines >= ledger.len() as u64).then_some(())
     });

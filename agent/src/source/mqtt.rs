@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::lp::LpParser;
-use super::parse::Reject;
+use super::parse::{number, Reject};
 use super::topic::TopicPattern;
 use crate::config::TimeUnit;
 use crate::ops::metrics::SourceStats;
@@ -470,16 +470,6 @@ fn key(
     }
     cache.insert(scratch.clone().into_boxed_slice(), k.clone());
     k
-}
-
-fn number(name: &str, text: &str) -> Result<f64, Reject> {
-    let x: f64 = text
-        .parse()
-        .map_err(|_| Reject::NotANumber(name.chars().take(32).collect()))?;
-    if !x.is_finite() {
-        return Err(Reject::NotFinite(name.chars().take(32).collect()));
-    }
-    Ok(x)
 }
 
 fn json_number(name: &str, v: &serde_json::Value) -> Result<f64, Reject> {

@@ -281,7 +281,8 @@ struct Reading {
     ts_ns: Option<i64>,
 }
 
-fn number(key: &str, raw: &str) -> Result<f64, Reject> {
+/// `raw` as a finite number, the reject naming `key` otherwise.
+pub(crate) fn number(key: &str, raw: &str) -> Result<f64, Reject> {
     let x: f64 = raw
         .parse()
         .map_err(|_| Reject::NotANumber(key.chars().take(32).collect()))?;
