@@ -280,12 +280,13 @@ impl MqttSourceConfig {
 struct Sub {
     cfg: MqttSubscription,
     pattern: TopicPattern,
-    lp: LpParser,
 }
 
 /// Turns messages into points: pure (no I/O, time passed in).
 pub struct Decoder {
     subs: Vec<Sub>,
+    /// One line protocol parser (and key cache) per subscription.
+    lps: Vec<LpParser>,
     tags: BTreeMap<String, String>,
     max_payload: usize,
     max_depth: usize,
@@ -305,13 +306,17 @@ impl Decoder {
             .map(|s| {
                 Ok(Sub {
                     pattern: TopicPattern::parse(&s.topic)?,
-                    lp: LpParser::new(s.precision, cfg.max_fields),
                     cfg: s.clone(),
                 })
             })
             .collect::<Result<_, String>>()?;
         Ok(Decoder {
             subs,
+            lps: cfg
+                .subscriptions
+                .iter()
+                .map(|s| LpParser::new(s.precision, cfg.max_fields))
+                .collect(),
             tags: cfg.tags.clone(),
             max_payload: cfg.max_payload,
             max_depth: cfg.max_json_depth,
@@ -341,15 +346,12 @@ impl Decoder {
         if payload.len() > self.max_payload {
             return Err(Reject::TooLong);
         }
-        let Some(i) = self
-            .subs
-            .iter()
-            .position(|s| s.pattern.bind(topic).is_some())
+        let Some((i, bound)) =
+            (self.subs.iter().enumerate()).find_map(|(i, s)| s.pattern.bind(topic).map(|b| (i, b)))
         else {
-            return Err(Reject::BadToken(format!("topic {topic}")));
+            return Err(Reject::UnmatchedTopic(topic.chars().take(64).collect()));
         };
-        let sub = &mut self.subs[i];
-        let bound = sub.pattern.bind(topic).expect("matched above");
+        let sub = &self.subs[i];
         if let Some((k, _)) = bound.tags.iter().find(|(_, v)| v.is_empty()) {
             return Err(Reject::EmptyTag(k.to_string()));
         }
@@ -366,7 +368,7 @@ impl Decoder {
         let values: Vec<(Cow<str>, f64)>;
         let mut ts_ns = now_ns;
         match sub.cfg.format {
-            PayloadFormat::Lp => return sub.lp.parse(payload, &tags, now_ns, out),
+            PayloadFormat::Lp => return self.lps[i].parse(payload, &tags, now_ns, out),
             PayloadFormat::Number => {
                 let text = std::str::from_utf8(payload).map_err(|_| Reject::NotUtf8)?;
                 let name = topic_field.unwrap_or(&sub.cfg.field);

@@ -56,6 +56,10 @@ pub enum Reject {
     /// A JSON pointer of the subscription finds nothing in the message.
     #[error("JSON pointer `{0}` not found")]
     MissingPointer(String),
+    /// No subscription's pattern matches the message's topic (overlapping
+    /// subscriptions of another client id sharing the session).
+    #[error("no subscription matches topic `{0}`")]
+    UnmatchedTopic(String),
     /// The store refused the points (e.g. too many series).
     #[error("refused by the store: {0}")]
     StoreRefused(String),
@@ -80,6 +84,7 @@ impl Reject {
             Reject::BadLine(_) => "bad_line",
             Reject::EmptyTag(_) => "empty_tag",
             Reject::MissingPointer(_) => "missing_pointer",
+            Reject::UnmatchedTopic(_) => "unmatched_topic",
             Reject::StoreRefused(_) => "store_refused",
         }
     }
