@@ -266,3 +266,60 @@ fn tls_connection_with_a_private_ca() {
     assert_eq!(got.len(), want.len());
     assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
 }
+
+#[test]
+fn broker_restart_reconnects_and_resubscribes() {
+    let mut broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, _) = start_agent(
+        &broker,
+        dir.path(),
+        &broker.url(),
+        "",
+        "topic = \"sensors/+site/+device\"\nformat = \"json\"\nmeasurement = \"env\"\ntimestamp = \"/ts\"",
+        "sensors/+/+",
+    );
+    broker.stop();
+    wait_until(
+        "the agent to notice the outage",
+        Duration::from_secs(30),
+        || (!agent.status().sources[0].connected).then_some(()),
+    );
+    // A fresh broker (no persistence): the agent subscribes again by itself.
+    std::fs::write(broker.log_file(), "").unwrap();
+    broker.start_again();
+    wait_subscribed(&broker, "sensors/+/+");
+    assert!(agent.status().sources[0].connected);
+    let sim = MqttSim::start(
+        dir.path(),
+        &broker.url(),
+        &[
+            "--devices",
+            "5",
+            "--rate",
+            "500",
+            "--count",
+            "300",
+            "--format",
+            "json",
+            "--garbage-rate",
+            "0",
+        ],
+    );
+    sim.wait_done(Duration::from_secs(30));
+    let want = readings(&sim.ledger());
+    wait_until(
+        "the readings after the restart",
+        Duration::from_secs(30),
+        || (agent.status().sources[0].lines >= 300).then_some(()),
+    );
+    let log = agent.log();
+    agent.terminate();
+    let got: BTreeSet<_> = stored(dir.path()).into_iter().collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        log.matches("connection failed or lost").count(),
+        1,
+        "the outage is logged once:\n{log}"
+    );
+}
