@@ -173,6 +173,8 @@ impl<'de> Deserialize<'de> for ByteSize {
 pub struct SourcesConfig {
     /// Serial ports, one reading a line.
     pub serial: Vec<SerialSourceConfig>,
+    /// MQTT broker connections (`source/mqtt.rs`).
+    pub mqtt: Vec<crate::source::mqtt::MqttSourceConfig>,
 }
 
 /// How lines on a serial port are framed.
@@ -467,6 +469,20 @@ impl Config {
                 );
             }
         }
+        let mut mqtt_names = std::collections::HashSet::new();
+        for (i, s) in self.sources.mqtt.iter().enumerate() {
+            if !mqtt_names.insert(s.name.as_str()) {
+                return invalid(
+                    format!("sources.mqtt[{i}].name"),
+                    format!(
+                        "`{}` is used twice; it names the source's counters and its MQTT session",
+                        s.name
+                    ),
+                );
+            }
+            s.validate(&format!("sources.mqtt[{i}]"))
+                .or_else(|(key, message)| invalid(key, message))?;
+        }
         let mut names = std::collections::HashSet::new();
         let tiers = self.store.rollup_widths();
         // What every sink shares: a unique name, an http(s) URL, delivery settings.
@@ -623,6 +639,7 @@ mod tests {
         let text = include_str!("../tidegate.example.toml");
         let cfg = Config::from_toml_with_env(text, "example").expect("example must load");
         assert_eq!(cfg.sources.serial.len(), 1);
+        assert_eq!(cfg.sources.mqtt.len(), 1);
         assert_eq!(cfg.sinks.influx.len(), 1);
         assert_eq!(cfg.sinks.influx[0].api, InfluxApi::V1);
         assert!(cfg.sinks.influx[0].gzip, "gzip by default");

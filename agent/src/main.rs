@@ -113,6 +113,31 @@ enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Drain a QoS 1 backlog from a real local mosquitto through the MQTT
+    /// source into a fresh store: points/s and the agent's CPU per million points.
+    Ingest {
+        /// Measure the MQTT source (the only ingest bench so far).
+        #[arg(long)]
+        mqtt: bool,
+        /// An existing broker (mqtt://host:port); default: start `mosquitto`.
+        #[arg(long)]
+        broker: Option<String>,
+        /// Messages of one point each (0 skips the round).
+        #[arg(long, default_value_t = 200_000)]
+        messages: usize,
+        /// Line protocol messages (0 skips the round).
+        #[arg(long, default_value_t = 20_000)]
+        lp_messages: usize,
+        /// Points (lines) per line protocol message.
+        #[arg(long, default_value_t = 100)]
+        points_per_message: usize,
+        /// max_inflight_messages of the mosquitto started here.
+        #[arg(long, default_value_t = 1000)]
+        inflight: usize,
+        /// Where the bench files go (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn init_logging(filter: &str) {
@@ -226,6 +251,32 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let dir = dir.unwrap_or_else(|| tmp.path().to_path_buf());
             std::fs::create_dir_all(&dir)?;
             print!("{}", bench::run(&feed, &dir)?);
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Ingest {
+                    mqtt,
+                    broker,
+                    messages,
+                    lp_messages,
+                    points_per_message,
+                    inflight,
+                    dir,
+                },
+        } => {
+            anyhow::ensure!(mqtt, "give --mqtt (the only ingest bench so far)");
+            let tmp = tempfile::tempdir()?;
+            let dir = dir.unwrap_or_else(|| tmp.path().to_path_buf());
+            std::fs::create_dir_all(&dir)?;
+            let bench = tidegate::source::bench::IngestBench {
+                broker,
+                single_messages: messages,
+                lp_messages,
+                points_per_message,
+                inflight,
+            };
+            print!("{}", tidegate::source::bench::run(&bench, &dir)?);
             Ok(())
         }
         Command::Query {

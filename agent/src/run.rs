@@ -43,6 +43,16 @@ pub async fn run(
             stop_sources.clone(),
         ));
     }
+    for s in &cfg.sources.mqtt {
+        let stats = metrics.source(&s.name);
+        sources.spawn(crate::source::mqtt::run(
+            s.clone(),
+            cfg.agent.device.clone(),
+            handle.clone(),
+            stats,
+            stop_sources.clone(),
+        ));
+    }
 
     let stopping = Stopping::default();
     let mut sinks = JoinSet::new();
@@ -74,7 +84,7 @@ pub async fn run(
         metrics.clone(),
         stop_control.clone(),
     ));
-    info!(store = %store_path.display(), socket = %socket.display(), sources = cfg.sources.serial.len(), sinks = sinks.len(), "tidegate running");
+    info!(store = %store_path.display(), socket = %socket.display(), sources = cfg.sources.serial.len() + cfg.sources.mqtt.len(), sinks = sinks.len(), "tidegate running");
 
     // systemd (Type=notify): ready now that the store is open and the sources
     // started; then STATUS every second and WATCHDOG while the writer moves.

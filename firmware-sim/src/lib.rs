@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 mod generator;
+pub mod mqtt;
 mod pty;
 
 use std::collections::BTreeMap;
@@ -82,6 +83,9 @@ pub struct LedgerEntry {
     /// Sensor id, for readings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sensor: Option<String>,
+    /// The device's site (MQTT mode: a topic level).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
     /// Timestamp in Unix milliseconds, for readings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts: Option<i64>,

@@ -13,10 +13,68 @@ use anyhow::Context;
 use clap::Parser;
 use firmware_sim::{Framing, Pty, SimConfig, SimStats, Stopped, Writer};
 
-/// Plays a board of sensors on a serial line (a PTY it opens itself) and keeps
-/// a ledger of every line it sent.
+/// Plays a board of sensors on a serial line (a PTY it opens itself), or a
+/// fleet of MQTT devices (`firmware-sim mqtt`), and keeps a ledger of every
+/// reading it sent.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    pty: Args,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Publish readings of N devices to an MQTT broker (QoS 1); prints
+    /// `done valid=V garbage=G` once `--count` readings are acknowledged by
+    /// the broker, then stays connected until SIGTERM or SIGINT.
+    Mqtt(MqttArgs),
+}
+
+#[derive(clap::Args)]
+struct MqttArgs {
+    /// Broker: mqtt://host:port or mqtts://host:port.
+    #[arg(long)]
+    url: String,
+    /// CA certificate (PEM) of the broker, for mqtts://.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Simulated devices (s01, s02, ...).
+    #[arg(long, default_value_t = 20)]
+    devices: usize,
+    /// Sites the devices are spread over (site1, site2, ...).
+    #[arg(long, default_value_t = 2)]
+    sites: usize,
+    /// Readings per second over all devices.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Stop after this many readings (valid and garbage), print `done ...`.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Payload format: number (one message a field, topic .../<field>), json
+    /// or lp (one message a reading).
+    #[arg(long, value_enum, default_value = "number")]
+    format: firmware_sim::mqtt::MqttFormat,
+    /// Probability (0..1) that a reading is replaced by a garbage message.
+    #[arg(long, default_value_t = 0.02)]
+    garbage_rate: f64,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// First topic level.
+    #[arg(long, default_value = "sensors")]
+    prefix: String,
+    /// MQTT client id.
+    #[arg(long, default_value = "firmware-sim")]
+    client_id: String,
+    /// Write the ledger (JSON lines, one per reading) here.
+    #[arg(long)]
+    ledger: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
 struct Args {
     /// Simulated sensors (ids s01, s02, ...).
     #[arg(long, default_value_t = 3)]
@@ -64,7 +122,61 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Mqtt(m)) => mqtt_main(m),
+        None => pty_main(cli.pty),
+    }
+}
+
+fn mqtt_main(args: MqttArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.garbage_rate),
+        "--garbage-rate must be within 0..1"
+    );
+    anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
+    let stop = Arc::new(AtomicBool::new(false));
+    on_signals_set(&stop)?;
+    let ledger = match &args.ledger {
+        Some(p) => Some(BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let cfg = firmware_sim::mqtt::MqttSimConfig {
+        url: args.url,
+        ca_file: args.ca_file,
+        devices: args.devices,
+        sites: args.sites,
+        rate: args.rate,
+        count: args.count,
+        format: args.format,
+        garbage_rate: args.garbage_rate,
+        seed: args.seed,
+        prefix: args.prefix,
+        client_id: args.client_id,
+    };
+    let stats = Arc::new(SimStats::default());
+    let done = stats.clone();
+    let reporter = std::thread::spawn(move || {
+        while !done.done.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        println!(
+            "done valid={} garbage={}",
+            done.valid.load(Ordering::Relaxed),
+            done.garbage.load(Ordering::Relaxed)
+        );
+        let _ = std::io::stdout().flush();
+    });
+    firmware_sim::mqtt::run(&cfg, ledger, stats.clone(), stop).context("MQTT publisher")?;
+    if stats.done.load(Ordering::SeqCst) {
+        let _ = reporter.join();
+    }
+    Ok(())
+}
+
+fn pty_main(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.garbage_rate),
         "--garbage-rate must be within 0..1"

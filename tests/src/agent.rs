@@ -26,25 +26,14 @@ impl Sim {
     /// Starts the simulator with extra `args`; returns once its PTY exists.
     pub fn start(dir: &Path, args: &[&str]) -> Sim {
         let ledger = dir.join("ledger.jsonl");
-        let mut child = Command::new(bin("firmware-sim"))
-            .arg("--link")
-            .arg(dir.join("tty"))
-            .arg("--ledger")
-            .arg(&ledger)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn firmware-sim");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (child, lines) = spawn_with_lines(
+            Command::new(bin("firmware-sim"))
+                .arg("--link")
+                .arg(dir.join("tty"))
+                .arg("--ledger")
+                .arg(&ledger)
+                .args(args),
+        );
         let sim = Sim {
             child,
             lines,
@@ -63,15 +52,7 @@ impl Sim {
 
     /// Waits until the simulator says it has sent everything.
     pub fn wait_done(&self, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.starts_with("done") => return l,
-                Ok(_) => continue,
-                Err(e) => panic!("firmware-sim did not finish within {timeout:?}: {e}"),
-            }
-        }
+        wait_done(&self.lines, timeout)
     }
 
     /// Every line the simulator sent, with its fate.
@@ -88,9 +69,7 @@ impl Sim {
 impl Drop for Sim {
     /// SIGTERM, so the simulator flushes its ledger, then wait.
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 }
 
@@ -104,6 +83,124 @@ fn valid_readings(ledger: &[LedgerEntry]) -> impl Iterator<Item = (&str, i64, &s
             .flatten()
             .map(move |(field, value)| (sensor, ts, field.as_str(), *value))
     })
+}
+
+/// Spawns `cmd` with its stdout read line by line on a thread.
+fn spawn_with_lines(cmd: &mut Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn firmware-sim");
+    let (tx, lines) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, lines)
+}
+
+/// Waits for the simulator's `done ...` line.
+fn wait_done(lines: &mpsc::Receiver<String>, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) if l.starts_with("done") => return l,
+            Ok(_) => continue,
+            Err(e) => panic!("firmware-sim did not finish within {timeout:?}: {e}"),
+        }
+    }
+}
+
+/// SIGTERM, so the simulator flushes its ledger, then wait.
+fn terminate(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+}
+
+/// A running `firmware-sim mqtt` publishing to a broker, its ledger in
+/// `<dir>/mqtt-ledger.jsonl`.
+pub struct MqttSim {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    ledger: PathBuf,
+}
+
+impl MqttSim {
+    /// Starts `firmware-sim mqtt --url URL` with extra `args`.
+    pub fn start(dir: &Path, url: &str, args: &[&str]) -> MqttSim {
+        let ledger = dir.join("mqtt-ledger.jsonl");
+        let (child, lines) = spawn_with_lines(
+            Command::new(bin("firmware-sim"))
+                .args(["mqtt", "--url", url, "--ledger"])
+                .arg(&ledger)
+                .args(args),
+        );
+        MqttSim {
+            child,
+            lines,
+            ledger,
+        }
+    }
+
+    /// Waits until the broker has acknowledged every message.
+    pub fn wait_done(&self, timeout: Duration) -> String {
+        wait_done(&self.lines, timeout)
+    }
+
+    /// Every reading (or garbage message) sent, with its fate.
+    pub fn ledger(&self) -> Vec<LedgerEntry> {
+        firmware_sim::read_ledger(&self.ledger).expect("read the ledger")
+    }
+}
+
+impl Drop for MqttSim {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+/// Every raw point in the store under `<dir>/state`, read with `tidegate
+/// query` (while the agent runs, or after): (series, ts ns, value bits).
+pub fn stored_raw(dir: &Path) -> Vec<(String, i64, u64)> {
+    let out = Command::new(bin("tidegate"))
+        .args([
+            "query",
+            "--tier",
+            "raw",
+            "--format",
+            "json",
+            "--from",
+            "1970-01-01T00:00:00Z",
+            "--to",
+            "2100-01-01T00:00:00Z",
+            "--store",
+        ])
+        .arg(dir.join("state/store.db"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "query failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["series"].as_str().unwrap().to_string(),
+                v["ts_ns"].as_i64().unwrap(),
+                v["value"].as_f64().unwrap().to_bits(),
+            )
+        })
+        .collect()
 }
 
 /// The points a ledger promises, as (series key, ts ns, value bits).

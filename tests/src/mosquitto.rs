@@ -15,7 +15,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A `mosquitto` broker on free loopback ports with its own temporary
 /// directory (config, log, certificates). Anonymous clients, no persistence,
-/// unlimited queues. Killed when dropped.
+/// unlimited queues, 1000 unacknowledged QoS 1 messages in flight per client
+/// (the default 20 throttles an agent that acks after its group commit), and
+/// subscriptions logged (tests wait for them). Killed when dropped.
 pub struct Mosquitto {
     child: Option<ChildGuard>,
     dir: TempDir,
@@ -145,7 +147,13 @@ impl Mosquitto {
 allow_anonymous true
 persistence false
 max_queued_messages 0
+max_inflight_messages 1000
 log_dest file {d}/mosquitto.log
+log_type error
+log_type warning
+log_type notice
+log_type information
+log_type subscribe
 listener {} 127.0.0.1
 ",
             self.port

@@ -3,11 +3,9 @@
 //! once, and nothing is stored that the sensor did not send.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
-use tidegate_e2e::agent::{expected_points, Agent, Sim};
-use tidegate_e2e::bin;
+use tidegate_e2e::agent::{expected_points, stored_raw as stored, Agent, Sim};
 
 /// Kills per run: 50 by default, more with TIDEGATE_CRASH_LOOPS.
 fn loops() -> usize {
@@ -15,41 +13,6 @@ fn loops() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50)
-}
-
-fn stored(dir: &std::path::Path) -> Vec<(String, i64, u64)> {
-    let out = Command::new(bin("tidegate"))
-        .args([
-            "query",
-            "--tier",
-            "raw",
-            "--format",
-            "json",
-            "--from",
-            "1970-01-01T00:00:00Z",
-            "--to",
-            "now",
-            "--store",
-        ])
-        .arg(dir.join("state/store.db"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "query failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["series"].as_str().unwrap().to_string(),
-                v["ts_ns"].as_i64().unwrap(),
-                v["value"].as_f64().unwrap().to_bits(),
-            )
-        })
-        .collect()
 }
 
 #[test]

@@ -62,6 +62,9 @@ impl Config {
 
     /// [`Config::resolve_credentials`] with the directory given.
     pub fn resolve_credentials_in(&mut self, dir: Option<&Path>) -> Result<(), ConfigError> {
+        for (i, s) in self.sources.mqtt.iter_mut().enumerate() {
+            resolve(&mut s.password, &format!("sources.mqtt[{i}].password"), dir)?;
+        }
         for (i, s) in self.sinks.influx.iter_mut().enumerate() {
             resolve(&mut s.password, &format!("sinks.influx[{i}].password"), dir)?;
             resolve(&mut s.token, &format!("sinks.influx[{i}].token"), dir)?;

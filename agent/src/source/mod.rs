@@ -4,5 +4,9 @@
 //! hands them to the store, waiting when the store is behind. Bad input is
 //! counted per source and reason, logged at most once per 10 s, never fatal.
 
+pub mod bench;
+pub mod lp;
+pub mod mqtt;
 pub mod parse;
 pub mod serial;
+pub mod topic;

@@ -38,6 +38,31 @@ pub enum Reject {
     /// The JSON does not parse, or is not an object.
     #[error("invalid JSON: {0}")]
     BadJson(String),
+    /// The JSON nests deeper than the source allows.
+    #[error("JSON nested deeper than max_json_depth")]
+    TooDeep,
+    /// The message carries more fields than the source allows.
+    #[error("more fields than max_fields")]
+    TooManyFields,
+    /// A line-protocol field is a string: time-series points here are numbers.
+    #[error("field `{0}` is a string")]
+    StringField(String),
+    /// A line of line protocol does not parse.
+    #[error("bad line protocol: {0}")]
+    BadLine(String),
+    /// A tag (bound from a topic level, or in line protocol) has an empty value.
+    #[error("tag `{0}` is empty")]
+    EmptyTag(String),
+    /// A JSON pointer of the subscription finds nothing in the message.
+    #[error("JSON pointer `{0}` not found")]
+    MissingPointer(String),
+    /// No subscription's pattern matches the message's topic (overlapping
+    /// subscriptions of another client id sharing the session).
+    #[error("no subscription matches topic `{0}`")]
+    UnmatchedTopic(String),
+    /// The store refused the points (e.g. too many series).
+    #[error("refused by the store: {0}")]
+    StoreRefused(String),
 }
 
 impl Reject {
@@ -53,6 +78,14 @@ impl Reject {
             Reject::NoFields => "no_fields",
             Reject::MissingKey(_) => "missing_key",
             Reject::BadJson(_) => "bad_json",
+            Reject::TooDeep => "too_deep",
+            Reject::TooManyFields => "too_many_fields",
+            Reject::StringField(_) => "string_field",
+            Reject::BadLine(_) => "bad_line",
+            Reject::EmptyTag(_) => "empty_tag",
+            Reject::MissingPointer(_) => "missing_pointer",
+            Reject::UnmatchedTopic(_) => "unmatched_topic",
+            Reject::StoreRefused(_) => "store_refused",
         }
     }
 }
@@ -253,7 +286,8 @@ struct Reading {
     ts_ns: Option<i64>,
 }
 
-fn number(key: &str, raw: &str) -> Result<f64, Reject> {
+/// `raw` as a finite number, the reject naming `key` otherwise.
+pub(crate) fn number(key: &str, raw: &str) -> Result<f64, Reject> {
     let x: f64 = raw
         .parse()
         .map_err(|_| Reject::NotANumber(key.chars().take(32).collect()))?;

@@ -20,8 +20,17 @@ use crate::point::Batch;
 /// Requests waiting for the store; bounds the memory between sources and disk.
 const CHANNEL_CAPACITY: usize = 64;
 
+/// Group commit: how long the store waits, once a source waits for
+/// durability, before it flushes (instead of the `flush_interval` tick), so
+/// that every append of that window shares one commit.
+const GROUP_COMMIT: Duration = Duration::from_millis(10);
+
 enum Request {
     Append(Batch),
+    AppendDurable {
+        batch: Batch,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     After {
         sink: String,
         from: Cursor,
@@ -55,6 +64,16 @@ pub struct StoreHandle {
     tx: mpsc::Sender<Request>,
     flushed: watch::Receiver<i64>,
     heartbeat: Arc<AtomicU64>,
+}
+
+/// A batch handed to the store, not yet known to be durable.
+pub struct Durable(oneshot::Receiver<Result<(), StoreError>>);
+
+impl Durable {
+    /// Resolves once a flush containing the batch committed (or failed).
+    pub async fn wait(self) -> Result<(), StoreError> {
+        self.0.await.map_err(|_| StoreError::Closed)?
+    }
 }
 
 /// The running store task; [`StoreTask::wait`] returns once it has closed the file.
@@ -114,8 +133,15 @@ async fn run(
     seal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     seal_tick.reset();
     let mut errors = RateLimit::new(Duration::from_secs(10));
-    let flush = |store: &mut Store, errors: &mut RateLimit| -> Result<(), StoreError> {
-        match store.flush() {
+    // Sources waiting until their appends are durable, and when the group
+    // commit that answers them is due.
+    let mut waiters: Vec<oneshot::Sender<Result<(), StoreError>>> = Vec::new();
+    let mut commit_at: Option<tokio::time::Instant> = None;
+    let flush = |store: &mut Store,
+                 errors: &mut RateLimit,
+                 waiters: &mut Vec<oneshot::Sender<Result<(), StoreError>>>|
+     -> Result<(), StoreError> {
+        let result = match store.flush() {
             Ok(Some(seq)) => {
                 flushed.send_replace(seq);
                 Ok(())
@@ -131,7 +157,15 @@ async fn run(
                 }
                 Err(e)
             }
+        };
+        // Every waiter's points were in this flush: answer them together.
+        for w in waiters.drain(..) {
+            let _ = w.send(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::FlushFailed(e.to_string())),
+            });
         }
+        result
     };
     loop {
         // Progress for the systemd watchdog (ops/notify.rs): one beat per
@@ -157,6 +191,13 @@ async fn run(
                             }
                         }
                     }
+                    Request::AppendDurable { batch, reply } => match store.append(&batch) {
+                        Ok(()) => {
+                            waiters.push(reply);
+                            commit_at.get_or_insert_with(|| tokio::time::Instant::now() + GROUP_COMMIT);
+                        }
+                        Err(e) => { let _ = reply.send(Err(e)); }
+                    },
                     Request::After { sink, from, until, limit, reply } => {
                         let _ = reply.send(store.after(&sink, from, until, limit));
                     }
@@ -173,11 +214,19 @@ async fn run(
                         let _ = reply.send(store.backlog(from));
                     }
                     Request::Flush { reply } => {
-                        let _ = reply.send(flush(&mut store, &mut errors));
+                        commit_at = None;
+                        let _ = reply.send(flush(&mut store, &mut errors, &mut waiters));
                     }
                 }
             }
-            _ = flush_tick.tick() => { let _ = flush(&mut store, &mut errors); }
+            _ = tokio::time::sleep_until(commit_at.unwrap_or_else(tokio::time::Instant::now)), if commit_at.is_some() => {
+                commit_at = None;
+                let _ = flush(&mut store, &mut errors, &mut waiters);
+            }
+            _ = flush_tick.tick() => {
+                commit_at = None;
+                let _ = flush(&mut store, &mut errors, &mut waiters);
+            }
             _ = seal_tick.tick() => {
                 if let Err(e) = store.seal() {
                     if let Some(held) = errors.allow(Instant::now()) {
@@ -205,7 +254,7 @@ async fn run(
         }
     }
     // Every handle is gone: sources and sinks have stopped.
-    if flush(&mut store, &mut errors).is_ok() {
+    if flush(&mut store, &mut errors, &mut waiters).is_ok() {
         match store.seal() {
             Ok(n) => info!(sealed = n, "store closed cleanly"),
             Err(e) => warn!("store closed, sealing skipped: {e}"),
@@ -259,6 +308,27 @@ impl StoreHandle {
             .send(Request::Append(batch))
             .await
             .map_err(|_| StoreError::Closed)
+    }
+
+    /// Hands points to the store and waits until a flush containing them has
+    /// committed (group commit: the store flushes within a few milliseconds
+    /// while someone waits). On a flush error the points stay pending, as
+    /// for [`StoreHandle::append`], and the error is returned.
+    pub async fn append_durable(&self, batch: Batch) -> Result<(), StoreError> {
+        self.append_durable_begin(batch).await?.wait().await
+    }
+
+    /// Like [`StoreHandle::append_durable`] in two steps, so a source can keep
+    /// appending while earlier batches commit: waits for room in the store's
+    /// queue (backpressure), then returns a future that resolves once the
+    /// batch is durable. Batches become durable in the order they were handed.
+    pub async fn append_durable_begin(&self, batch: Batch) -> Result<Durable, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::AppendDurable { batch, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(Durable(rx))
     }
 
     /// Up to `limit` durable points after `from` (and before `until`), and
@@ -330,5 +400,46 @@ impl StoreHandle {
     /// Changes whenever a flush made new points durable.
     pub fn flushed(&self) -> watch::Receiver<i64> {
         self.flushed.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::Metrics;
+    use crate::point::{Point, SeriesKey};
+
+    #[tokio::test]
+    async fn append_durable_commits_as_a_group_long_before_the_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new("t");
+        let store = Store::open(&dir.path().join("s.db"), metrics.clone()).unwrap();
+        let cfg = StoreConfig {
+            flush_interval: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let (handle, task) = spawn(store, &cfg);
+        let t0 = Instant::now();
+        let mut waits = Vec::new();
+        for i in 0..200 {
+            let batch = Batch {
+                points: vec![Point {
+                    series: SeriesKey::new("m", [], "f"),
+                    ts_ns: i,
+                    value: i as f64,
+                }],
+            };
+            waits.push(handle.append_durable_begin(batch).await.unwrap());
+        }
+        for w in waits {
+            w.wait().await.unwrap();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert_eq!(metrics.store.points_flushed.load(Relaxed), 200);
+        // Pipelined: a handful of commits, not one per batch.
+        assert!(metrics.store.flushes.load(Relaxed) < 50);
+        handle.append_durable(Batch::default()).await.unwrap();
+        drop(handle);
+        task.wait().await;
     }
 }

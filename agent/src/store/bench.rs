@@ -115,7 +115,8 @@ fn load(feed: &Feed) -> std::io::Result<Vec<Series>> {
     }
 }
 
-fn cpu_seconds() -> f64 {
+/// CPU seconds (user + system) of this process so far.
+pub(crate) fn cpu_seconds() -> f64 {
     // SAFETY: getrusage fills the struct we own.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use actor::{spawn, StoreHandle, StoreTask};
+pub use actor::{spawn, Durable, StoreHandle, StoreTask};
 use engine::SERIES_BITS;
 pub use engine::{DegradedRange, Evicted, Limits, Store};
 
@@ -68,6 +68,9 @@ pub enum StoreError {
     /// The series table is full.
     #[error("more than a million distinct series; reduce the tags' cardinality")]
     TooManySeries,
+    /// A flush failed (the first error's text; the points stay pending and are retried).
+    #[error("store flush failed: {0}")]
+    FlushFailed(String),
     /// The store task has stopped.
     #[error("the store has stopped")]
     Closed,

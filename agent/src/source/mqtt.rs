@@ -1,0 +1,990 @@
+//! An MQTT source: one task a broker connection, subscriptions whose topic
+//! patterns bind tags (`sensors/+site/+device/#field`), payloads as bare
+//! numbers, JSON or InfluxDB line protocol.
+//!
+//! Delivery: QoS 1 with a persistent session (clean_session = false, a stable
+//! client id) and manual acks. A message is acknowledged only once its points
+//! are durable in the store's journal ([`StoreHandle::append_durable_begin`]),
+//! so a crash between receipt and flush makes the broker deliver it again
+//! instead of losing it (at-least-once: a point may then be stored twice,
+//! which the target databases treat as one). Acks are pipelined: the task
+//! keeps reading while earlier messages commit, and every message of one
+//! group commit is acknowledged when it completes.
+//!
+//! Backpressure: when the store is behind, appending waits, the event loop is
+//! not polled, TCP fills, and the broker keeps the messages. The broker sends
+//! at most `max_inflight_messages` unacknowledged QoS 1 messages to a client
+//! (mosquitto's default is 20, too few to fill a group commit): operators set
+//! `max_inflight_messages 1000` (or more) and `max_queued_messages 0`
+//! (unlimited; the default 1000 drops messages queued for a slow or absent
+//! subscriber) in mosquitto.conf. That window also bounds the memory held
+//! here for messages not yet acknowledged.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS, Transport};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::lp::LpParser;
+use super::parse::{number, Reject};
+use super::topic::TopicPattern;
+use crate::config::TimeUnit;
+use crate::ops::metrics::SourceStats;
+use crate::ops::RateLimit;
+use crate::point::{Batch, Point, SeriesKey};
+use crate::store::{Durable, StoreError, StoreHandle};
+use crate::sync::Backoff;
+
+/// One broker connection (`[[sources.mqtt]]`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSourceConfig {
+    /// Names the source in logs and counters, and in the default client id.
+    pub name: String,
+    /// `mqtt://host[:1883]` or `mqtts://host[:8883]` (TLS).
+    pub url: String,
+    /// MQTT client id; the broker keeps the persistent session under it, so it
+    /// must be stable and unique. Default: `tidegate-<agent.device>-<name>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// User name, if the broker asks for one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for `username`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// PEM file of the CA(s) that sign the broker's certificate (`mqtts://`);
+    /// default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for brokers that require one (with `client_key`).
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// MQTT keep-alive: the broker drops the connection after 1.5 times this
+    /// without traffic; at least 1 s.
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Longest wait between reconnection attempts.
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Largest payload accepted, in bytes; larger ones are rejected
+    /// (`too_long`). Packets over 16 MiB (or twice this, if larger) make the
+    /// connection fail instead.
+    #[serde(default = "default_max_payload")]
+    pub max_payload: usize,
+    /// Deepest JSON nesting accepted (`too_deep`).
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: usize,
+    /// Most points one message may carry (`too_many_fields`).
+    #[serde(default = "default_max_fields")]
+    pub max_fields: usize,
+    /// Tags added to every point of this source.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// What to subscribe to and how to read it; a message goes to the first
+    /// subscription whose pattern matches its topic.
+    pub subscriptions: Vec<MqttSubscription>,
+}
+
+/// One subscription of an MQTT source.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSubscription {
+    /// Topic pattern: an MQTT filter whose wildcards may bind names: `+name`
+    /// binds one level, `#name` the remaining levels joined by `.`; the names
+    /// `field` and `measurement` set the point's field and measurement, any
+    /// other name a tag. `sensors/+site/+device/#field` subscribes to
+    /// `sensors/+/+/#`.
+    pub topic: String,
+    /// Subscription QoS: 0, 1 (default; acknowledged once durable) or 2.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Payload format: `number`, `json` or `lp` (InfluxDB line protocol).
+    #[serde(default)]
+    pub format: PayloadFormat,
+    /// Measurement of the points (`number`, `json`), unless the topic binds it.
+    #[serde(default = "default_measurement")]
+    pub measurement: String,
+    /// Field name of a bare number (or of a JSON number) when the topic binds
+    /// no field.
+    #[serde(default = "default_field")]
+    pub field: String,
+    /// `json`: field name → JSON pointer (`{ temp = "/env/temp" }`). Empty:
+    /// every numeric leaf (booleans as 1/0), nested keys joined as `a.b`,
+    /// array elements as `a.0`. With a topic-bound field F the names become `F.name`.
+    #[serde(default)]
+    pub values: BTreeMap<String, String>,
+    /// `json`: JSON pointer of the timestamp (an integer, or a string of
+    /// one); without it, or when absent from the message, the arrival time.
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    /// `json`: unit of that timestamp.
+    #[serde(default = "default_ts_unit")]
+    pub timestamp_unit: TimeUnit,
+    /// `lp`: precision of the line protocol timestamps.
+    #[serde(default = "default_precision")]
+    pub precision: TimeUnit,
+    /// Tags added to the points of this subscription.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// How a payload is written.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// `21.5`
+    #[default]
+    Number,
+    /// `{"ts":1764053000123,"temp":21.5}`
+    Json,
+    /// `env,room=k temp=21.5,on=t 1764053000123456789`
+    Lp,
+}
+
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_payload() -> usize {
+    256 * 1024
+}
+fn default_max_json_depth() -> usize {
+    16
+}
+fn default_max_fields() -> usize {
+    5000
+}
+fn default_qos() -> u8 {
+    1
+}
+fn default_measurement() -> String {
+    "mqtt".into()
+}
+fn default_field() -> String {
+    "value".into()
+}
+fn default_ts_unit() -> TimeUnit {
+    TimeUnit::Ms
+}
+fn default_precision() -> TimeUnit {
+    TimeUnit::Ns
+}
+
+/// `host`, `port` and TLS of an `mqtt://` or `mqtts://` URL.
+pub fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
+    let u = reqwest::Url::parse(url).map_err(|e| format!("`{url}`: {e}"))?;
+    let tls = match u.scheme() {
+        "mqtt" | "tcp" => false,
+        "mqtts" | "ssl" => true,
+        other => {
+            return Err(format!(
+                "`{url}`: scheme `{other}`; expected mqtt://host:1883 or mqtts://host:8883"
+            ))
+        }
+    };
+    let host = u
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("`{url}` has no host; expected e.g. mqtt://127.0.0.1:1883"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((
+        host.to_string(),
+        u.port().unwrap_or(if tls { 8883 } else { 1883 }),
+        tls,
+    ))
+}
+
+impl MqttSourceConfig {
+    /// Checks what serde cannot; the error names the key under `prefix`.
+    pub fn validate(&self, prefix: &str) -> Result<(), (String, String)> {
+        let err = |k: &str, m: String| Err((format!("{prefix}.{k}"), m));
+        if self.name.is_empty() {
+            return err("name", "must not be empty".into());
+        }
+        if let Err(e) = parse_url(&self.url) {
+            return err("url", e);
+        }
+        if !self.keep_alive.is_zero() && self.keep_alive < Duration::from_secs(1) {
+            return err("keep_alive", "must be 0 or at least 1s".into());
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return err(
+                "client_cert",
+                "client_cert and client_key go together".into(),
+            );
+        }
+        if self.subscriptions.is_empty() {
+            return err(
+                "subscriptions",
+                "add at least one { topic = \"sensors/+site/+device/#field\" }".into(),
+            );
+        }
+        for (i, s) in self.subscriptions.iter().enumerate() {
+            let pattern = match TopicPattern::parse(&s.topic) {
+                Ok(p) => p,
+                Err(e) => return err(&format!("subscriptions[{i}].topic"), e),
+            };
+            if s.qos > 2 {
+                return err(
+                    &format!("subscriptions[{i}].qos"),
+                    "must be 0, 1 or 2".into(),
+                );
+            }
+            if s.measurement.is_empty() {
+                return err(
+                    &format!("subscriptions[{i}].measurement"),
+                    "must not be empty".into(),
+                );
+            }
+            if s.field.is_empty() && !pattern.binds_field() {
+                return err(
+                    &format!("subscriptions[{i}].field"),
+                    "must not be empty".into(),
+                );
+            }
+            let pointers = s.values.values().chain(s.timestamp.as_ref());
+            for p in pointers {
+                if !p.is_empty() && !p.starts_with('/') {
+                    return err(
+                        &format!("subscriptions[{i}]"),
+                        format!("`{p}` is not a JSON pointer; write it as \"/a/b\""),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn client_id(&self, device: &str) -> String {
+        self.client_id
+            .clone()
+            .unwrap_or_else(|| format!("tidegate-{device}-{}", self.name))
+    }
+}
+
+/// One subscription, ready to match and decode.
+struct Sub {
+    cfg: MqttSubscription,
+    pattern: TopicPattern,
+}
+
+/// Turns messages into points: pure (no I/O, time passed in).
+pub struct Decoder {
+    subs: Vec<Sub>,
+    /// One line protocol parser (and key cache) per subscription.
+    lps: Vec<LpParser>,
+    tags: BTreeMap<String, String>,
+    max_payload: usize,
+    max_depth: usize,
+    max_fields: usize,
+    keys: HashMap<Box<[u8]>, SeriesKey>,
+    scratch: Vec<u8>,
+}
+
+const KEY_CACHE_MAX: usize = 8192;
+
+impl Decoder {
+    /// A decoder for a validated source configuration.
+    pub fn new(cfg: &MqttSourceConfig) -> Result<Decoder, String> {
+        let subs = cfg
+            .subscriptions
+            .iter()
+            .map(|s| {
+                Ok(Sub {
+                    pattern: TopicPattern::parse(&s.topic)?,
+                    cfg: s.clone(),
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Decoder {
+            subs,
+            lps: cfg
+                .subscriptions
+                .iter()
+                .map(|s| LpParser::new(s.precision, cfg.max_fields))
+                .collect(),
+            tags: cfg.tags.clone(),
+            max_payload: cfg.max_payload,
+            max_depth: cfg.max_json_depth,
+            max_fields: cfg.max_fields,
+            keys: HashMap::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The broker filters to subscribe to, with their QoS.
+    pub fn filters(&self) -> Vec<(String, u8)> {
+        self.subs
+            .iter()
+            .map(|s| (s.pattern.filter(), s.cfg.qos))
+            .collect()
+    }
+
+    /// Decodes one message received at `now_ns` into `out`; on error nothing
+    /// is appended.
+    pub fn decode(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        now_ns: i64,
+        out: &mut Vec<Point>,
+    ) -> Result<usize, Reject> {
+        if payload.len() > self.max_payload {
+            return Err(Reject::TooLong);
+        }
+        let Some((i, bound)) =
+            (self.subs.iter().enumerate()).find_map(|(i, s)| s.pattern.bind(topic).map(|b| (i, b)))
+        else {
+            return Err(Reject::UnmatchedTopic(topic.chars().take(64).collect()));
+        };
+        let sub = &self.subs[i];
+        if let Some((k, _)) = bound.tags.iter().find(|(_, v)| v.is_empty()) {
+            return Err(Reject::EmptyTag(k.to_string()));
+        }
+        let mut tags: Vec<(&str, &str)> = (self.tags.iter().chain(&sub.cfg.tags))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        tags.extend(bound.tags.iter().map(|(k, v)| (*k, v.as_ref())));
+        let topic_field = bound.field.as_deref().filter(|f| !f.is_empty());
+        let measurement = bound
+            .measurement
+            .as_deref()
+            .filter(|m| !m.is_empty())
+            .unwrap_or(&sub.cfg.measurement);
+        let values: Vec<(Cow<str>, f64)>;
+        let mut ts_ns = now_ns;
+        match sub.cfg.format {
+            PayloadFormat::Lp => return self.lps[i].parse(payload, &tags, now_ns, out),
+            PayloadFormat::Number => {
+                let text = std::str::from_utf8(payload).map_err(|_| Reject::NotUtf8)?;
+                let name = topic_field.unwrap_or(&sub.cfg.field);
+                values = vec![(Cow::Borrowed(name), number(name, text.trim())?)];
+            }
+            PayloadFormat::Json => {
+                let text = std::str::from_utf8(payload).map_err(|_| Reject::NotUtf8)?;
+                let doc: serde_json::Value =
+                    serde_json::from_str(text).map_err(|e| Reject::BadJson(e.to_string()))?;
+                if too_deep(&doc, self.max_depth) {
+                    return Err(Reject::TooDeep);
+                }
+                if let Some(ptr) = &sub.cfg.timestamp {
+                    if let Some(v) = doc.pointer(ptr) {
+                        ts_ns = json_timestamp(v, sub.cfg.timestamp_unit)?;
+                    }
+                }
+                let mut found = Vec::new();
+                if let serde_json::Value::Object(_) | serde_json::Value::Array(_) = doc {
+                    if sub.cfg.values.is_empty() {
+                        flatten(
+                            &doc,
+                            String::new(),
+                            sub.cfg.timestamp.as_deref(),
+                            "",
+                            &mut found,
+                            self.max_fields,
+                        )?;
+                    } else {
+                        for (name, ptr) in &sub.cfg.values {
+                            let v = doc
+                                .pointer(ptr)
+                                .ok_or_else(|| Reject::MissingPointer(ptr.clone()))?;
+                            found.push((name.clone(), json_number(name, v)?));
+                        }
+                    }
+                } else {
+                    let name = topic_field.unwrap_or(&sub.cfg.field);
+                    found.push((String::new(), json_number(name, &doc)?));
+                }
+                values = found
+                    .into_iter()
+                    .map(|(name, v)| {
+                        let field = match (topic_field, name.is_empty()) {
+                            (Some(f), true) => Cow::Owned(f.to_string()),
+                            (None, true) => Cow::Owned(sub.cfg.field.clone()),
+                            (Some(f), false) => Cow::Owned(format!("{f}.{name}")),
+                            (None, false) => Cow::Owned(name),
+                        };
+                        (field, v)
+                    })
+                    .collect();
+            }
+        }
+        if values.is_empty() {
+            return Err(Reject::NoFields);
+        }
+        if values.len() > self.max_fields {
+            return Err(Reject::TooManyFields);
+        }
+        let n = values.len();
+        for (field, value) in values {
+            let series = key(
+                &mut self.keys,
+                &mut self.scratch,
+                measurement,
+                &tags,
+                &field,
+            );
+            out.push(Point {
+                series,
+                ts_ns,
+                value,
+            });
+        }
+        Ok(n)
+    }
+}
+
+fn key(
+    cache: &mut HashMap<Box<[u8]>, SeriesKey>,
+    scratch: &mut Vec<u8>,
+    measurement: &str,
+    tags: &[(&str, &str)],
+    field: &str,
+) -> SeriesKey {
+    scratch.clear();
+    for part in std::iter::once(measurement)
+        .chain(tags.iter().flat_map(|(k, v)| [*k, *v]))
+        .chain(std::iter::once(field))
+    {
+        scratch.extend_from_slice(part.as_bytes());
+        scratch.push(0xff);
+    }
+    if let Some(k) = cache.get(&scratch[..]) {
+        return k.clone();
+    }
+    let k = SeriesKey::new(measurement, tags.iter().copied(), field);
+    if cache.len() >= KEY_CACHE_MAX {
+        cache.clear();
+    }
+    cache.insert(scratch.clone().into_boxed_slice(), k.clone());
+    k
+}
+
+fn json_number(name: &str, v: &serde_json::Value) -> Result<f64, Reject> {
+    match v {
+        serde_json::Value::Number(n) => n
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| Reject::NotFinite(name.chars().take(32).collect())),
+        serde_json::Value::Bool(b) => Ok(if *b { 1.0 } else { 0.0 }),
+        _ => Err(Reject::NotANumber(name.chars().take(32).collect())),
+    }
+}
+
+fn json_timestamp(v: &serde_json::Value, unit: TimeUnit) -> Result<i64, Reject> {
+    let raw = match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    raw.parse::<i64>()
+        .ok()
+        .and_then(|t| t.checked_mul(unit.nanos()))
+        .ok_or_else(|| Reject::BadTimestamp(raw.chars().take(32).collect()))
+}
+
+/// Whether `v` nests objects and arrays more than `max` deep.
+fn too_deep(v: &serde_json::Value, max: usize) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => max == 0 || m.values().any(|c| too_deep(c, max - 1)),
+        Value::Array(a) => max == 0 || a.iter().any(|c| too_deep(c, max - 1)),
+        _ => false,
+    }
+}
+
+/// Every numeric (and boolean) leaf under `v`, named `a.b.0`; strings and
+/// nulls are skipped, as is the leaf at pointer `skip` (the timestamp).
+fn flatten(
+    v: &serde_json::Value,
+    name: String,
+    skip: Option<&str>,
+    pointer: &str,
+    out: &mut Vec<(String, f64)>,
+    max: usize,
+) -> Result<(), Reject> {
+    use serde_json::Value;
+    if skip == Some(pointer) {
+        return Ok(());
+    }
+    let child = |k: &str| {
+        if name.is_empty() {
+            k.to_string()
+        } else {
+            format!("{name}.{k}")
+        }
+    };
+    match v {
+        Value::Object(m) => {
+            for (k, c) in m {
+                let ptr = format!("{pointer}/{}", k.replace('~', "~0").replace('/', "~1"));
+                flatten(c, child(k), skip, &ptr, out, max)?;
+            }
+        }
+        Value::Array(a) => {
+            for (i, c) in a.iter().enumerate() {
+                flatten(
+                    c,
+                    child(&i.to_string()),
+                    skip,
+                    &format!("{pointer}/{i}"),
+                    out,
+                    max,
+                )?;
+            }
+        }
+        Value::Number(_) | Value::Bool(_) => {
+            if out.len() >= max {
+                return Err(Reject::TooManyFields);
+            }
+            let x = json_number(&name, v)?;
+            out.push((name, x));
+        }
+        Value::String(_) | Value::Null => {}
+    }
+    Ok(())
+}
+
+/// The rumqttc options of a source (TLS files are read here).
+fn options(cfg: &MqttSourceConfig, device: &str) -> anyhow::Result<MqttOptions> {
+    use anyhow::Context;
+    let (host, port, tls) = parse_url(&cfg.url).map_err(anyhow::Error::msg)?;
+    let mut o = MqttOptions::new(cfg.client_id(device), host, port);
+    o.set_keep_alive(cfg.keep_alive)
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        // Incoming packets up to this size are read (larger payloads than
+        // max_payload are then counted as rejects); beyond it the connection fails.
+        .set_max_packet_size((16 << 20).max(cfg.max_payload.saturating_mul(2)), 64 * 1024);
+    if let Some(user) = &cfg.username {
+        o.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
+    }
+    if tls {
+        let read = |p: &PathBuf, what: &str| {
+            std::fs::read(p)
+                .with_context(|| format!("source {}: cannot read {what} {}", cfg.name, p.display()))
+        };
+        let client_auth = match (&cfg.client_cert, &cfg.client_key) {
+            (Some(c), Some(k)) => Some((read(c, "client_cert")?, read(k, "client_key")?)),
+            _ => None,
+        };
+        let transport = match &cfg.ca_file {
+            Some(ca) => Transport::tls(read(ca, "ca_file")?, client_auth, None),
+            None if client_auth.is_none() => Transport::tls_with_default_config(),
+            None => anyhow::bail!(
+                "source {}: a client certificate needs ca_file (the broker's CA) too",
+                cfg.name
+            ),
+        };
+        o.set_transport(transport);
+    }
+    Ok(o)
+}
+
+/// Requests queued for the event loop (acks, subscribes): acks of one group
+/// commit go out together.
+const REQUEST_CAPACITY: usize = 1024;
+
+/// A message waiting for its points to be durable before it is acknowledged.
+struct Pending {
+    durable: Option<Durable>,
+    publish: Publish,
+}
+
+/// Runs one MQTT source until `shutdown`.
+pub async fn run(
+    cfg: MqttSourceConfig,
+    device: String,
+    store: StoreHandle,
+    stats: Arc<SourceStats>,
+    shutdown: CancellationToken,
+) {
+    let name = cfg.name.clone();
+    let (opts, mut decoder) = match options(&cfg, &device)
+        .and_then(|o| Ok((o, Decoder::new(&cfg).map_err(anyhow::Error::msg)?)))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            error!(source = %name, "MQTT source not started: {e:#}");
+            return;
+        }
+    };
+    let filters: Vec<rumqttc::SubscribeFilter> = decoder
+        .filters()
+        .into_iter()
+        .map(|(f, q)| rumqttc::SubscribeFilter::new(f, qos(q)))
+        .collect();
+    let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CAPACITY);
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let acker = tokio::spawn(ack_when_durable(
+        client.clone(),
+        ack_rx,
+        store.clone(),
+        stats.clone(),
+        name.clone(),
+    ));
+    let mut backoff = Backoff::new(Duration::from_millis(200), cfg.backoff_max);
+    let mut down_since: Option<Instant> = None;
+    let mut log = RateLimit::new(Duration::from_secs(10));
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            e = eventloop.poll() => e,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                match down_since.take() {
+                    Some(t) => {
+                        info!(source = %name, url = %cfg.url, session_present = ack.session_present,
+                        "broker back after {:.1}s", t.elapsed().as_secs_f64())
+                    }
+                    None => {
+                        info!(source = %name, url = %cfg.url, session_present = ack.session_present, "connected")
+                    }
+                }
+                backoff.reset();
+                stats.connected.store(true, Relaxed);
+                // Also when the session is present: cheap, and it covers a
+                // broker that lost its state.
+                if let Err(e) = client.try_subscribe_many(filters.clone()) {
+                    warn!(source = %name, "cannot subscribe: {e}");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    warn!(source = %name, "the broker refused a subscription; check the topic patterns and the broker's ACLs");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                stats.lines.fetch_add(1, Relaxed);
+                let mut batch = Batch::default();
+                match decoder.decode(&p.topic, &p.payload, now_ns(), &mut batch.points) {
+                    Ok(n) => {
+                        stats.points.fetch_add(n as u64, Relaxed);
+                    }
+                    Err(reason) => {
+                        stats.reject(reason.label());
+                        if let Some(held) = log.allow(Instant::now()) {
+                            let example =
+                                String::from_utf8_lossy(&p.payload[..p.payload.len().min(120)]);
+                            warn!(source = %name, topic = %p.topic, reason = reason.label(), suppressed = held,
+                                "rejected a message ({reason}): {example:?}; check the sensor's payload and the subscription's format");
+                        }
+                    }
+                }
+                if p.qos == QoS::AtMostOnce {
+                    if !batch.is_empty() && store.append(batch).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                // Waits while the store is behind: the event loop is not
+                // polled meanwhile (backpressure to the broker).
+                let durable = if batch.is_empty() {
+                    None
+                } else {
+                    match store.append_durable_begin(batch).await {
+                        Ok(d) => Some(d),
+                        Err(_) => break,
+                    }
+                };
+                if ack_tx
+                    .send(Pending {
+                        durable,
+                        publish: p,
+                    })
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                stats.connected.store(false, Relaxed);
+                if down_since.is_none() {
+                    warn!(source = %name, url = %cfg.url, "MQTT connection failed or lost ({e}); reconnecting with backoff, the broker keeps QoS 1 messages for the session");
+                    down_since = Some(Instant::now());
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
+    }
+    stats.connected.store(false, Relaxed);
+    // Acknowledge what is durable, then say goodbye, within a short grace.
+    drop(ack_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut acker = acker;
+        loop {
+            tokio::select! {
+                r = &mut acker => { let _ = r; break; }
+                e = eventloop.poll() => if e.is_err() { return; },
+            }
+        }
+        if client.try_disconnect().is_ok() {
+            while let Ok(e) = eventloop.poll().await {
+                if e == Event::Outgoing(Outgoing::Disconnect) {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// Acknowledges messages in the order received, each once its points are
+/// durable; every message of one group commit is acknowledged together.
+async fn ack_when_durable(
+    client: AsyncClient,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    store: StoreHandle,
+    stats: Arc<SourceStats>,
+    name: String,
+) {
+    while let Some(p) = rx.recv().await {
+        if let Some(d) = p.durable {
+            match d.wait().await {
+                Ok(()) => {}
+                Err(StoreError::Closed) => return,
+                Err(StoreError::FlushFailed(e)) => {
+                    // The points stay pending in the store: ack once a later
+                    // flush commits them.
+                    warn!(source = %name, "not acknowledging until the store can flush ({e})");
+                    while store.flush().await.is_err() {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                Err(e) => {
+                    // Refused for good (e.g. too many series): redelivery
+                    // would not help.
+                    stats.reject(Reject::StoreRefused(String::new()).label());
+                    warn!(source = %name, "points refused by the store: {e}");
+                }
+            }
+        }
+        if client.ack(&p.publish).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn qos(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        2 => QoS::ExactlyOnce,
+        _ => QoS::AtLeastOnce,
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(subs: &str) -> MqttSourceConfig {
+        let text = format!(
+            "name = \"m\"\nurl = \"mqtt://127.0.0.1\"\ntags = {{ gw = \"g1\" }}\nmax_json_depth = 3\nmax_fields = 4\n{subs}"
+        );
+        let cfg: MqttSourceConfig = toml::from_str(&text).unwrap();
+        cfg.validate("s").unwrap();
+        cfg
+    }
+
+    fn decode(
+        d: &mut Decoder,
+        topic: &str,
+        payload: &str,
+    ) -> Result<Vec<(String, i64, f64)>, Reject> {
+        let mut out = Vec::new();
+        d.decode(topic, payload.as_bytes(), 7, &mut out)?;
+        Ok(out
+            .into_iter()
+            .map(|p| (p.series.as_str().to_string(), p.ts_ns, p.value))
+            .collect())
+    }
+
+    #[test]
+    fn bare_numbers_with_topic_bound_tags_and_field() {
+        let cfg = source(
+            "[[subscriptions]]\ntopic = \"sensors/+site/+device/#field\"\nmeasurement = \"env\"\n",
+        );
+        let mut d = Decoder::new(&cfg).unwrap();
+        assert_eq!(d.filters(), [("sensors/+/+/#".to_string(), 1)]);
+        assert_eq!(
+            decode(&mut d, "sensors/lab/d01/temp", " 21.5\n").unwrap(),
+            [("env,device=d01,gw=g1,site=lab temp".into(), 7, 21.5)]
+        );
+        assert_eq!(
+            decode(&mut d, "sensors/lab/d01/a/b", "1").unwrap()[0].0,
+            "env,device=d01,gw=g1,site=lab a.b"
+        );
+        // No field level: the configured default name.
+        assert_eq!(
+            decode(&mut d, "sensors/lab/d01", "1").unwrap()[0].0,
+            "env,device=d01,gw=g1,site=lab value"
+        );
+        let label = |d: &mut Decoder, t: &str, p: &str| decode(d, t, p).unwrap_err().label();
+        assert_eq!(label(&mut d, "sensors/lab/d01/t", "21.5x"), "not_a_number");
+        assert_eq!(label(&mut d, "sensors/lab/d01/t", "NaN"), "not_finite");
+        assert_eq!(label(&mut d, "sensors//d01/t", "1"), "empty_tag");
+        let mut out = Vec::new();
+        assert_eq!(
+            d.decode("sensors/a/b/c", b"\xff", 0, &mut out),
+            Err(Reject::NotUtf8)
+        );
+        assert_eq!(
+            d.decode("sensors/a/b/c", &vec![b'1'; 300 * 1024], 0, &mut out),
+            Err(Reject::TooLong)
+        );
+    }
+
+    #[test]
+    fn json_pointers_flattening_timestamp_and_limits() {
+        let cfg = source(
+            r#"
+[[subscriptions]]
+topic = "picked/+device"
+format = "json"
+values = { temp = "/env/t", on = "/on" }
+timestamp = "/ts"
+timestamp_unit = "s"
+[[subscriptions]]
+topic = "all/+device/#field"
+format = "json"
+timestamp = "/meta/ts"
+"#,
+        );
+        let mut d = Decoder::new(&cfg).unwrap();
+        let got = decode(
+            &mut d,
+            "picked/d1",
+            r#"{"ts":"5","env":{"t":21.5,"h":3},"on":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            [
+                ("mqtt,device=d1,gw=g1 on".to_string(), 5_000_000_000, 1.0),
+                ("mqtt,device=d1,gw=g1 temp".to_string(), 5_000_000_000, 21.5)
+            ]
+        );
+        assert_eq!(
+            decode(&mut d, "picked/d1", r#"{"env":{}}"#)
+                .unwrap_err()
+                .label(),
+            "missing_pointer"
+        );
+        assert_eq!(
+            decode(&mut d, "picked/d1", r#"{"env":{"t":"hot"},"on":1}"#)
+                .unwrap_err()
+                .label(),
+            "not_a_number"
+        );
+        // Every numeric leaf, the timestamp excluded, under the topic's field.
+        let got = decode(
+            &mut d,
+            "all/d2/x",
+            r#"{"meta":{"ts":9,"id":"abc"},"a":[1,2],"b":{"c":false}}"#,
+        )
+        .unwrap();
+        let keys: Vec<_> = got.iter().map(|g| (g.0.as_str(), g.1)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("mqtt,device=d2,gw=g1 x.a.0", 9_000_000),
+                ("mqtt,device=d2,gw=g1 x.a.1", 9_000_000),
+                ("mqtt,device=d2,gw=g1 x.b.c", 9_000_000)
+            ]
+        );
+        // A bare JSON number, arrival time.
+        assert_eq!(
+            decode(&mut d, "all/d2/y", "3").unwrap()[0],
+            ("mqtt,device=d2,gw=g1 y".into(), 7, 3.0)
+        );
+        let label = |d: &mut Decoder, p: &str| decode(d, "all/d2/x", p).unwrap_err().label();
+        assert_eq!(label(&mut d, r#"{"a":{"b":{"c":{"d":1}}}}"#), "too_deep");
+        assert_eq!(label(&mut d, r#"{"a":[1,2,3,4,5]}"#), "too_many_fields");
+        assert_eq!(label(&mut d, r#"{"a":"x"}"#), "no_fields");
+        assert_eq!(label(&mut d, r#"{"a":1"#), "bad_json");
+        assert_eq!(
+            label(&mut d, r#"{"meta":{"ts":1.5},"a":1}"#),
+            "bad_timestamp"
+        );
+    }
+
+    #[test]
+    fn line_protocol_gets_the_topic_tags() {
+        let cfg = source(
+            "[[subscriptions]]\ntopic = \"lp/+site\"\nformat = \"lp\"\nprecision = \"ms\"\n",
+        );
+        let mut d = Decoder::new(&cfg).unwrap();
+        let got = decode(
+            &mut d,
+            "lp/lab",
+            "env,dev=d1 t=1,h=2i 10\nenv,dev=d2 t=3 11",
+        )
+        .unwrap();
+        assert_eq!(
+            got[0],
+            ("env,dev=d1,gw=g1,site=lab t".into(), 10_000_000, 1.0)
+        );
+        assert_eq!(
+            got[2],
+            ("env,dev=d2,gw=g1,site=lab t".into(), 11_000_000, 3.0)
+        );
+        assert_eq!(
+            decode(&mut d, "lp/lab", "env s=\"x\"").unwrap_err().label(),
+            "string_field"
+        );
+        assert_eq!(
+            decode(&mut d, "lp/lab", "e a=1,b=2,c=3,d=4,e=5")
+                .unwrap_err()
+                .label(),
+            "too_many_fields"
+        );
+    }
+
+    #[test]
+    fn urls_and_validation() {
+        assert_eq!(parse_url("mqtt://h").unwrap(), ("h".into(), 1883, false));
+        assert_eq!(
+            parse_url("mqtts://127.0.0.1:9").unwrap(),
+            ("127.0.0.1".into(), 9, true)
+        );
+        assert!(parse_url("http://h").is_err());
+        let mut cfg = source("[[subscriptions]]\ntopic = \"a/#\"\n");
+        cfg.subscriptions[0].topic = "a/#x/b".into();
+        assert_eq!(cfg.validate("s").unwrap_err().0, "s.subscriptions[0].topic");
+        cfg.subscriptions.clear();
+        assert!(cfg.validate("s").is_err());
+        assert_eq!(
+            source("[[subscriptions]]\ntopic = \"a\"\n").client_id("gw"),
+            "tidegate-gw-m"
+        );
+    }
+}

@@ -1,0 +1,325 @@
+//! MQTT source end to end: `firmware-sim mqtt` → a real mosquitto →
+//! `tidegate run` → the store, checked against the simulator's ledger.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use firmware_sim::LedgerEntry;
+use tidegate::point::SeriesKey;
+use tidegate_e2e::agent::{stored_raw as stored, Agent, MqttSim};
+use tidegate_e2e::{wait_until, Mosquitto};
+
+/// Starts the agent with one MQTT source on `url` (settings `extra`) and one
+/// subscription; returns once mosquitto has its subscription to `filter`, so
+/// that nothing published afterwards can miss the session. Also returns the
+/// configuration, for a restart.
+fn start_agent(
+    broker: &Mosquitto,
+    dir: &Path,
+    url: &str,
+    extra: &str,
+    subscription: &str,
+    filter: &str,
+) -> (Agent, String) {
+    let cfg = format!(
+        r#"
+[agent]
+state_dir = "{state}"
+device = "gw"
+[store]
+seal_interval = "2s"
+[[sources.mqtt]]
+name = "broker"
+url = "{url}"
+backoff_max = "1s"
+{extra}
+[[sources.mqtt.subscriptions]]
+{subscription}
+"#,
+        state = dir.join("state").display(),
+    );
+    let agent = Agent::start(dir, &cfg);
+    wait_subscribed(broker, filter);
+    (agent, cfg)
+}
+
+/// Waits until mosquitto logs the agent's subscription to `filter`, so that
+/// nothing published afterwards can miss the session.
+fn wait_subscribed(broker: &Mosquitto, filter: &str) {
+    wait_until(
+        "the agent's subscription in mosquitto's log",
+        Duration::from_secs(30),
+        || {
+            let log = std::fs::read_to_string(broker.log_file()).unwrap_or_default();
+            log.lines()
+                .any(|l| l.contains("tidegate-gw-broker") && l.contains(filter))
+                .then_some(())
+        },
+    );
+}
+
+/// The exact points of the ledger's valid readings (they carry their time).
+fn readings(ledger: &[LedgerEntry]) -> BTreeSet<(String, i64, u64)> {
+    ledger
+        .iter()
+        .filter(|e| e.valid)
+        .flat_map(|e| {
+            e.fields
+                .iter()
+                .flatten()
+                .map(|(f, v)| (key(e, f), e.ts.unwrap() * 1_000_000, v.to_bits()))
+        })
+        .collect()
+}
+
+fn key(e: &LedgerEntry, field: &str) -> String {
+    let site = e.site.as_deref().expect("the MQTT ledger names the site");
+    let device = e.sensor.as_deref().expect("and the device");
+    SeriesKey::new("env", [("site", site), ("device", device)], field)
+        .as_str()
+        .to_string()
+}
+
+#[test]
+fn twenty_devices_with_topic_bound_tags_arrive_once_and_garbage_is_counted() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, _) = start_agent(
+        &broker,
+        dir.path(),
+        &broker.url(),
+        "",
+        "topic = \"sensors/+site/+device/#field\"\nmeasurement = \"env\"",
+        "sensors/+/+/#",
+    );
+    let sim = MqttSim::start(
+        dir.path(),
+        &broker.url(),
+        &[
+            "--devices",
+            "20",
+            "--sites",
+            "3",
+            "--rate",
+            "2000",
+            "--count",
+            "6000",
+            "--format",
+            "number",
+            "--garbage-rate",
+            "0.03",
+        ],
+    );
+    sim.wait_done(Duration::from_secs(90));
+    let ledger = sim.ledger();
+    let garbage = ledger.iter().filter(|e| !e.valid).count() as u64;
+    assert!(garbage > 0);
+    // Bare numbers carry no timestamp (the agent stamps arrival): compare
+    // series and values, as a multiset.
+    let mut want: BTreeMap<(String, u64), u64> = BTreeMap::new();
+    let mut messages = garbage;
+    for e in ledger.iter().filter(|e| e.valid) {
+        for (field, v) in e.fields.iter().flatten() {
+            *want.entry((key(e, field), v.to_bits())).or_default() += 1;
+            messages += 1;
+        }
+    }
+    let points: u64 = want.values().sum();
+    let status = wait_until(
+        "the agent to read and commit every message",
+        Duration::from_secs(60),
+        || {
+            let s = agent.status();
+            (s.sources[0].lines >= messages && s.store.points_flushed >= points).then_some(s)
+        },
+    );
+    assert_eq!(status.sources[0].lines, messages, "every message read once");
+    assert_eq!(status.sources[0].points, points);
+    assert_eq!(
+        status.sources[0].rejected(),
+        garbage,
+        "rejects == the ledger's garbage: {:?}",
+        status.sources[0].rejects
+    );
+    assert!(
+        status.sources[0].rejects.len() >= 2,
+        "{:?}",
+        status.sources[0].rejects
+    );
+    assert!(status.sources[0].connected);
+    agent.terminate();
+    let mut got: BTreeMap<(String, u64), u64> = BTreeMap::new();
+    for (series, _, v) in stored(dir.path()) {
+        *got.entry((series, v)).or_default() += 1;
+    }
+    let devices: BTreeSet<_> = got.keys().map(|(s, _)| s.clone()).collect();
+    assert_eq!(devices.len(), 40, "20 devices x 2 fields: {devices:?}");
+    assert!(got == want, "the store holds exactly the ledger's readings");
+}
+
+#[test]
+fn sigkill_with_a_backlog_at_the_broker_loses_nothing() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, cfg) = start_agent(
+        &broker,
+        dir.path(),
+        &broker.url(),
+        "",
+        "topic = \"sensors/+site/+device\"\nformat = \"json\"\nmeasurement = \"env\"\ntimestamp = \"/ts\"",
+        "sensors/+/+",
+    );
+    let sim = MqttSim::start(
+        dir.path(),
+        &broker.url(),
+        &[
+            "--devices",
+            "20",
+            "--rate",
+            "2000",
+            "--count",
+            "12000",
+            "--format",
+            "json",
+            "--garbage-rate",
+            "0",
+        ],
+    );
+    wait_until(
+        "the agent to be mid-stream",
+        Duration::from_secs(30),
+        || (agent.status().sources[0].lines > 2000).then_some(()),
+    );
+    agent.kill();
+    // The broker queues the rest for the persistent session meanwhile.
+    sim.wait_done(Duration::from_secs(60));
+    let ledger = sim.ledger();
+    let want = readings(&ledger);
+    assert_eq!(want.len(), 24000);
+    let agent = Agent::start(dir.path(), &cfg);
+    let got = wait_until(
+        "every ledger reading in the store after the restart",
+        Duration::from_secs(60),
+        || {
+            let got = stored(dir.path());
+            let set: BTreeSet<_> = got.iter().cloned().collect();
+            set.is_superset(&want).then_some(got)
+        },
+    );
+    let status = agent.terminate();
+    let set: BTreeSet<_> = got.iter().cloned().collect();
+    assert!(set.is_subset(&want), "nothing the devices did not send");
+    let redelivered = got.len() - set.len();
+    // At-least-once: only messages received but not yet acknowledged at the
+    // kill come twice (at most the broker's in-flight window, 2 points each).
+    assert!(redelivered <= 2 * 1000, "{redelivered} points stored twice");
+    assert!(
+        status.sources[0].lines > 0,
+        "the backlog came after the restart"
+    );
+    eprintln!(
+        "backlog after restart: {} messages, {redelivered} points redelivered",
+        status.sources[0].lines
+    );
+}
+
+#[test]
+fn tls_connection_with_a_private_ca() {
+    let broker = Mosquitto::start_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, _) = start_agent(
+        &broker,
+        dir.path(),
+        &broker.tls_url(),
+        &format!("ca_file = \"{}\"", broker.ca_file().display()),
+        "topic = \"sensors/+site/+device\"\nformat = \"lp\"\nprecision = \"ms\"",
+        "sensors/+/+",
+    );
+    assert!(agent.status().sources[0].connected);
+    let sim = MqttSim::start(
+        dir.path(),
+        &broker.url(),
+        &[
+            "--devices",
+            "4",
+            "--rate",
+            "500",
+            "--count",
+            "400",
+            "--format",
+            "lp",
+            "--garbage-rate",
+            "0.05",
+        ],
+    );
+    sim.wait_done(Duration::from_secs(30));
+    let ledger = sim.ledger();
+    let garbage = ledger.iter().filter(|e| !e.valid).count() as u64;
+    let want = readings(&ledger);
+    wait_until("every message over TLS", Duration::from_secs(30), || {
+        (agent.status().sources[0].lines >= ledger.len() as u64).then_some(())
+    });
+    let status = agent.terminate();
+    assert_eq!(status.sources[0].rejected(), garbage);
+    let got = stored(dir.path());
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
+}
+
+#[test]
+fn broker_restart_reconnects_and_resubscribes() {
+    let mut broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, _) = start_agent(
+        &broker,
+        dir.path(),
+        &broker.url(),
+        "",
+        "topic = \"sensors/+site/+device\"\nformat = \"json\"\nmeasurement = \"env\"\ntimestamp = \"/ts\"",
+        "sensors/+/+",
+    );
+    broker.stop();
+    wait_until(
+        "the agent to notice the outage",
+        Duration::from_secs(30),
+        || (!agent.status().sources[0].connected).then_some(()),
+    );
+    // A fresh broker (no persistence): the agent subscribes again by itself.
+    std::fs::write(broker.log_file(), "").unwrap();
+    broker.start_again();
+    wait_subscribed(&broker, "sensors/+/+");
+    assert!(agent.status().sources[0].connected);
+    let sim = MqttSim::start(
+        dir.path(),
+        &broker.url(),
+        &[
+            "--devices",
+            "5",
+            "--rate",
+            "500",
+            "--count",
+            "300",
+            "--format",
+            "json",
+            "--garbage-rate",
+            "0",
+        ],
+    );
+    sim.wait_done(Duration::from_secs(30));
+    let want = readings(&sim.ledger());
+    wait_until(
+        "the readings after the restart",
+        Duration::from_secs(30),
+        || (agent.status().sources[0].lines >= 300).then_some(()),
+    );
+    let log = agent.log();
+    agent.terminate();
+    let got: BTreeSet<_> = stored(dir.path()).into_iter().collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        log.matches("connection failed or lost").count(),
+        1,
+        "the outage is logged once:\n{log}"
+    );
+}
