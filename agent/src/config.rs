@@ -34,6 +34,38 @@ pub struct Config {
     /// Operator interfaces.
     #[serde(default)]
     pub ops: OpsConfig,
+    /// The HTTP listener (relay writes from other agents); off unless an address is set.
+    #[serde(default)]
+    pub listen: ListenConfig,
+}
+
+/// The HTTP listener: another Tidegate's `[[sinks.influx]]` (or anything that
+/// speaks InfluxDB line protocol) writes here, and points are acknowledged
+/// once durable in this agent's store.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// `ip:port` to listen on, e.g. `127.0.0.1:8087` (loopback) or
+    /// `0.0.0.0:8087`; the listener is off while unset.
+    pub address: Option<String>,
+    /// Accept line-protocol writes on `/write` and `/api/v2/write`.
+    pub write: bool,
+    /// If set, writers must send it (`Authorization: Token <token>`, or as
+    /// the basic-auth password); `credential:NAME` reads it from systemd's credentials.
+    pub token: Option<String>,
+    /// Largest request body, compressed or not.
+    pub max_body: ByteSize,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            address: None,
+            write: true,
+            token: None,
+            max_body: ByteSize(32 << 20),
+        }
+    }
 }
 
 /// Identity and places on disk.

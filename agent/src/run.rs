@@ -54,6 +54,27 @@ pub async fn run(
         ));
     }
 
+    // The HTTP listener is an input too (relay writes): it stops with the sources.
+    if let Some(address) = &cfg.listen.address {
+        let relay = cfg.listen.write.then(|| {
+            crate::source::relay::Relay::new(
+                handle.clone(),
+                metrics.source("relay"),
+                cfg.listen.token.clone(),
+                cfg.listen.max_body.0 as usize,
+            )
+        });
+        let server = crate::ops::http::bind(
+            address,
+            crate::ops::http::Routes { relay },
+            stop_sources.clone(),
+        )
+        .await?;
+        sources.spawn(async move {
+            server.await;
+        });
+    }
+
     let stopping = Stopping::default();
     let mut sinks = JoinSet::new();
     for s in &cfg.sinks.influx {

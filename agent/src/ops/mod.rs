@@ -1,6 +1,7 @@
 //! Operations: counters, the control socket, log rate limiting.
 
 pub mod control;
+pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod ratelimit;

@@ -8,5 +8,6 @@ pub mod bench;
 pub mod lp;
 pub mod mqtt;
 pub mod parse;
+pub mod relay;
 pub mod serial;
 pub mod topic;
