@@ -331,6 +331,8 @@ pub struct SinksConfig {
     /// Prometheus remote write 1.0 endpoints (Prometheus, VictoriaMetrics,
     /// Mimir, Cortex, Thanos).
     pub remote_write: Vec<RemoteWriteSinkConfig>,
+    /// MQTT brokers to publish batches to (QoS 1; sent once PUBACKed).
+    pub mqtt: Vec<MqttSinkConfig>,
 }
 
 /// Which InfluxDB HTTP write API a sink speaks.
@@ -400,6 +402,56 @@ sink_config! {
         #[serde(default)]
         pub ca_file: Option<PathBuf>,
     }
+}
+
+/// How an MQTT uplink writes a batch into its message.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UplinkFormat {
+    /// InfluxDB line protocol, one line per point.
+    #[default]
+    Lp,
+    /// `[{"measurement":..,"tags":{..},"field":..,"ts":ns,"value":..}, ...]`.
+    Json,
+}
+
+sink_config! {
+    /// An MQTT broker to publish batches to: one QoS 1 message per batch,
+    /// sent once the broker acknowledged it (PUBACK).
+    pub struct MqttSinkConfig {
+        /// `mqtt://host[:1883]` or `mqtts://host[:8883]`.
+        pub url: String,
+        /// Topic of every message; `{device}` is replaced by `agent.device`.
+        pub topic: String,
+        /// `lp` (line protocol) or `json`.
+        #[serde(default)]
+        pub format: UplinkFormat,
+        /// Client id; default `tidegate-<device>-<name>`.
+        #[serde(default)]
+        pub client_id: Option<String>,
+        /// User name, if the broker asks for one.
+        #[serde(default)]
+        pub username: Option<String>,
+        /// Password for `username` (may be `credential:NAME`).
+        #[serde(default)]
+        pub password: Option<String>,
+        /// PEM CA(s) of the broker's certificate (`mqtts://`); system roots if unset.
+        #[serde(default)]
+        pub ca_file: Option<PathBuf>,
+        /// PEM client certificate, for brokers that require one.
+        #[serde(default)]
+        pub client_cert: Option<PathBuf>,
+        /// PEM key of `client_cert`.
+        #[serde(default)]
+        pub client_key: Option<PathBuf>,
+        /// MQTT keep-alive.
+        #[serde(default = "default_keep_alive", with = "humantime_serde")]
+        pub keep_alive: Duration,
+    }
+}
+
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_true() -> bool {
@@ -525,7 +577,13 @@ impl Config {
                     format!("`{}` is used twice; every sink needs its own name because its cursor is stored under it", d.name),
                 );
             }
-            check_url(&format!("{key}.url"), url, example)?;
+            if example.starts_with("mqtt") {
+                if let Err(message) = crate::mqtt::parse_url(url) {
+                    return invalid(format!("{key}.url"), message);
+                }
+            } else {
+                check_url(&format!("{key}.url"), url, example)?;
+            }
             d.validate(key, &tiers)
                 .or_else(|(key, message)| invalid(key, message))
         };
@@ -566,6 +624,16 @@ impl Config {
                 return invalid(
                     format!("{key}.{field}"),
                     format!("is not used with api = \"{api}\"; remove it or set the api (v1: db, rp, username, password; v2: org, bucket, token)"),
+                );
+            }
+        }
+        for (i, s) in self.sinks.mqtt.iter().enumerate() {
+            let key = format!("sinks.mqtt[{i}]");
+            sink(&key, s.delivery(), &s.url, "mqtt://127.0.0.1:1883")?;
+            if s.topic.is_empty() || s.topic.contains(['+', '#']) {
+                return invalid(
+                    format!("{key}.topic"),
+                    "must be a topic to publish to, without wildcards, e.g. \"tidegate/{device}/points\"".into(),
                 );
             }
         }

@@ -77,6 +77,69 @@ impl SeriesKey {
     }
 }
 
+/// A series key's parts, unescaped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeriesParts {
+    /// The measurement.
+    pub measurement: String,
+    /// Tags in key order.
+    pub tags: Vec<(String, String)>,
+    /// The field name.
+    pub field: String,
+}
+
+impl SeriesKey {
+    /// The measurement, tags and field, with line protocol's escapes removed.
+    pub fn parts(&self) -> SeriesParts {
+        let (series, field) = self.split();
+        let mut parts = split_escaped(series, ',').into_iter();
+        let measurement = unescape(parts.next().unwrap_or_default());
+        let tags = parts
+            .map(|tag| {
+                let name = split_escaped(tag, '=')[0];
+                let value = tag.get(name.len() + 1..).unwrap_or_default();
+                (unescape(name), unescape(value))
+            })
+            .collect();
+        SeriesParts {
+            measurement,
+            tags,
+            field: unescape(field),
+        }
+    }
+}
+
+/// `s` split at every `sep` not escaped with a backslash.
+fn split_escaped(s: &str, sep: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut escaped) = (0, false);
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == sep {
+            parts.push(&s[start..i]);
+            start = i + c.len_utf8();
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+/// Removes line protocol's backslash escapes.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next().unwrap_or('\\')),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn escape_into(out: &mut String, s: &str, special: &[char]) {
     for c in s.chars() {
         if c == '\\' || special.contains(&c) {
@@ -150,6 +213,31 @@ mod tests {
     fn later_duplicate_tag_wins() {
         let k = SeriesKey::new("m", [("a", "1"), ("a", "2")], "f");
         assert_eq!(k.as_str(), "m,a=2 f");
+    }
+
+    #[test]
+    fn split_respects_escapes() {
+        assert_eq!(split_escaped(r"a\,b,c=d\=e", ','), [r"a\,b", r"c=d\=e"]);
+        assert_eq!(unescape(r"a\,b\ c\\d"), r"a,b c\d");
+    }
+
+    #[test]
+    fn parts_are_unescaped() {
+        let k = SeriesKey::new(
+            "env room",
+            [("site", "lab 1"), ("dev", "a,b=c")],
+            "my field",
+        );
+        let p = k.parts();
+        assert_eq!(p.measurement, "env room");
+        assert_eq!(
+            p.tags,
+            vec![
+                ("dev".into(), "a,b=c".into()),
+                ("site".into(), "lab 1".into())
+            ]
+        );
+        assert_eq!(p.field, "my field");
     }
 
     #[test]

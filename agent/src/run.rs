@@ -87,6 +87,10 @@ pub async fn run(
             &stopping,
         );
     }
+    for s in &cfg.sinks.mqtt {
+        let sink = crate::sync::mqtt::MqttSink::new(s, &cfg.agent.device)?;
+        spawn_sink(&mut sinks, sink, s.delivery(), &handle, &metrics, &stopping);
+    }
     for s in &cfg.sinks.remote_write {
         spawn_sink(
             &mut sinks,

@@ -13,6 +13,7 @@ mod mosquitto;
 mod process;
 mod prometheus;
 pub mod receiver;
+pub mod subscriber;
 mod victoria;
 
 use std::collections::BTreeMap;

@@ -152,20 +152,28 @@ fn serve(conn: TcpStream, s: &Shared) {
     }
 }
 
-/// Parses `series field=value ts` lines (one field each, as the agent writes).
 fn record(body: &[u8], s: &Shared) {
+    let lines = parse_lines(body);
+    s.received.fetch_add(lines.len(), SeqCst);
+    s.points.lock().unwrap().extend(lines);
+}
+
+/// Parses `series field=value ts` lines (one field each, as the agent
+/// writes) into (series key, ts ns, value bits).
+pub fn parse_lines(body: &[u8]) -> Vec<(String, i64, u64)> {
     let text = String::from_utf8_lossy(body);
-    let mut points = s.points.lock().unwrap();
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        let (rest, ts) = line.rsplit_once(' ').expect("a timestamp");
-        let (series, fv) = rest.rsplit_once(' ').expect("a field");
-        let (field, value) = fv.rsplit_once('=').expect("field=value");
-        let value: f64 = value.parse().expect("a float field");
-        points.insert((
-            format!("{series} {field}"),
-            ts.parse().expect("ns timestamp"),
-            value.to_bits(),
-        ));
-        s.received.fetch_add(1, SeqCst);
-    }
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let (rest, ts) = line.rsplit_once(' ').expect("a timestamp");
+            let (series, fv) = rest.rsplit_once(' ').expect("a field");
+            let (field, value) = fv.rsplit_once('=').expect("field=value");
+            let value: f64 = value.parse().expect("a float field");
+            (
+                format!("{series} {field}"),
+                ts.parse().expect("ns timestamp"),
+                value.to_bits(),
+            )
+        })
+        .collect()
 }

@@ -405,3 +405,68 @@ over_budget_tier = "10s"
     assert!(raw.is_subset(&expected));
     assert!((raw.len() as u64) < expected.len() as u64, "raw held back");
 }
+
+#[test]
+fn mqtt_uplink_publishes_batches_as_line_protocol_and_json() {
+    use tidegate_e2e::receiver::parse_lines;
+    use tidegate_e2e::subscriber::Subscriber;
+    use tidegate_e2e::Mosquitto;
+
+    let broker = Mosquitto::start();
+    let lp = Subscriber::start(broker.port(), "up/+/lp");
+    let json = Subscriber::start(broker.port(), "up/+/json");
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), &sim_args(4, 1000, 10_000));
+    let sinks = format!(
+        r#"
+[[sinks.mqtt]]
+name = "cloud-lp"
+url = "{url}"
+topic = "up/{{device}}/lp"
+batch_max_points = 1000
+
+[[sinks.mqtt]]
+name = "cloud-json"
+url = "{url}"
+topic = "up/{{device}}/json"
+format = "json"
+batch_max_points = 1000
+"#,
+        url = broker.url()
+    );
+    let agent = Agent::start(dir.path(), &config(dir.path(), "", &sinks));
+    sim.wait_done(Duration::from_secs(60));
+    let expected = expected_points(&sim.ledger(), "sim", &[("site", "lab")]);
+    wait_until("both uplinks acknowledged", Duration::from_secs(60), || {
+        let st = agent.status();
+        st.sinks
+            .iter()
+            .all(|s| s.points_sent >= expected.len() as u64)
+            .then_some(())
+    });
+    let got_lp: BTreeSet<_> = lp.messages().iter().flat_map(|m| parse_lines(m)).collect();
+    assert_eq!(got_lp, expected, "line protocol messages carry the ledger");
+    let mut got_json = BTreeSet::new();
+    for m in json.messages() {
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&m).unwrap();
+        for r in rows {
+            let tags: Vec<(&str, &str)> = r["tags"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
+                .collect();
+            let key = tidegate::point::SeriesKey::new(
+                r["measurement"].as_str().unwrap(),
+                tags,
+                r["field"].as_str().unwrap(),
+            );
+            got_json.insert((
+                key.as_str().to_string(),
+                r["ts"].as_i64().unwrap(),
+                r["value"].as_f64().unwrap().to_bits(),
+            ));
+        }
+    }
+    assert_eq!(got_json, expected, "JSON messages carry the ledger");
+}

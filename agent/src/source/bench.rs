@@ -111,7 +111,7 @@ fn process_cpu(pid: u32) -> Option<f64> {
 }
 
 fn options(url: &str, id: &str, clean: bool) -> anyhow::Result<MqttOptions> {
-    let (host, port, _) = super::mqtt::parse_url(url).map_err(anyhow::Error::msg)?;
+    let (host, port, _) = crate::mqtt::parse_url(url).map_err(anyhow::Error::msg)?;
     let mut o = MqttOptions::new(id, host, port);
     o.set_keep_alive(Duration::from_secs(30))
         .set_clean_session(clean)

@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS, Transport};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,7 @@ use super::lp::LpParser;
 use super::parse::{number, Reject};
 use super::topic::TopicPattern;
 use crate::config::TimeUnit;
+use crate::mqtt::parse_url;
 use crate::ops::metrics::SourceStats;
 use crate::ops::RateLimit;
 use crate::point::{Batch, Point, SeriesKey};
@@ -182,30 +183,6 @@ fn default_ts_unit() -> TimeUnit {
 }
 fn default_precision() -> TimeUnit {
     TimeUnit::Ns
-}
-
-/// `host`, `port` and TLS of an `mqtt://` or `mqtts://` URL.
-pub fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
-    let u = reqwest::Url::parse(url).map_err(|e| format!("`{url}`: {e}"))?;
-    let tls = match u.scheme() {
-        "mqtt" | "tcp" => false,
-        "mqtts" | "ssl" => true,
-        other => {
-            return Err(format!(
-                "`{url}`: scheme `{other}`; expected mqtt://host:1883 or mqtts://host:8883"
-            ))
-        }
-    };
-    let host = u
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| format!("`{url}` has no host; expected e.g. mqtt://127.0.0.1:1883"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Ok((
-        host.to_string(),
-        u.port().unwrap_or(if tls { 8883 } else { 1883 }),
-        tls,
-    ))
 }
 
 impl MqttSourceConfig {
@@ -560,37 +537,23 @@ fn flatten(
 
 /// The rumqttc options of a source (TLS files are read here).
 fn options(cfg: &MqttSourceConfig, device: &str) -> anyhow::Result<MqttOptions> {
-    use anyhow::Context;
-    let (host, port, tls) = parse_url(&cfg.url).map_err(anyhow::Error::msg)?;
-    let mut o = MqttOptions::new(cfg.client_id(device), host, port);
-    o.set_keep_alive(cfg.keep_alive)
-        .set_clean_session(false)
+    let mut o = crate::mqtt::Connection {
+        what: format!("source {}", cfg.name),
+        url: &cfg.url,
+        client_id: cfg.client_id(device),
+        username: cfg.username.as_deref(),
+        password: cfg.password.as_deref(),
+        ca_file: cfg.ca_file.as_deref(),
+        client_cert: cfg.client_cert.as_deref(),
+        client_key: cfg.client_key.as_deref(),
+        keep_alive: cfg.keep_alive,
+    }
+    .options()?;
+    o.set_clean_session(false)
         .set_manual_acks(true)
         // Incoming packets up to this size are read (larger payloads than
         // max_payload are then counted as rejects); beyond it the connection fails.
         .set_max_packet_size((16 << 20).max(cfg.max_payload.saturating_mul(2)), 64 * 1024);
-    if let Some(user) = &cfg.username {
-        o.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
-    }
-    if tls {
-        let read = |p: &PathBuf, what: &str| {
-            std::fs::read(p)
-                .with_context(|| format!("source {}: cannot read {what} {}", cfg.name, p.display()))
-        };
-        let client_auth = match (&cfg.client_cert, &cfg.client_key) {
-            (Some(c), Some(k)) => Some((read(c, "client_cert")?, read(k, "client_key")?)),
-            _ => None,
-        };
-        let transport = match &cfg.ca_file {
-            Some(ca) => Transport::tls(read(ca, "ca_file")?, client_auth, None),
-            None if client_auth.is_none() => Transport::tls_with_default_config(),
-            None => anyhow::bail!(
-                "source {}: a client certificate needs ca_file (the broker's CA) too",
-                cfg.name
-            ),
-        };
-        o.set_transport(transport);
-    }
     Ok(o)
 }
 
@@ -971,12 +934,6 @@ timestamp = "/meta/ts"
 
     #[test]
     fn urls_and_validation() {
-        assert_eq!(parse_url("mqtt://h").unwrap(), ("h".into(), 1883, false));
-        assert_eq!(
-            parse_url("mqtts://127.0.0.1:9").unwrap(),
-            ("127.0.0.1".into(), 9, true)
-        );
-        assert!(parse_url("http://h").is_err());
         let mut cfg = source("[[subscriptions]]\ntopic = \"a/#\"\n");
         cfg.subscriptions[0].topic = "a/#x/b".into();
         assert_eq!(cfg.validate("s").unwrap_err().0, "s.subscriptions[0].topic");

@@ -10,6 +10,7 @@ mod backoff;
 pub mod http;
 pub mod influx;
 pub mod meter;
+pub mod mqtt;
 pub mod remote_write;
 mod request;
 pub mod rollup;

@@ -150,19 +150,15 @@ pub fn write_request(points: &[Point]) -> WriteRequest {
 
 /// The labels of a series key, `__name__` included, sorted by name.
 pub fn labels(key: &SeriesKey) -> Vec<Label> {
-    let (series, field) = key.split();
-    let mut parts = split_escaped(series, ',').into_iter();
-    let measurement = unescape(parts.next().unwrap_or_default());
+    let parts = key.parts();
     let mut labels = vec![Label {
         name: "__name__".into(),
-        value: sanitise(&format!("{measurement}_{}", unescape(field)), true),
+        value: sanitise(&format!("{}_{}", parts.measurement, parts.field), true),
     }];
-    for tag in parts {
-        let name = split_escaped(tag, '=')[0];
-        let value = tag.get(name.len() + 1..).unwrap_or_default();
+    for (name, value) in parts.tags {
         labels.push(Label {
-            name: sanitise(&unescape(name), false),
-            value: unescape(value),
+            name: sanitise(&name, false),
+            value,
         });
     }
     // Stable: of two tags that sanitise to one name, the first stays.
@@ -186,37 +182,6 @@ fn sanitise(s: &str, colons: bool) -> String {
             '_'
         }
     }));
-    out
-}
-
-/// `s` split at every `sep` not escaped with a backslash.
-fn split_escaped(s: &str, sep: char) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut start, mut escaped) = (0, false);
-    for (i, c) in s.char_indices() {
-        if escaped {
-            escaped = false;
-        } else if c == '\\' {
-            escaped = true;
-        } else if c == sep {
-            parts.push(&s[start..i]);
-            start = i + c.len_utf8();
-        }
-    }
-    parts.push(&s[start..]);
-    parts
-}
-
-/// Removes line protocol's backslash escapes.
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => out.push(chars.next().unwrap_or('\\')),
-            c => out.push(c),
-        }
-    }
     out
 }
 
@@ -315,11 +280,5 @@ mod tests {
         let req = write_request(&[point(&k, 5_000_900, 2.0), point(&k, 5_000_100, 1.0)]);
         let s = &req.timeseries[0].samples;
         assert_eq!((s.len(), s[0].timestamp, s[0].value), (1, 5, 2.0));
-    }
-
-    #[test]
-    fn split_respects_escapes() {
-        assert_eq!(split_escaped(r"a\,b,c=d\=e", ','), [r"a\,b", r"c=d\=e"]);
-        assert_eq!(unescape(r"a\,b\ c\\d"), r"a,b c\d");
     }
 }
