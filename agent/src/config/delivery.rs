@@ -133,6 +133,8 @@ pub struct DeliveryConfig {
     pub name: String,
     /// Largest number of points in one request.
     pub batch_max_points: usize,
+    /// Largest request body (as on the wire); a larger batch is split.
+    pub batch_max_bytes: u64,
     /// Longest wait between retries.
     pub backoff_max: Duration,
     /// Most requests in flight (the adaptive limit grows up to it).
@@ -175,6 +177,9 @@ macro_rules! sink_config {
             /// Largest number of points in one request.
             #[serde(default = "crate::config::delivery::defaults::batch_max_points")]
             pub batch_max_points: usize,
+            /// Largest request body, as on the wire; a larger batch is split in halves until it fits.
+            #[serde(default = "crate::config::delivery::defaults::batch_max_bytes")]
+            pub batch_max_bytes: crate::config::ByteSize,
             /// Time allowed for one request.
             #[serde(default = "crate::config::delivery::defaults::timeout", with = "humantime_serde")]
             pub timeout: std::time::Duration,
@@ -216,6 +221,7 @@ macro_rules! sink_config {
                 crate::config::DeliveryConfig {
                     name: self.name.clone(),
                     batch_max_points: self.batch_max_points,
+                    batch_max_bytes: self.batch_max_bytes.0,
                     backoff_max: self.backoff_max,
                     max_in_flight: self.max_in_flight,
                     tier: self.tier,
@@ -239,6 +245,10 @@ pub mod defaults {
     /// 5000 points.
     pub fn batch_max_points() -> usize {
         5000
+    }
+    /// 4 MiB.
+    pub fn batch_max_bytes() -> crate::config::ByteSize {
+        crate::config::ByteSize(4 << 20)
     }
     /// 10 s.
     pub fn timeout() -> Duration {

@@ -26,6 +26,7 @@ pub struct Requester<S> {
     /// The sink's counters.
     pub stats: Arc<SinkStats>,
     backoff_max: Duration,
+    max_bytes: u64,
     state: Mutex<State>,
 }
 
@@ -48,6 +49,7 @@ impl<S: Sink> Requester<S> {
             name: cfg.name.clone(),
             stats,
             backoff_max: cfg.backoff_max,
+            max_bytes: cfg.batch_max_bytes,
             state: Mutex::new(State {
                 arc: Controller::new(cfg.max_in_flight, Instant::now()),
                 pause_until: None,
@@ -111,6 +113,13 @@ impl<S: Sink> Requester<S> {
         while let Some(range) = todo.pop() {
             let body = self.sink.encode(&points[range.clone()]);
             let len = body.len() as u64;
+            if len > self.max_bytes && range.len() > 1 {
+                // Too large for one request: halves, before the endpoint says so.
+                let mid = range.start + range.len() / 2;
+                todo.push(mid..range.end);
+                todo.push(range.start..mid);
+                continue;
+            }
             self.stats.requests.fetch_add(1, Relaxed);
             let started = Instant::now();
             let result = tokio::select! {
@@ -216,4 +225,74 @@ enum Settled {
     Split,
     /// Send them again after this long.
     RetryIn(Duration),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::point::SeriesKey;
+
+    /// Records each request's points; refuses any request holding a NaN.
+    #[derive(Default)]
+    struct Fake {
+        requests: Mutex<Vec<usize>>,
+    }
+
+    impl Sink for Fake {
+        fn encode(&self, points: &[Point]) -> Vec<u8> {
+            points.iter().flat_map(|p| p.value.to_le_bytes()).collect()
+        }
+        async fn send(&self, body: Vec<u8>) -> Result<(), SinkError> {
+            let values: Vec<f64> = body
+                .chunks(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            if values.iter().any(|v| v.is_nan()) {
+                return Err(SinkError::Permanent {
+                    reason: "bad point".into(),
+                });
+            }
+            self.requests.lock().unwrap().push(values.len());
+            Ok(())
+        }
+    }
+
+    fn config(max_bytes: u64) -> DeliveryConfig {
+        let mut c: crate::config::InfluxSinkConfig =
+            toml::from_str("name = \"t\"\nurl = \"http://x\"\ndb = \"d\"\n").unwrap();
+        c.batch_max_bytes = crate::config::ByteSize(max_bytes);
+        c.delivery()
+    }
+
+    fn points(n: usize) -> Vec<Point> {
+        (0..n)
+            .map(|i| Point {
+                series: SeriesKey::new("m", [], "f"),
+                ts_ns: i as i64,
+                value: i as f64,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_over_the_byte_limit_goes_in_halves() {
+        let stats = Arc::new(SinkStats::default());
+        let req = Requester::new(Fake::default(), &config(8 * 100), stats.clone());
+        assert!(req.deliver(&points(1000), &CancellationToken::new()).await);
+        let sizes = req.sink.requests.lock().unwrap().clone();
+        assert!(sizes.iter().all(|&n| n <= 100), "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 1000);
+        assert_eq!(stats.points_sent.load(Relaxed), 1000);
+    }
+
+    #[tokio::test]
+    async fn one_refused_point_is_set_aside_and_the_rest_sent() {
+        let stats = Arc::new(SinkStats::default());
+        let req = Requester::new(Fake::default(), &config(1 << 20), stats.clone());
+        let mut pts = points(1000);
+        pts[617].value = f64::NAN;
+        assert!(req.deliver(&pts, &CancellationToken::new()).await);
+        assert_eq!(stats.points_sent.load(Relaxed), 999);
+        assert_eq!(stats.dead_letters.load(Relaxed), 1);
+    }
 }
