@@ -30,6 +30,26 @@ pub struct Connection<'a> {
     pub keep_alive: Duration,
 }
 
+/// The [`Connection`] of a source's or sink's settings (both name their
+/// fields alike: url, username, password, ca_file, client_cert, client_key,
+/// keep_alive).
+macro_rules! connection {
+    ($cfg:expr, $what:expr, $client_id:expr) => {
+        $crate::mqtt::Connection {
+            what: $what,
+            url: &$cfg.url,
+            client_id: $client_id,
+            username: $cfg.username.as_deref(),
+            password: $cfg.password.as_deref(),
+            ca_file: $cfg.ca_file.as_deref(),
+            client_cert: $cfg.client_cert.as_deref(),
+            client_key: $cfg.client_key.as_deref(),
+            keep_alive: $cfg.keep_alive,
+        }
+    };
+}
+pub(crate) use connection;
+
 /// `host`, `port` and TLS of an `mqtt://` or `mqtts://` URL.
 pub fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
     let u = reqwest::Url::parse(url).map_err(|e| format!("`{url}`: {e}"))?;

@@ -161,6 +161,14 @@ impl fmt::Debug for SeriesKey {
     }
 }
 
+/// The wall clock now, in nanoseconds since the Unix epoch (0 before 1970).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
 /// One reading: a value of a series at an instant (nanoseconds since the Unix epoch).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Point {

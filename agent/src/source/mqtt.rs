@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS};
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,7 @@ use crate::config::TimeUnit;
 use crate::mqtt::parse_url;
 use crate::ops::metrics::SourceStats;
 use crate::ops::RateLimit;
+use crate::point::now_ns;
 use crate::point::{Batch, Point, SeriesKey};
 use crate::store::{Durable, StoreError, StoreHandle};
 use crate::sync::Backoff;
@@ -537,18 +538,8 @@ fn flatten(
 
 /// The rumqttc options of a source (TLS files are read here).
 fn options(cfg: &MqttSourceConfig, device: &str) -> anyhow::Result<MqttOptions> {
-    let mut o = crate::mqtt::Connection {
-        what: format!("source {}", cfg.name),
-        url: &cfg.url,
-        client_id: cfg.client_id(device),
-        username: cfg.username.as_deref(),
-        password: cfg.password.as_deref(),
-        ca_file: cfg.ca_file.as_deref(),
-        client_cert: cfg.client_cert.as_deref(),
-        client_key: cfg.client_key.as_deref(),
-        keep_alive: cfg.keep_alive,
-    }
-    .options()?;
+    let what = format!("source {}", cfg.name);
+    let mut o = crate::mqtt::connection!(cfg, what, cfg.client_id(device)).options()?;
     o.set_clean_session(false)
         .set_manual_acks(true)
         // Incoming packets up to this size are read (larger payloads than
@@ -756,13 +747,6 @@ fn qos(q: u8) -> QoS {
         2 => QoS::ExactlyOnce,
         _ => QoS::AtLeastOnce,
     }
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use super::parse::Reject;
 use crate::config::TimeUnit;
 use crate::ops::metrics::SourceStats;
 use crate::ops::RateLimit;
+use crate::point::now_ns;
 use crate::point::Batch;
 use crate::store::StoreHandle;
 
@@ -162,13 +163,6 @@ fn decode_basic_password(b64: &str) -> Option<String> {
     }
     let text = String::from_utf8(out).ok()?;
     text.split_once(':').map(|(_, p)| p.to_string())
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

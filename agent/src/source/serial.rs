@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use tokio_serial::SerialPortBuilderExt;
@@ -16,6 +16,7 @@ use super::parse::LineParser;
 use crate::config::SerialSourceConfig;
 use crate::ops::metrics::SourceStats;
 use crate::ops::RateLimit;
+use crate::point::now_ns;
 use crate::point::Batch;
 use crate::store::StoreHandle;
 use crate::sync::Backoff;
@@ -95,13 +96,6 @@ async fn read_port(
             return End::StoreClosed;
         }
     }
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 /// Splits a byte stream into lines and parses them; counts and logs rejects.

@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 use super::{Cursor, Store, StoreError};
 use crate::config::StoreConfig;
 use crate::ops::RateLimit;
+use crate::point::now_ns;
 use crate::point::Batch;
 
 /// Requests waiting for the store; bounds the memory between sources and disk.
@@ -269,13 +270,6 @@ async fn run(
 fn test_stall_after() -> Option<Duration> {
     let v = std::env::var("TIDEGATE_TEST_STALL_STORE_AFTER").ok()?;
     humantime::parse_duration(&v).ok()
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 /// Free bytes for unprivileged users on the file system holding `path`.

@@ -2,7 +2,7 @@
 //! network, e.g. during an outage.
 
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use super::{Store, StoreError};
 use crate::point::SeriesKey;
@@ -75,13 +75,7 @@ pub fn parse_time(s: &str, now_ns: i64) -> Result<i64, String> {
         .as_nanos() as i64)
 }
 
-/// The current time in nanoseconds since the epoch (for the CLI edge).
-pub fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
+pub use crate::point::now_ns;
 
 /// True when `key` matches `pattern`, where `*` stands for any run of characters.
 pub fn glob(pattern: &str, key: &str) -> bool {

@@ -55,21 +55,12 @@ impl Drop for MqttSink {
 impl MqttSink {
     /// Connects (in the background) with the sink's settings.
     pub fn new(cfg: &MqttSinkConfig, device: &str) -> anyhow::Result<MqttSink> {
-        let mut opts = crate::mqtt::Connection {
-            what: format!("sink {}", cfg.name),
-            url: &cfg.url,
-            client_id: cfg
-                .client_id
-                .clone()
-                .unwrap_or_else(|| format!("tidegate-{device}-{}", cfg.name)),
-            username: cfg.username.as_deref(),
-            password: cfg.password.as_deref(),
-            ca_file: cfg.ca_file.as_deref(),
-            client_cert: cfg.client_cert.as_deref(),
-            client_key: cfg.client_key.as_deref(),
-            keep_alive: cfg.keep_alive,
-        }
-        .options()?;
+        let client_id = cfg
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("tidegate-{device}-{}", cfg.name));
+        let what = format!("sink {}", cfg.name);
+        let mut opts = crate::mqtt::connection!(cfg, what, client_id).options()?;
         // A batch is one message: let large ones through.
         opts.set_max_packet_size(64 << 20, 64 << 20)
             .set_inflight(cfg.max_in_flight.clamp(1, u16::MAX as usize) as u16);

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use super::request::Requester;
 use super::{Sink, Stopping};
 use crate::config::DeliveryConfig;
+use crate::point::now_ns;
 use crate::point::{Point, SeriesKey};
 use crate::store::rollup::{window_start, Agg};
 use crate::store::{DegradedRange, StoreError, StoreHandle};
@@ -266,13 +267,6 @@ pub async fn run_tier<S: Sink>(
             _ = tokio::time::sleep(wait) => {}
         }
     }
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
