@@ -115,7 +115,8 @@ fn load(feed: &Feed) -> std::io::Result<Vec<Series>> {
     }
 }
 
-fn cpu_seconds() -> f64 {
+/// CPU seconds of this process so far (user and system, every thread).
+pub fn cpu_seconds() -> f64 {
     // SAFETY: getrusage fills the struct we own.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
@@ -123,7 +124,8 @@ fn cpu_seconds() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-fn proc_field(file: &str, key: &str) -> Option<u64> {
+/// A `key: value [kB]` line of a `/proc` file such as `/proc/self/status`.
+pub fn proc_field(file: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(file).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(key))
