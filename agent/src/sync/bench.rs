@@ -349,32 +349,20 @@ async fn drain(
     let stopping = Stopping::default();
     stopping.drain.cancel();
     let started = Instant::now();
+    let run = Running {
+        store: &handle,
+        stats: &stats,
+        stopping: &stopping,
+        encode_ns: &encode_ns,
+    };
     let engine = match protocol {
         Protocol::LineProtocol => {
-            let sink = Timed {
-                inner: InfluxSink::new(&cfg.sinks.influx[0])?,
-                encode_ns: encode_ns.clone(),
-            };
-            spawn_engine(
-                sink,
-                cfg.sinks.influx[0].delivery(),
-                &handle,
-                &stats,
-                &stopping,
-            )
+            let sink = &cfg.sinks.influx[0];
+            run.spawn(InfluxSink::new(sink)?, sink.delivery())
         }
         Protocol::RemoteWrite => {
-            let sink = Timed {
-                inner: RemoteWriteSink::new(&cfg.sinks.remote_write[0])?,
-                encode_ns: encode_ns.clone(),
-            };
-            spawn_engine(
-                sink,
-                cfg.sinks.remote_write[0].delivery(),
-                &handle,
-                &stats,
-                &stopping,
-            )
+            let sink = &cfg.sinks.remote_write[0];
+            run.spawn(RemoteWriteSink::new(sink)?, sink.delivery())
         }
     };
     watch_progress(engine, &stats, &stopping).await?;
@@ -418,20 +406,33 @@ async fn drain(
 /// The name of the store task's thread (see `store::spawn`).
 const STORE_THREAD: &str = "tidegate-store";
 
-fn spawn_engine<S: Sink>(
-    sink: S,
-    delivery: DeliveryConfig,
-    handle: &store::StoreHandle,
-    stats: &Arc<SinkStats>,
-    stopping: &Stopping,
-) -> tokio::task::JoinHandle<Result<(), store::StoreError>> {
-    tokio::spawn(run_sink(
-        sink,
-        delivery,
-        handle.clone(),
-        stats.clone(),
-        stopping.clone(),
-    ))
+/// What a drain's engine runs with.
+struct Running<'a> {
+    store: &'a store::StoreHandle,
+    stats: &'a Arc<SinkStats>,
+    stopping: &'a Stopping,
+    encode_ns: &'a Arc<AtomicU64>,
+}
+
+impl Running<'_> {
+    /// Starts the engine for `sink`, its encoder timed.
+    fn spawn<S: Sink>(
+        &self,
+        sink: S,
+        delivery: DeliveryConfig,
+    ) -> tokio::task::JoinHandle<Result<(), store::StoreError>> {
+        let sink = Timed {
+            inner: sink,
+            encode_ns: self.encode_ns.clone(),
+        };
+        tokio::spawn(run_sink(
+            sink,
+            delivery,
+            self.store.clone(),
+            self.stats.clone(),
+            self.stopping.clone(),
+        ))
+    }
 }
 
 /// Waits for the engine to finish; stops it with an error if no point is
