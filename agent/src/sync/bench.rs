@@ -186,7 +186,7 @@ fn series_keys(n: usize) -> Vec<(SeriesKey, f64)> {
 
 /// Writes `points` points of `series` series into a fresh store at `path`,
 /// one a second per series, the newest second being now: flushed every
-/// minute, sealed every two minutes and compacted to the end, as a gateway's
+/// minute, sealed every 512 s and compacted to the end, as a gateway's
 /// store looks after a long outage. Returns the first and last timestamps, ms.
 fn fill(path: &Path, points: u64, series: usize) -> anyhow::Result<(i64, i64)> {
     const SECOND: i64 = 1_000_000_000;
@@ -231,7 +231,7 @@ fn fill(path: &Path, points: u64, series: usize) -> anyhow::Result<(i64, i64)> {
             batch.points.clear();
             store.flush()?;
         }
-        if (s + 1) % 120 == 0 {
+        if (s + 1) % 512 == 0 {
             store.seal()?;
         }
     }
