@@ -115,8 +115,8 @@ fn load(feed: &Feed) -> std::io::Result<Vec<Series>> {
     }
 }
 
-/// CPU seconds of this process so far (user and system, every thread).
-pub fn cpu_seconds() -> f64 {
+/// CPU seconds (user + system) of this process so far.
+pub(crate) fn cpu_seconds() -> f64 {
     // SAFETY: getrusage fills the struct we own.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
@@ -125,7 +125,7 @@ pub fn cpu_seconds() -> f64 {
 }
 
 /// A `key: value [kB]` line of a `/proc` file such as `/proc/self/status`.
-pub fn proc_field(file: &str, key: &str) -> Option<u64> {
+pub(crate) fn proc_field(file: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(file).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(key))
