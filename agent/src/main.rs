@@ -10,6 +10,7 @@ use tidegate::ops::{control, Metrics};
 use tidegate::store::bench;
 use tidegate::store::query::{self, Format, Tier};
 use tidegate::store::Store;
+use tidegate::sync::bench as sync_bench;
 
 /// Tidegate: serial and MQTT sensors into a compressed local store, synced upstream when the link allows.
 #[derive(Parser)]
@@ -135,6 +136,34 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         inflight: usize,
         /// Where the bench files go (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Drain a backlog from a fresh store into a local database with the real
+    /// sync engine: points/s, bytes on the wire per point, CPU, RSS.
+    Sync {
+        /// The database, started here on a free loopback port.
+        #[arg(long, default_value = "victoria-metrics", value_parser = ["victoria-metrics"])]
+        to: String,
+        /// Points in the backlog.
+        #[arg(long, default_value_t = 10_000_000)]
+        points: u64,
+        /// Series they are spread over, one point a second each.
+        #[arg(long, default_value_t = 1000)]
+        series: usize,
+        /// lp (InfluxDB line protocol, gzip), remote-write, or both.
+        #[arg(long, default_value = "both", value_parser = ["lp", "remote-write", "both"])]
+        protocol: String,
+        /// Points per request (the sinks' batch_max_points).
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+        /// Most requests in flight (the sinks' max_in_flight).
+        #[arg(long, default_value_t = 8)]
+        max_in_flight: usize,
+        /// The victoria-metrics program.
+        #[arg(long, default_value = "victoria-metrics")]
+        victoria: PathBuf,
+        /// Where the store and the database's data go (default: a temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -278,6 +307,35 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             };
             print!("{}", tidegate::source::bench::run(&bench, &dir)?);
             Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Sync {
+                    to: _,
+                    points,
+                    series,
+                    protocol,
+                    batch,
+                    max_in_flight,
+                    victoria,
+                    dir,
+                },
+        } => {
+            init_logging("warn");
+            let tmp = tempfile::tempdir()?;
+            let opts = sync_bench::Options {
+                points,
+                series,
+                protocols: sync_bench::Protocol::parse_list(&protocol)
+                    .map_err(anyhow::Error::msg)?,
+                dir: dir.unwrap_or_else(|| tmp.path().to_path_buf()),
+                batch,
+                max_in_flight,
+                victoria,
+            };
+            let report = runtime()?.block_on(sync_bench::run(&opts))?;
+            print!("{report}");
+            report.check()
         }
         Command::Query {
             config,

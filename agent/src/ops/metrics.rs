@@ -112,6 +112,11 @@ impl SinkStats {
     pub fn set_error(&self, e: Option<String>) {
         *self.last_error.lock().unwrap() = e;
     }
+
+    /// The latest error, if the last request failed.
+    pub fn error(&self) -> Option<String> {
+        self.last_error.lock().unwrap().clone()
+    }
 }
 
 impl Metrics {

@@ -124,7 +124,8 @@ pub(crate) fn cpu_seconds() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-fn proc_field(file: &str, key: &str) -> Option<u64> {
+/// A `key: value [kB]` line of a `/proc` file such as `/proc/self/status`.
+pub(crate) fn proc_field(file: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(file).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(key))

@@ -2,7 +2,6 @@
 //! VictoriaMetrics, Telegraf, QuestDB) and v2 `/api/v2/write` (InfluxDB 2.x
 //! and 3.x, VictoriaMetrics), gzip bodies by default.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -89,10 +88,41 @@ impl InfluxSink {
 /// Appends one point as a line of line protocol.
 pub fn write_line(out: &mut String, p: &Point) {
     let (series, field) = p.series.split();
-    // Debug of f64 is the shortest exact round-trip form, with an exponent for
-    // very large or small values (Display would print hundreds of digits);
-    // no `i` suffix keeps every field a float.
-    let _ = writeln!(out, "{series} {field}={:?} {}", p.value, p.ts_ns);
+    write_parts(out, series, field, p);
+}
+
+/// Appends `series field=value ts\n`. The value is the shortest decimal
+/// that reads back as the same f64 (ryu), with an exponent for very large
+/// or small values, and always a `.` or an exponent, so every field stays
+/// a float (no `i` suffix).
+fn write_parts(out: &mut String, series: &str, field: &str, p: &Point) {
+    out.push_str(series);
+    out.push(' ');
+    out.push_str(field);
+    out.push('=');
+    out.push_str(ryu::Buffer::new().format(p.value));
+    out.push(' ');
+    out.push_str(itoa::Buffer::new().format(p.ts_ns));
+    out.push('\n');
+}
+
+/// `points` as line protocol. A key is split into its series and field
+/// once per run of points of one series (batches read from sealed chunks
+/// come in such runs).
+pub fn write_lines(out: &mut String, points: &[Point]) {
+    let mut last: Option<(&str, &str, &str)> = None;
+    for p in points {
+        let key = p.series.as_str();
+        let (series, field) = match last {
+            Some((k, series, field)) if k == key => (series, field),
+            _ => {
+                let (series, field) = p.series.split();
+                last = Some((key, series, field));
+                (series, field)
+            }
+        };
+        write_parts(out, series, field, p);
+    }
 }
 
 impl Sink for InfluxSink {
@@ -100,9 +130,7 @@ impl Sink for InfluxSink {
     /// the bytes that go on the wire.
     fn encode(&self, points: &[Point]) -> Vec<u8> {
         let mut s = String::with_capacity(points.len() * 64);
-        for p in points {
-            write_line(&mut s, p);
-        }
+        write_lines(&mut s, points);
         if self.gzip {
             http::gzip(s.as_bytes())
         } else {
@@ -208,5 +236,43 @@ mod tests {
             },
         );
         assert_eq!(s, "m f=1e-300 1\n");
+    }
+
+    #[test]
+    fn runs_of_one_series_write_as_single_lines() {
+        let a = SeriesKey::new("env", [("site", "lab 1")], "temp");
+        let b = SeriesKey::new("env", [], "hum");
+        let points: Vec<Point> = [(&a, 1.0), (&a, -2.5), (&b, 40.0), (&a, 1e16)]
+            .into_iter()
+            .enumerate()
+            .map(|(i, (k, value))| Point {
+                series: k.clone(),
+                ts_ns: i as i64 - 1,
+                value,
+            })
+            .collect();
+        let (mut one, mut each) = (String::new(), String::new());
+        write_lines(&mut one, &points);
+        for p in &points {
+            write_line(&mut each, p);
+        }
+        assert_eq!(one, each);
+        assert_eq!(
+            one,
+            "env,site=lab\\ 1 temp=1.0 -1\nenv,site=lab\\ 1 temp=-2.5 0\nenv hum=40.0 1\nenv,site=lab\\ 1 temp=1e16 2\n"
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the value, the text reads back as the very same f64.
+        #[test]
+        fn values_round_trip(bits in proptest::prelude::any::<u64>()) {
+            let value = f64::from_bits(bits);
+            proptest::prop_assume!(value.is_finite());
+            let mut s = String::new();
+            write_line(&mut s, &Point { series: SeriesKey::new("m", [], "f"), ts_ns: 0, value });
+            let text = s.strip_prefix("m f=").unwrap().strip_suffix(" 0\n").unwrap();
+            proptest::prop_assert_eq!(text.parse::<f64>().unwrap().to_bits(), value.to_bits());
+        }
     }
 }

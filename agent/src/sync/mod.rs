@@ -7,6 +7,7 @@
 
 pub mod arc;
 mod backoff;
+pub mod bench;
 pub mod http;
 pub mod influx;
 pub mod meter;

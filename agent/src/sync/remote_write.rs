@@ -122,15 +122,22 @@ pub fn write_request(points: &[Point]) -> WriteRequest {
     let mut index: std::collections::HashMap<&SeriesKey, usize> = Default::default();
     let mut timeseries: Vec<TimeSeries> = Vec::new();
     let mut nanos: Vec<Vec<(i64, f64)>> = Vec::new();
+    // Batches read from sealed chunks come in runs of one series: the
+    // previous point's series is tried before the map.
+    let mut last: Option<(&SeriesKey, usize)> = None;
     for p in points {
-        let i = *index.entry(&p.series).or_insert_with(|| {
-            timeseries.push(TimeSeries {
-                labels: labels(&p.series),
-                samples: Vec::new(),
-            });
-            nanos.push(Vec::new());
-            nanos.len() - 1
-        });
+        let i = match last {
+            Some((key, i)) if *key == p.series => i,
+            _ => *index.entry(&p.series).or_insert_with(|| {
+                timeseries.push(TimeSeries {
+                    labels: labels(&p.series),
+                    samples: Vec::new(),
+                });
+                nanos.push(Vec::new());
+                nanos.len() - 1
+            }),
+        };
+        last = Some((&p.series, i));
         nanos[i].push((p.ts_ns, p.value));
     }
     for (ts, mut points) in timeseries.iter_mut().zip(nanos) {
