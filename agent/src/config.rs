@@ -104,8 +104,13 @@ pub struct StoreConfig {
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
     /// How often journal rows are sealed into per-series compressed blocks.
+    /// Longer means fewer rewrites (SD-card wear) and better blocks; recent
+    /// points are then read from the journal, a little slower.
     #[serde(with = "humantime_serde")]
     pub seal_interval: Duration,
+    /// `wal` (queries never hold up a flush; fewer writes at low rates) or
+    /// `rollback` (about half the writes at thousands of points a second).
+    pub journal: crate::store::JournalMode,
     /// Rollup tiers: window widths of the downsampled copies (min, max, sum,
     /// count, first, last per series and window).
     pub rollups: Vec<humantime_serde::Serde<Duration>>,
@@ -131,7 +136,8 @@ impl Default for StoreConfig {
         StoreConfig {
             path: None,
             flush_interval: Duration::from_secs(1),
-            seal_interval: Duration::from_secs(60),
+            seal_interval: Duration::from_secs(600),
+            journal: crate::store::JournalMode::default(),
             rollups: vec![
                 Duration::from_secs(60).into(),
                 Duration::from_secs(3600).into(),

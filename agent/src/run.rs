@@ -24,6 +24,7 @@ pub async fn run(
     let store_path = cfg.store_path();
     let (mut store, _moved_aside) = Store::open_or_recover(&store_path, metrics.clone())
         .with_context(|| format!("cannot open the store at {}", store_path.display()))?;
+    store.set_journal_mode(cfg.store.journal)?;
     store.set_tiers(&cfg.store.rollup_widths());
     store.set_limits(store::Limits {
         max_disk_bytes: cfg.store.max_disk_bytes.0,

@@ -2,7 +2,7 @@
 //!
 //! Real recordings (or a synthetic fleet of series) are replayed in timestamp
 //! order on a simulated clock: a flush every simulated second, a seal and a
-//! bounded compaction every simulated minute, as the store task does live.
+//! bounded compaction every `store.seal_interval` (default), as the store task does live.
 //! Figures come from the process itself: CPU time (getrusage), bytes written
 //! (`/proc/self/io`), peak RSS (`VmHWM`).
 
@@ -157,7 +157,11 @@ pub fn run(feed: &Feed, dir: &Path) -> Result<String, StoreError> {
 
     const SECOND: i64 = 1_000_000_000;
     let mut second = order.first().map_or(0, |o| o.0.div_euclid(SECOND));
-    let mut next_seal = second + 60;
+    // As the agent does by default (store.seal_interval).
+    let seal_every = crate::config::StoreConfig::default()
+        .seal_interval
+        .as_secs() as i64;
+    let mut next_seal = second + seal_every;
     let mut batch = Batch::default();
     for &(t, si, j) in &order {
         let s = t.div_euclid(SECOND);
@@ -170,7 +174,7 @@ pub fn run(feed: &Feed, dir: &Path) -> Result<String, StoreError> {
             if s >= next_seal {
                 store.seal()?;
                 store.compact(64)?;
-                next_seal = s + 60;
+                next_seal = s + seal_every;
             }
         }
         let sr = &series[si as usize];
