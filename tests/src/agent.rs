@@ -330,7 +330,8 @@ impl Agent {
 
     fn try_status(&self) -> Option<Status> {
         let mut s = UnixStream::connect(&self.socket).ok()?;
-        std::io::Write::write_all(&mut s, b"status\n").ok()?;
+        // A request line; an agent of the first protocol answers without one.
+        let _ = std::io::Write::write_all(&mut s, b"status\n");
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).ok()?;
         serde_json::from_slice(&buf).ok()

@@ -160,6 +160,32 @@ fn status_json_counts_match_the_ledger_and_the_store() {
     ] {
         assert!(text.contains(&want), "{want:?} not in\n{text}");
     }
+    // The sparkline view: one line per series, the ledger's min, max and last.
+    let out = Command::new(bin("tidegate"))
+        .args(["query", "--format", "spark", "--from=-10m", "--store"])
+        .arg(dir.path().join("state/store.db"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), series.len(), "{text}");
+    for key in &series {
+        let points: Vec<_> = want.iter().filter(|p| p.0 == *key).collect();
+        let value = |p: &&(String, i64, u64)| f64::from_bits(p.2);
+        let min = points.iter().map(value).fold(f64::INFINITY, f64::min);
+        let max = points.iter().map(value).fold(f64::NEG_INFINITY, f64::max);
+        let last = value(points.iter().max_by_key(|p| p.1).unwrap());
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} ")))
+            .unwrap();
+        let head = format!(
+            "min {min:<10.4} max {max:<10.4} last {last:<10.4} n {:<7}",
+            points.len()
+        );
+        assert!(line.contains(&head), "{head:?} not in {line:?}");
+        assert!(line.chars().any(|c| "▁▂▃▄▅▆▇█".contains(c)), "{line}");
+    }
+    print!("{text}");
     agent.terminate();
 }
 

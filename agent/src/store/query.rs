@@ -131,18 +131,41 @@ pub fn run(
     if format == Format::Spark {
         let label = series.iter().map(|k| k.as_str().len()).max().unwrap_or(0);
         for key in &series {
-            // (time, value, min, max) per point or window.
-            let samples: Vec<(i64, f64, f64, f64)> = match choose(store, key, from, tier)? {
-                Tier::Rollup(width) => store
+            // (time, value, min, max) per point or window. `auto` stitches:
+            // the finest rollup windows before the oldest raw point, raw after,
+            // so a short history is not one window and an old outage still shows.
+            let windows = |width: i64, to: i64| -> Result<Vec<_>, StoreError> {
+                Ok(store
                     .read_rollup(key, width, from, to)?
                     .into_iter()
                     .map(|(t, a)| (t, a.mean(), a.min, a.max))
-                    .collect(),
-                _ => store
+                    .collect())
+            };
+            let raw = |from: i64| -> Result<Vec<_>, StoreError> {
+                Ok(store
                     .read(key, from, to)?
                     .into_iter()
                     .map(|(t, v)| (t, v, v, v))
-                    .collect(),
+                    .collect())
+            };
+            let samples: Vec<(i64, f64, f64, f64)> = match (tier, store.oldest_raw(key)?) {
+                (Tier::Auto, Some(oldest)) if oldest > from => match store.tiers().first() {
+                    Some(&finest) => {
+                        // Whole windows only: one that reaches past the oldest
+                        // raw point would count those points twice.
+                        let mut s = windows(finest, oldest - 1)?;
+                        s.retain(|w| w.0 + finest * 1_000_000_000 <= oldest);
+                        s.extend(raw(oldest)?);
+                        s
+                    }
+                    None => raw(from)?,
+                },
+                (Tier::Rollup(width), _) => windows(width, to)?,
+                (Tier::Auto, None) => match store.tiers().first() {
+                    Some(&finest) => windows(finest, to)?,
+                    None => Vec::new(),
+                },
+                _ => raw(from)?,
             };
             let _ = writeln!(
                 out,
