@@ -333,7 +333,9 @@ impl Agent {
         // A request line; an agent of the first protocol answers without one.
         let _ = std::io::Write::write_all(&mut s, b"status\n");
         let mut buf = Vec::new();
-        s.read_to_end(&mut buf).ok()?;
+        // Such an agent closes with our request unread, which resets the
+        // connection after its answer: keep what arrived.
+        let _ = s.read_to_end(&mut buf);
         serde_json::from_slice(&buf).ok()
     }
 

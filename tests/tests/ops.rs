@@ -297,6 +297,12 @@ fn status_watch_without_a_terminal_prints_blocks() {
         .collect();
     assert_eq!(blocks.len(), 3);
     drop(child);
+    // The first protocol still works: connect and read, no request line.
+    let mut sock = std::os::unix::net::UnixStream::connect(agent.socket()).unwrap();
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut sock, &mut buf).unwrap();
+    let old: Status = serde_json::from_slice(&buf).expect("a status for an old client");
+    assert_eq!(old.sources[0].name, "sim");
     agent.terminate();
 }
 

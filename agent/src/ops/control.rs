@@ -137,9 +137,16 @@ async fn connect(path: &Path) -> anyhow::Result<UnixStream> {
 /// Asks a running agent for its status.
 pub async fn fetch_status(path: &Path) -> anyhow::Result<Status> {
     let mut stream = connect(path).await?;
-    stream.write_all(b"status\n").await?;
+    // An agent of the first protocol answers without reading the request and
+    // closes with it unread, which resets the connection after the answer:
+    // what arrived before the reset is the whole answer.
+    let sent = stream.write_all(b"status\n").await;
     let mut buf = Vec::new();
-    stream.read_to_end(&mut buf).await?;
+    let read = stream.read_to_end(&mut buf).await;
+    if buf.is_empty() {
+        sent?;
+        read?;
+    }
     serde_json::from_slice(&buf).context("the agent answered with something that is not a status")
 }
 
