@@ -329,10 +329,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             watch,
             interval,
         } => {
-            let socket = match socket {
-                Some(s) => s,
-                None => Config::load(&config)?.control_socket(),
-            };
+            let socket = control_socket(&config, socket)?;
             let rt = runtime()?;
             let render = |status: &tidegate::ops::Status| -> anyhow::Result<String> {
                 Ok(if json {
@@ -404,10 +401,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             socket,
             series,
         } => {
-            let socket = match socket {
-                Some(s) => s,
-                None => Config::load(&config)?.control_socket(),
-            };
+            let socket = control_socket(&config, socket)?;
             let rt = runtime()?;
             rt.block_on(control::tap(
                 &socket,
@@ -416,6 +410,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             ))
         }
     }
+}
+
+/// `--socket`, else the control socket the configuration names.
+fn control_socket(config: &std::path::Path, socket: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match socket {
+        Some(s) => s,
+        None => Config::load(config)?.control_socket(),
+    })
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {

@@ -11,7 +11,6 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::health::Health;
@@ -53,24 +52,31 @@ struct Family<'a> {
 }
 
 impl Family<'_> {
-    fn counter(&mut self, name: &str, help: &str, rows: Vec<(Labels, u64)>) -> std::fmt::Result {
-        let mut m = self
-            .enc
-            .encode_descriptor(name, help, None, MetricType::Counter)?;
+    fn encode<M: EncodeMetric>(
+        &mut self,
+        name: &str,
+        help: &str,
+        rows: impl IntoIterator<Item = (Labels, M)>,
+    ) -> std::fmt::Result {
+        let mut rows = rows.into_iter().peekable();
+        let Some(kind) = rows.peek().map(|(_, m)| m.metric_type()) else {
+            return Ok(());
+        };
+        let mut m = self.enc.encode_descriptor(name, help, None, kind)?;
         for (labels, v) in rows {
-            ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+            v.encode(m.encode_family(&labels)?)?;
         }
         Ok(())
     }
 
+    fn counter(&mut self, name: &str, help: &str, rows: Vec<(Labels, u64)>) -> std::fmt::Result {
+        let rows = rows.into_iter().map(|(l, v)| (l, ConstCounter::new(v)));
+        self.encode(name, help, rows)
+    }
+
     fn gauge(&mut self, name: &str, help: &str, rows: Vec<(Labels, f64)>) -> std::fmt::Result {
-        let mut m = self
-            .enc
-            .encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for (labels, v) in rows {
-            ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
-        }
-        Ok(())
+        let rows = rows.into_iter().map(|(l, v)| (l, ConstGauge::new(v)));
+        self.encode(name, help, rows)
     }
 }
 
