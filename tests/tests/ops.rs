@@ -513,3 +513,40 @@ fn tap_prints_points_within_a_second_of_the_sim_sending_them() {
     }
     agent.terminate();
 }
+
+#[test]
+fn status_shows_a_down_sink_falling_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(dir.path(), &["--sensors", "2", "--rate", "50"]);
+    // Nothing listens on a port just freed.
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let agent = Agent::start(
+        dir.path(),
+        &sim_config(dir.path(), Some("ops"), &sink(&url)),
+    );
+    let s = wait_until("the sink 3 s behind", Duration::from_secs(30), || {
+        let s = status_cli(&agent);
+        (s.sinks[0].lag_s? > 3.0).then_some(s)
+    });
+    let k = &s.sinks[0];
+    assert_eq!(k.state(), "down");
+    assert!(k.last_error.is_some());
+    assert_eq!(k.points_sent, 0);
+    assert!(k.backlog_points > 0);
+    // The lag is the age of the oldest point not sent: the sim's first reading.
+    let first = sim
+        .ledger()
+        .iter()
+        .filter(|e| e.valid)
+        .filter_map(|e| e.ts)
+        .min()
+        .unwrap()
+        * 1_000_000;
+    let want = (s.now_ns - first) as f64 / 1e9;
+    let lag = k.lag_s.unwrap();
+    assert!(
+        (lag - want).abs() < 1.5,
+        "lag {lag} s, oldest unsent point {want} s old"
+    );
+    agent.terminate();
+}

@@ -196,8 +196,11 @@ pub struct SinkStats {
     pub held: Mutex<Option<String>>,
     /// `daily_budget` in bytes; 0 for none.
     pub daily_budget: AtomicU64,
-    /// Newest point timestamp (ns) the endpoint acknowledged: the lag is now minus this.
+    /// Newest point timestamp (ns) the endpoint acknowledged.
     pub last_sent_ts_ns: AtomicI64,
+    /// Oldest timestamp (ns) in the backlog, 0 when there is none (the sink
+    /// engine's housekeeping, once a second): the lag is now minus this.
+    pub oldest_unsent_ns: AtomicI64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -344,6 +347,7 @@ impl Metrics {
                 last_sent_ts_ns: s.last_sent_ts_ns.load(Relaxed),
                 lag_s: lag_s(
                     s.backlog_points.load(Relaxed),
+                    s.oldest_unsent_ns.load(Relaxed),
                     s.last_sent_ts_ns.load(Relaxed),
                     now_ns,
                 ),
@@ -471,13 +475,19 @@ impl StoreStatus {
     }
 }
 
-/// Seconds between now and the newest point a sink delivered, while it has a
-/// backlog; 0 when it is caught up; `None` when it has sent nothing yet.
-fn lag_s(backlog: u64, last_sent_ns: i64, now_ns: i64) -> Option<f64> {
+/// How far behind a sink is: the age of the oldest point it has not had (or,
+/// until the store said, now minus the newest point it delivered); 0 when it
+/// is caught up; `None` when unknown.
+fn lag_s(backlog: u64, oldest_unsent_ns: i64, last_sent_ns: i64, now_ns: i64) -> Option<f64> {
     if backlog == 0 {
         return Some(0.0);
     }
-    (last_sent_ns > 0).then(|| (now_ns - last_sent_ns).max(0) as f64 / 1e9)
+    let since = if oldest_unsent_ns > 0 {
+        oldest_unsent_ns
+    } else {
+        last_sent_ns
+    };
+    (since > 0).then(|| (now_ns - since).max(0) as f64 / 1e9)
 }
 
 /// One sink in [`Status`].
@@ -532,7 +542,7 @@ pub struct SinkStatus {
     /// Newest point timestamp the endpoint acknowledged (ns); 0 if none.
     #[serde(default)]
     pub last_sent_ts_ns: i64,
-    /// How far behind the sink is, in seconds of data (see `lag_s`).
+    /// How far behind the sink is: the age of the oldest point it has not had, seconds.
     #[serde(default)]
     pub lag_s: Option<f64>,
 }

@@ -322,7 +322,7 @@ fn encode_status(f: &mut Family, s: &Status, healthy: Option<bool>) -> std::fmt:
         ),
         (
             "tidegate_sink_lag_seconds",
-            "Now minus the newest point delivered, while there is a backlog (0 when caught up).",
+            "Age of the oldest point the sink has not had (0 when caught up).",
             |k| k.lag_s,
         ),
         ("tidegate_sink_in_flight", "Requests in flight.", |k| {

@@ -1025,12 +1025,18 @@ impl Store {
 
     /// Points stored after `from` (flushed ones only).
     pub fn backlog(&self, from: Cursor) -> Result<u64, StoreError> {
-        let n: i64 = self.conn.query_row(
-            "SELECT COALESCE(SUM(count), 0) FROM chunks WHERE id >= ?1",
+        Ok(self.backlog_age(from)?.0)
+    }
+
+    /// Points stored after `from` (flushed ones only), and the oldest
+    /// timestamp among their chunks (a chunk partly consumed counts whole).
+    pub fn backlog_age(&self, from: Cursor) -> Result<(u64, Option<i64>), StoreError> {
+        let (n, oldest): (i64, Option<i64>) = self.conn.query_row(
+            "SELECT COALESCE(SUM(count), 0), MIN(ts_min) FROM chunks WHERE id >= ?1",
             [from.key],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        Ok((n as u64).saturating_sub(from.offset as u64))
+        Ok(((n as u64).saturating_sub(from.offset as u64), oldest))
     }
 
     /// The points of one series with `from <= ts <= to`, sorted by time.
