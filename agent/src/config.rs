@@ -55,6 +55,8 @@ pub struct ListenConfig {
     pub token: Option<String>,
     /// Largest request body, compressed or not.
     pub max_body: ByteSize,
+    /// Serve `/metrics` (Prometheus) and `/healthz` here.
+    pub metrics: bool,
 }
 
 impl Default for ListenConfig {
@@ -64,6 +66,7 @@ impl Default for ListenConfig {
             write: true,
             token: None,
             max_body: ByteSize(32 << 20),
+            metrics: true,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tidegate::config::Config;
+use tidegate::ops::metrics::ConfigInfo;
 use tidegate::ops::{control, Metrics};
 use tidegate::store::bench;
 use tidegate::store::query::{self, Format, Tier};
@@ -71,7 +72,7 @@ enum Command {
         /// auto (the finest that covers the range), raw, or a rollup tier (1m, 1h).
         #[arg(long, default_value = "auto", value_parser = Tier::parse)]
         tier: Tier,
-        /// table, csv, lp or json.
+        /// table, csv, lp, json, or spark (one line per series: min, max, last, a sparkline).
         #[arg(long, default_value = "table", value_parser = parse_format)]
         format: Format,
     },
@@ -91,6 +92,24 @@ enum Command {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        /// Refresh until interrupted: in place on a terminal, else one block per interval.
+        #[arg(long)]
+        watch: bool,
+        /// Time between refreshes with --watch.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
+    /// Print the points entering a running agent's store, as line protocol, until interrupted.
+    Tap {
+        /// The agent's configuration (to find its control socket).
+        #[arg(long, short, default_value = "/etc/tidegate/tidegate.toml")]
+        config: PathBuf,
+        /// The control socket, instead of reading it from the configuration.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Series keys to show; `*` matches anything (e.g. 'sensor,*temp').
+        #[arg(long, default_value = "*")]
+        series: String,
     },
 }
 
@@ -224,6 +243,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let rt = runtime()?;
             rt.block_on(async {
                 let metrics = Metrics::new(&cfg.agent.device);
+                let text = std::fs::read(&config).unwrap_or_default();
+                let path = std::fs::canonicalize(&config).unwrap_or(config);
+                metrics.set_config(ConfigInfo::of(&path, &text));
                 let shutdown = tidegate::run::shutdown_on_signals()?;
                 let status = tidegate::run::run(cfg, metrics, shutdown).await?;
                 // The final counters on stdout, one JSON line, for scripts and tests.
@@ -362,21 +384,98 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             config,
             socket,
             json,
+            watch,
+            interval,
         } => {
-            let socket = match socket {
-                Some(s) => s,
-                None => Config::load(&config)?.control_socket(),
-            };
+            let socket = control_socket(&config, socket)?;
             let rt = runtime()?;
-            let status = rt.block_on(control::fetch_status(&socket))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{}", tidegate::ops::render_status(&status));
+            let render = |status: &tidegate::ops::Status| -> anyhow::Result<String> {
+                Ok(if json {
+                    // One line per snapshot when watching, so scripts can read a stream.
+                    if watch {
+                        serde_json::to_string(status)? + "\n"
+                    } else {
+                        serde_json::to_string_pretty(status)? + "\n"
+                    }
+                } else {
+                    tidegate::ops::render_status(status)
+                })
+            };
+            if !watch {
+                let status = rt.block_on(control::fetch_status(&socket))?;
+                print!("{}", render(&status)?);
+                return Ok(());
             }
-            Ok(())
+            use std::io::Write;
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !json;
+            let mut out = std::io::stdout();
+            if tty {
+                // The alternate screen, cursor hidden; restored on Ctrl-C below.
+                write!(out, "\x1b[?1049h\x1b[?25l")?;
+            }
+            let result = rt.block_on(async {
+                let stop = tidegate::run::shutdown_on_signals()?;
+                loop {
+                    let text = match control::fetch_status(&socket).await {
+                        Ok(status) => render(&status)?,
+                        Err(e) => format!("error: {e:#}\n"),
+                    };
+                    if tty {
+                        // Home, then each line followed by clear-to-end-of-line,
+                        // then clear the rest: no flicker, no scrolling.
+                        let mut screen = String::from("\x1b[H");
+                        for line in text.lines() {
+                            screen.push_str(line);
+                            screen.push_str("\x1b[K\n");
+                        }
+                        screen.push_str("\x1b[J");
+                        out.write_all(screen.as_bytes())?;
+                    } else {
+                        if !json {
+                            writeln!(
+                                out,
+                                "--- {}",
+                                humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                            )?;
+                        }
+                        out.write_all(text.as_bytes())?;
+                    }
+                    out.flush()?;
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(interval) => {}
+                    }
+                }
+                anyhow::Ok(())
+            });
+            if tty {
+                write!(out, "\x1b[?25h\x1b[?1049l")?;
+                out.flush()?;
+            }
+            result
+        }
+        Command::Tap {
+            config,
+            socket,
+            series,
+        } => {
+            let socket = control_socket(&config, socket)?;
+            let rt = runtime()?;
+            rt.block_on(control::tap(
+                &socket,
+                &series,
+                &mut std::io::stdout().lock(),
+            ))
         }
     }
+}
+
+/// `--socket`, else the control socket the configuration names.
+fn control_socket(config: &std::path::Path, socket: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match socket {
+        Some(s) => s,
+        None => Config::load(config)?.control_socket(),
+    })
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
@@ -385,7 +484,8 @@ fn parse_format(s: &str) -> Result<Format, String> {
         "csv" => Ok(Format::Csv),
         "lp" => Ok(Format::Lp),
         "json" => Ok(Format::Json),
-        other => Err(format!("`{other}`: expected table, csv, lp or json")),
+        "spark" => Ok(Format::Spark),
+        other => Err(format!("`{other}`: expected table, csv, lp, json or spark")),
     }
 }
 

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Config, DeliveryConfig};
+use crate::ops::health::Health;
 use crate::ops::{control, notify, Metrics, Status};
 use crate::store::{self, Store, StoreError, StoreHandle};
 use crate::sync::{self, influx::InfluxSink, remote_write::RemoteWriteSink, Sink, Stopping};
@@ -55,6 +56,15 @@ pub async fn run(
         ));
     }
 
+    // The store writer counts as stalled after this long without a heartbeat
+    // (the systemd watchdog and /healthz).
+    let stall_after = cfg.store.flush_interval * 3 + std::time::Duration::from_secs(2);
+    let health = Arc::new(Health::new(
+        metrics.clone(),
+        handle.heartbeat(),
+        stall_after,
+    ));
+
     // The HTTP listener is an input too (relay writes): it stops with the sources.
     if let Some(address) = &cfg.listen.address {
         let relay = cfg.listen.write.then(|| {
@@ -67,7 +77,13 @@ pub async fn run(
         });
         let server = crate::ops::http::bind(
             address,
-            crate::ops::http::Routes { relay },
+            crate::ops::http::Routes {
+                relay,
+                monitoring: cfg.listen.metrics.then(|| crate::ops::http::Monitoring {
+                    registry: crate::ops::prom::registry(metrics.clone(), Some(health.clone())),
+                    health: health.clone(),
+                }),
+            },
             stop_sources.clone(),
         )
         .await?;
@@ -108,8 +124,29 @@ pub async fn run(
     let control = tokio::spawn(control::serve(
         socket.clone(),
         metrics.clone(),
+        handle.tap(),
         stop_control.clone(),
     ));
+    // Rates and last-seen times for status, the writer's progress for
+    // /healthz, once a second.
+    let ticker = {
+        let metrics = metrics.clone();
+        let health = health.clone();
+        let stop = stop_control.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = every.tick() => {
+                        metrics.tick();
+                        health.observe();
+                    }
+                }
+            }
+        })
+    };
     info!(store = %store_path.display(), socket = %socket.display(), sources = cfg.sources.serial.len() + cfg.sources.mqtt.len(), sinks = sinks.len(), "tidegate running");
 
     // systemd (Type=notify): ready now that the store is open and the sources
@@ -121,7 +158,7 @@ pub async fn run(
         notifier.clone(),
         metrics.clone(),
         handle.heartbeat(),
-        cfg.store.flush_interval * 3 + std::time::Duration::from_secs(2),
+        stall_after,
         stop_notify.clone(),
     ));
 
@@ -155,6 +192,7 @@ pub async fn run(
     }
     store_task.wait().await;
     stop_control.cancel();
+    let _ = ticker.await;
     match control.await {
         Ok(Err(e)) => warn!("control socket: {e:#}"),
         Err(e) => warn!("control socket task: {e}"),

@@ -291,6 +291,11 @@ impl Agent {
     /// Writes `config` next to the state and starts the agent; returns once its
     /// control socket answers. The state directory must be `<dir>/state`.
     pub fn start(dir: &Path, config: &str) -> Agent {
+        Agent::start_with_env(dir, config, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables.
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Agent {
         let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
         let cfg_path = dir.join(format!("agent-{n}.toml"));
         std::fs::write(&cfg_path, config).unwrap();
@@ -300,6 +305,7 @@ impl Agent {
             .arg("--config")
             .arg(&cfg_path)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -324,8 +330,12 @@ impl Agent {
 
     fn try_status(&self) -> Option<Status> {
         let mut s = UnixStream::connect(&self.socket).ok()?;
+        // A request line; an agent of the first protocol answers without one.
+        let _ = std::io::Write::write_all(&mut s, b"status\n");
         let mut buf = Vec::new();
-        s.read_to_end(&mut buf).ok()?;
+        // Such an agent closes with our request unread, which resets the
+        // connection after its answer: keep what arrived.
+        let _ = s.read_to_end(&mut buf);
         serde_json::from_slice(&buf).ok()
     }
 
@@ -338,6 +348,11 @@ impl Agent {
     /// The agent's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The agent's control socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     /// The agent's pid.

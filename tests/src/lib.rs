@@ -51,14 +51,20 @@ fn http_client() -> reqwest::blocking::Client {
 }
 
 /// The path of a workspace binary (`tidegate`, `firmware-sim`), built next to
-/// the test executable.
+/// the test executable, or in `$TIDEGATE_BIN_DIR` if set (a copy of this
+/// checkout's binaries, when the target directory is shared with another
+/// checkout that may relink them meanwhile).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
     // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
+    let dir = match std::env::var_os("TIDEGATE_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("target/<profile>")
+            .to_path_buf(),
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

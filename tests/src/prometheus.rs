@@ -22,12 +22,24 @@ pub struct Prometheus {
 impl Prometheus {
     /// Starts a fresh instance and returns once `GET /-/ready` answers 200.
     pub fn start() -> Prometheus {
+        Prometheus::start_with("scrape_configs: []\n")
+    }
+
+    /// A fresh instance that also scrapes `target` (`host:port`, path
+    /// `/metrics`) every second, as job `tidegate`.
+    pub fn start_scraping(target: &str) -> Prometheus {
+        Prometheus::start_with(&format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: tidegate\n    static_configs:\n      - targets: ['{target}']\n"
+        ))
+    }
+
+    fn start_with(config_text: &str) -> Prometheus {
         let dir = tempfile::Builder::new()
             .prefix("prometheus-")
             .tempdir()
             .expect("create a temporary directory");
         let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, "scrape_configs: []\n").expect("write prometheus.yml");
+        std::fs::write(&config, config_text).expect("write prometheus.yml");
         let http = crate::http_client();
         let log = dir.path().join("prometheus.log");
         let (child, port) = start_on_free_port("prometheus", &log, |port| {
@@ -69,6 +81,19 @@ impl Prometheus {
     /// The server's log.
     pub fn log_file(&self) -> PathBuf {
         self.dir.path().join("prometheus.log")
+    }
+
+    /// The result vector of the instant query `expr` evaluated now.
+    pub fn query(&self, expr: &str) -> Vec<Value> {
+        let v: Value = self
+            .http
+            .post(format!("{}/api/v1/query", self.url()))
+            .form(&[("query", expr)])
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or_else(|e| panic!("query {expr}: {e}"));
+        assert_eq!(v["status"], "success", "query {expr}: {v}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
     }
 
     /// Every sample of the last hour of the series matching `selector`

@@ -1,5 +1,7 @@
 //! The agent's HTTP listener (`[listen]`, off by default): the relay's write
-//! endpoint (`/write`, `/api/v2/write`, as InfluxDB answers them) and `/ping`.
+//! endpoint (`/write`, `/api/v2/write`, as InfluxDB answers them), `/ping`,
+//! and for monitoring `/metrics` (OpenMetrics text, ops/prom.rs) and
+//! `/healthz` (200 while the data path is healthy, else 503 and why).
 //! Plain HTTP/1.1 on hyper; meant for loopback or a private network.
 
 use std::convert::Infallible;
@@ -15,12 +17,24 @@ use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::health::Health;
+use super::prom;
 use crate::source::relay::{Outcome, Relay};
 
 /// What the listener serves.
 pub struct Routes {
     /// The relay's write endpoint, if `listen.write` is on.
     pub relay: Option<Relay>,
+    /// `/metrics` and `/healthz`, if `listen.metrics` is on.
+    pub monitoring: Option<Monitoring>,
+}
+
+/// The monitoring endpoints' state.
+pub struct Monitoring {
+    /// The registry `/metrics` encodes.
+    pub registry: prometheus_client::registry::Registry,
+    /// What `/healthz` asks.
+    pub health: Arc<Health>,
 }
 
 /// Binds `address` (so a bad address fails start-up, not later) and returns
@@ -36,7 +50,7 @@ pub async fn bind(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}; is another process using the port?"))?;
-    info!(%addr, "listening for HTTP (relay writes, /ping)");
+    info!(%addr, write = routes.relay.is_some(), metrics = routes.monitoring.is_some(), "listening for HTTP");
     let routes = Arc::new(routes);
     Ok(async move {
         let mut conns = tokio::task::JoinSet::new();
@@ -74,6 +88,31 @@ async fn route(routes: &Routes, req: Request<Incoming>) -> Response<Full<Bytes>>
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET | &Method::HEAD, "/ping") => reply(StatusCode::NO_CONTENT, ""),
+        (&Method::GET | &Method::HEAD, "/metrics" | "/healthz") => {
+            let Some(m) = &routes.monitoring else {
+                return reply(
+                    StatusCode::NOT_FOUND,
+                    "monitoring is off here (listen.metrics = false)",
+                );
+            };
+            let (status, content_type, body) = if path == "/metrics" {
+                (
+                    StatusCode::OK,
+                    prom::CONTENT_TYPE,
+                    prom::render(&m.registry),
+                )
+            } else {
+                match m.health.check() {
+                    Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", why + "\n"),
+                }
+            };
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            *resp.status_mut() = status;
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            resp
+        }
         (&Method::POST, "/write" | "/api/v2/write") => match &routes.relay {
             Some(relay) => write(relay, req).await,
             None => reply(

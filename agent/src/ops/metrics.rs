@@ -2,9 +2,9 @@
 //! demo's live line and the shutdown summary all show the same numbers.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +17,76 @@ pub struct Metrics {
     /// The store's counters.
     pub store: StoreStats,
     sinks: Mutex<Vec<Arc<SinkStats>>>,
+    /// Where the configuration came from and its hash, for `status`.
+    config: Mutex<Option<ConfigInfo>>,
+    /// Ingest rate over all sources (EWMA of points/s, f64 bits), see [`Metrics::tick`].
+    ingest_rate: AtomicU64,
+    /// What the previous [`Metrics::tick`] saw.
+    last_tick: Mutex<Option<Tick>>,
+}
+
+/// The configuration's provenance.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ConfigInfo {
+    /// The file the agent read.
+    pub path: String,
+    /// FNV-1a 64 of the file's bytes, hex: two agents with the same hash run the same file.
+    pub hash: String,
+}
+
+impl ConfigInfo {
+    /// Provenance of the configuration file at `path` whose text is `text`.
+    pub fn of(path: &std::path::Path, text: &[u8]) -> ConfigInfo {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        ConfigInfo {
+            path: path.display().to_string(),
+            hash: format!("{h:016x}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Tick {
+    at: Instant,
+    store_points: u64,
+    sources: Vec<u64>,
+}
+
+/// Weight of the newest second in the rate EWMAs (about a 5 s window).
+const EWMA_ALPHA: f64 = 0.2;
+
+fn ewma(cell: &AtomicU64, sample: f64) {
+    let old = f64::from_bits(cell.load(Relaxed));
+    let new = if old == 0.0 {
+        sample
+    } else {
+        old + EWMA_ALPHA * (sample - old)
+    };
+    cell.store(new.to_bits(), Relaxed);
+}
+
+/// Nanoseconds since the Unix epoch now.
+pub fn unix_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether the kernel considers the system clock synchronised (NTP, chrony,
+/// systemd-timesyncd clear `STA_UNSYNC`); `None` if it cannot be asked.
+pub fn clock_synchronised() -> Option<bool> {
+    // SAFETY: a zeroed timex with modes = 0 only reads the kernel's state.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    let state = unsafe { libc::adjtimex(&mut tx) };
+    if state < 0 {
+        return None;
+    }
+    Some(state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0)
 }
 
 /// One source's counters.
@@ -30,6 +100,10 @@ pub struct SourceStats {
     pub points: AtomicU64,
     /// Whether the port is open now.
     pub connected: AtomicBool,
+    /// Wall time (ns) of the last second in which points arrived (updated by [`Metrics::tick`]).
+    pub last_seen_ns: AtomicI64,
+    /// Points per second, an EWMA updated by [`Metrics::tick`] (f64 bits).
+    rate: AtomicU64,
     rejects: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -67,6 +141,22 @@ pub struct StoreStats {
     pub sealed_rows: AtomicU64,
     /// Raw points evicted to keep within the limits (their rollups stay).
     pub points_evicted: AtomicU64,
+    /// Bytes of live pages in the database (what eviction steers).
+    pub bytes_used: AtomicU64,
+    /// `store.max_disk_bytes`.
+    pub max_disk_bytes: AtomicU64,
+    /// Raw points kept (journal and sealed chunks).
+    pub raw_points: AtomicU64,
+    /// Bytes of the chunks holding them.
+    pub chunk_bytes: AtomicU64,
+    /// Timestamp (ns) of the oldest raw point kept; 0 when empty.
+    pub oldest_raw_ns: AtomicI64,
+    /// Start (ns) of the oldest rollup window kept; 0 when empty.
+    pub oldest_rollup_ns: AtomicI64,
+    /// Raw points evicted before some sink had them, still to be sent as rollups.
+    pub degraded_points: AtomicU64,
+    /// Rollup windows evicted (the last resort).
+    pub windows_evicted: AtomicU64,
 }
 
 /// One sink's counters.
@@ -104,6 +194,13 @@ pub struct SinkStats {
     pub bytes_today: AtomicU64,
     /// Why the sink is holding back, if it is (outside its schedule, over budget).
     pub held: Mutex<Option<String>>,
+    /// `daily_budget` in bytes; 0 for none.
+    pub daily_budget: AtomicU64,
+    /// Newest point timestamp (ns) the endpoint acknowledged.
+    pub last_sent_ts_ns: AtomicI64,
+    /// Oldest timestamp (ns) in the backlog, 0 when there is none (the sink
+    /// engine's housekeeping, once a second): the lag is now minus this.
+    pub oldest_unsent_ns: AtomicI64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -128,7 +225,47 @@ impl Metrics {
             sources: Mutex::default(),
             store: StoreStats::default(),
             sinks: Mutex::default(),
+            config: Mutex::default(),
+            ingest_rate: AtomicU64::new(0),
+            last_tick: Mutex::default(),
         })
+    }
+
+    /// Records where the configuration came from.
+    pub fn set_config(&self, info: ConfigInfo) {
+        *self.config.lock().unwrap() = Some(info);
+    }
+
+    /// Once a second (run.rs): rates as EWMAs and each source's last-seen time.
+    /// Keeps the hot path to a counter increment.
+    pub fn tick(&self) {
+        let now = Instant::now();
+        let sources = self.sources.lock().unwrap().clone();
+        let points: Vec<u64> = sources.iter().map(|s| s.points.load(Relaxed)).collect();
+        let store_points = self.store.points_appended.load(Relaxed);
+        let mut last = self.last_tick.lock().unwrap();
+        if let Some(prev) = last.as_ref() {
+            let dt = now.duration_since(prev.at).as_secs_f64();
+            if dt > 0.0 {
+                ewma(
+                    &self.ingest_rate,
+                    store_points.saturating_sub(prev.store_points) as f64 / dt,
+                );
+                for (i, s) in sources.iter().enumerate() {
+                    let before = prev.sources.get(i).copied().unwrap_or(0);
+                    let new = points[i].saturating_sub(before);
+                    ewma(&s.rate, new as f64 / dt);
+                    if new > 0 {
+                        s.last_seen_ns.store(unix_ns(), Relaxed);
+                    }
+                }
+            }
+        }
+        *last = Some(Tick {
+            at: now,
+            store_points,
+            sources: points,
+        });
     }
 
     /// Registers a source and returns its counters.
@@ -164,6 +301,8 @@ impl Metrics {
                 points: s.points.load(Relaxed),
                 connected: s.connected.load(Relaxed),
                 rejects: s.rejects_snapshot(),
+                rate: f64::from_bits(s.rate.load(Relaxed)),
+                last_seen_ns: s.last_seen_ns.load(Relaxed),
             })
             .collect();
         let st = &self.store;
@@ -175,7 +314,17 @@ impl Metrics {
             series: st.series.load(Relaxed),
             sealed_rows: st.sealed_rows.load(Relaxed),
             points_evicted: st.points_evicted.load(Relaxed),
+            bytes_used: st.bytes_used.load(Relaxed),
+            max_disk_bytes: st.max_disk_bytes.load(Relaxed),
+            raw_points: st.raw_points.load(Relaxed),
+            chunk_bytes: st.chunk_bytes.load(Relaxed),
+            oldest_raw_ns: st.oldest_raw_ns.load(Relaxed),
+            oldest_rollup_ns: st.oldest_rollup_ns.load(Relaxed),
+            degraded_points: st.degraded_points.load(Relaxed),
+            windows_evicted: st.windows_evicted.load(Relaxed),
+            ingest_rate: f64::from_bits(self.ingest_rate.load(Relaxed)),
         };
+        let now_ns = unix_ns();
         let sinks = self
             .sinks
             .lock()
@@ -199,12 +348,23 @@ impl Metrics {
                 bytes_today: s.bytes_today.load(Relaxed),
                 held: s.held.lock().unwrap().clone(),
                 last_error: s.last_error.lock().unwrap().clone(),
+                daily_budget: s.daily_budget.load(Relaxed),
+                last_sent_ts_ns: s.last_sent_ts_ns.load(Relaxed),
+                lag_s: lag_s(
+                    s.backlog_points.load(Relaxed),
+                    s.oldest_unsent_ns.load(Relaxed),
+                    s.last_sent_ts_ns.load(Relaxed),
+                    now_ns,
+                ),
             })
             .collect();
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             device: self.device.clone(),
             uptime_s: self.started.elapsed().as_secs_f64(),
+            config: self.config.lock().unwrap().clone(),
+            clock_synchronised: clock_synchronised(),
+            now_ns,
             sources,
             store,
             sinks,
@@ -221,6 +381,15 @@ pub struct Status {
     pub device: String,
     /// Seconds since start.
     pub uptime_s: f64,
+    /// The configuration file and its hash.
+    #[serde(default)]
+    pub config: Option<ConfigInfo>,
+    /// The kernel's clock is NTP-synchronised (`None`: unknown).
+    #[serde(default)]
+    pub clock_synchronised: Option<bool>,
+    /// The agent's wall clock when the snapshot was taken (ns).
+    #[serde(default)]
+    pub now_ns: i64,
     /// Per source.
     pub sources: Vec<SourceStatus>,
     /// The store.
@@ -242,6 +411,12 @@ pub struct SourceStatus {
     pub connected: bool,
     /// Rejected lines by reason.
     pub rejects: BTreeMap<String, u64>,
+    /// Points per second (EWMA over about 5 s).
+    #[serde(default)]
+    pub rate: f64,
+    /// Wall time (ns) of the last second with points; 0 if none yet.
+    #[serde(default)]
+    pub last_seen_ns: i64,
 }
 
 impl SourceStatus {
@@ -269,6 +444,55 @@ pub struct StoreStatus {
     /// Raw points evicted (rollups kept).
     #[serde(default)]
     pub points_evicted: u64,
+    /// Bytes of live pages in the database.
+    #[serde(default)]
+    pub bytes_used: u64,
+    /// `store.max_disk_bytes`.
+    #[serde(default)]
+    pub max_disk_bytes: u64,
+    /// Raw points kept.
+    #[serde(default)]
+    pub raw_points: u64,
+    /// Bytes of the chunks that hold them.
+    #[serde(default)]
+    pub chunk_bytes: u64,
+    /// Oldest raw point kept (ns); 0 when none.
+    #[serde(default)]
+    pub oldest_raw_ns: i64,
+    /// Oldest rollup window kept (ns); 0 when none.
+    #[serde(default)]
+    pub oldest_rollup_ns: i64,
+    /// Raw points evicted before a sink had them, owed as rollups.
+    #[serde(default)]
+    pub degraded_points: u64,
+    /// Rollup windows evicted.
+    #[serde(default)]
+    pub windows_evicted: u64,
+    /// Points per second into the store (EWMA over about 5 s).
+    #[serde(default)]
+    pub ingest_rate: f64,
+}
+
+impl StoreStatus {
+    /// Chunk bytes per raw point kept.
+    pub fn bytes_per_point(&self) -> Option<f64> {
+        (self.raw_points > 0).then(|| self.chunk_bytes as f64 / self.raw_points as f64)
+    }
+}
+
+/// How far behind a sink is: the age of the oldest point it has not had (or,
+/// until the store said, now minus the newest point it delivered); 0 when it
+/// is caught up; `None` when unknown.
+fn lag_s(backlog: u64, oldest_unsent_ns: i64, last_sent_ns: i64, now_ns: i64) -> Option<f64> {
+    if backlog == 0 {
+        return Some(0.0);
+    }
+    let since = if oldest_unsent_ns > 0 {
+        oldest_unsent_ns
+    } else {
+        last_sent_ns
+    };
+    (since > 0).then(|| (now_ns - since).max(0) as f64 / 1e9)
 }
 
 /// One sink in [`Status`].
@@ -317,4 +541,26 @@ pub struct SinkStatus {
     pub held: Option<String>,
     /// The last error, if the last request failed.
     pub last_error: Option<String>,
+    /// `daily_budget` in bytes; 0 for none.
+    #[serde(default)]
+    pub daily_budget: u64,
+    /// Newest point timestamp the endpoint acknowledged (ns); 0 if none.
+    #[serde(default)]
+    pub last_sent_ts_ns: i64,
+    /// How far behind the sink is: the age of the oldest point it has not had, seconds.
+    #[serde(default)]
+    pub lag_s: Option<f64>,
+}
+
+impl SinkStatus {
+    /// `up`, `down`, or `held` (outside its schedule or over budget).
+    pub fn state(&self) -> &'static str {
+        if self.held.is_some() {
+            "held"
+        } else if self.up {
+            "up"
+        } else {
+            "down"
+        }
+    }
 }

@@ -1,9 +1,12 @@
-//! Operations: counters, the control socket, log rate limiting.
+//! Operations: counters, the control socket, the HTTP listener with
+//! `/metrics` and `/healthz`, log rate limiting.
 
 pub mod control;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod prom;
 pub mod ratelimit;
 
 pub use metrics::{Metrics, Status};

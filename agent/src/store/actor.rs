@@ -5,11 +5,11 @@
 //! talks to it through [`StoreHandle`]. It stops when every handle is dropped,
 //! after a last flush and seal.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use super::{Cursor, Store, StoreError};
@@ -65,6 +65,59 @@ pub struct StoreHandle {
     tx: mpsc::Sender<Request>,
     flushed: watch::Receiver<i64>,
     heartbeat: Arc<AtomicU64>,
+    tap: Tap,
+}
+
+/// Batches queued for each tapper before the slowest starts losing them.
+const TAP_CAPACITY: usize = 1024;
+
+/// A copy of every batch handed to the store, for `tidegate tap`: fed only
+/// while someone listens (one atomic load on the hot path otherwise). A
+/// tapper that falls behind loses batches (told by how many); the store
+/// never waits for it.
+#[derive(Clone)]
+pub struct Tap {
+    subscribers: Arc<AtomicUsize>,
+    tx: broadcast::Sender<Arc<Batch>>,
+}
+
+/// One listener on a [`Tap`]; unsubscribes when dropped.
+pub struct TapReceiver {
+    /// The batches, as they enter the store.
+    pub rx: broadcast::Receiver<Arc<Batch>>,
+    subscribers: Arc<AtomicUsize>,
+}
+
+impl Drop for TapReceiver {
+    fn drop(&mut self) {
+        self.subscribers.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Default for Tap {
+    fn default() -> Self {
+        Tap {
+            subscribers: Arc::default(),
+            tx: broadcast::channel(TAP_CAPACITY).0,
+        }
+    }
+}
+
+impl Tap {
+    /// Starts listening.
+    pub fn subscribe(&self) -> TapReceiver {
+        self.subscribers.fetch_add(1, Relaxed);
+        TapReceiver {
+            rx: self.tx.subscribe(),
+            subscribers: self.subscribers.clone(),
+        }
+    }
+
+    fn feed(&self, batch: &Batch) {
+        if self.subscribers.load(Relaxed) > 0 && !batch.points.is_empty() {
+            let _ = self.tx.send(Arc::new(batch.clone()));
+        }
+    }
 }
 
 /// A batch handed to the store, not yet known to be durable.
@@ -114,6 +167,7 @@ pub fn spawn(store: Store, cfg: &StoreConfig) -> (StoreHandle, StoreTask) {
             tx,
             flushed,
             heartbeat,
+            tap: Tap::default(),
         },
         StoreTask { done },
     )
@@ -134,6 +188,9 @@ async fn run(
     seal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     seal_tick.reset();
     let mut errors = RateLimit::new(Duration::from_secs(10));
+    if let Err(e) = store.refresh_stats() {
+        warn!("cannot read the store's figures for status: {e}");
+    }
     // Sources waiting until their appends are durable, and when the group
     // commit that answers them is due.
     let mut waiters: Vec<oneshot::Sender<Result<(), StoreError>>> = Vec::new();
@@ -251,6 +308,11 @@ async fn run(
                         }
                     }
                 }
+                if let Err(e) = store.refresh_stats() {
+                    if let Some(held) = errors.allow(Instant::now()) {
+                        warn!(suppressed = held, "cannot read the store's figures for status: {e}");
+                    }
+                }
             }
         }
     }
@@ -298,6 +360,7 @@ impl StoreHandle {
 
     /// Hands points to the store; waits while the store is behind (backpressure).
     pub async fn append(&self, batch: Batch) -> Result<(), StoreError> {
+        self.tap.feed(&batch);
         self.tx
             .send(Request::Append(batch))
             .await
@@ -317,6 +380,7 @@ impl StoreHandle {
     /// queue (backpressure), then returns a future that resolves once the
     /// batch is durable. Batches become durable in the order they were handed.
     pub async fn append_durable_begin(&self, batch: Batch) -> Result<Durable, StoreError> {
+        self.tap.feed(&batch);
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::AppendDurable { batch, reply })
@@ -389,6 +453,11 @@ impl StoreHandle {
     /// when the writer is stuck (the systemd watchdog watches it).
     pub fn heartbeat(&self) -> Arc<AtomicU64> {
         self.heartbeat.clone()
+    }
+
+    /// The stream of batches entering the store, for `tidegate tap`.
+    pub fn tap(&self) -> Tap {
+        self.tap.clone()
     }
 
     /// Changes whenever a flush made new points durable.

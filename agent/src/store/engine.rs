@@ -376,6 +376,47 @@ impl Store {
     /// Sets the limits eviction keeps to.
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = limits;
+        self.metrics
+            .store
+            .max_disk_bytes
+            .store(limits.max_disk_bytes, Relaxed);
+    }
+
+    /// Refreshes the store's gauges shown by `status` and `/metrics`: bytes
+    /// used, raw points and their chunk bytes, the oldest raw point and rollup
+    /// window, degraded points owed. A few aggregate queries over the chunk
+    /// index (blob lengths come from the record headers): run at start and
+    /// after each seal, not per flush.
+    pub fn refresh_stats(&self) -> Result<(), StoreError> {
+        let m = &self.metrics.store;
+        m.bytes_used.store(self.used_bytes()?, Relaxed);
+        let (points, bytes, oldest): (i64, i64, Option<i64>) = self.conn.query_row(
+            "SELECT COALESCE(SUM(count), 0), COALESCE(SUM(length(data)), 0), MIN(ts_min) FROM chunks",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        m.raw_points.store(points as u64, Relaxed);
+        m.chunk_bytes.store(bytes as u64, Relaxed);
+        m.oldest_raw_ns.store(oldest.unwrap_or(0), Relaxed);
+        // While raw points exist their windows are computed from them, so the
+        // oldest window is the older of the kept rollups and the oldest raw.
+        let rollup: Option<i64> =
+            self.conn
+                .query_row("SELECT MIN(start_min) FROM rollup_chunks", [], |r| r.get(0))?;
+        let oldest_window = match (rollup, oldest) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(0),
+        };
+        m.oldest_rollup_ns.store(oldest_window, Relaxed);
+        let degraded: i64 =
+            self.conn
+                .query_row("SELECT COALESCE(SUM(points), 0) FROM degraded", [], |r| {
+                    r.get(0)
+                })?;
+        m.degraded_points.store(degraded as u64, Relaxed);
+        m.windows_evicted
+            .store(self.counter("evicted_windows")?, Relaxed);
+        Ok(())
     }
 
     /// Bytes of live pages in the database. Freed pages are reused, so this is
@@ -1023,12 +1064,18 @@ impl Store {
 
     /// Points stored after `from` (flushed ones only).
     pub fn backlog(&self, from: Cursor) -> Result<u64, StoreError> {
-        let n: i64 = self.conn.query_row(
-            "SELECT COALESCE(SUM(count), 0) FROM chunks WHERE id >= ?1",
+        Ok(self.backlog_age(from)?.0)
+    }
+
+    /// Points stored after `from` (flushed ones only), and the oldest
+    /// timestamp among their chunks (a chunk partly consumed counts whole).
+    pub fn backlog_age(&self, from: Cursor) -> Result<(u64, Option<i64>), StoreError> {
+        let (n, oldest): (i64, Option<i64>) = self.conn.query_row(
+            "SELECT COALESCE(SUM(count), 0), MIN(ts_min) FROM chunks WHERE id >= ?1",
             [from.key],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        Ok((n as u64).saturating_sub(from.offset as u64))
+        Ok(((n as u64).saturating_sub(from.offset as u64), oldest))
     }
 
     /// The points of one series with `from <= ts <= to`, sorted by time.

@@ -18,6 +18,8 @@ pub enum Format {
     Lp,
     /// One JSON object a point.
     Json,
+    /// One line per series: min, max, last and a Unicode sparkline over the range.
+    Spark,
 }
 
 /// Which resolution to read.
@@ -120,6 +122,53 @@ pub fn run(
     if format == Format::Csv {
         out.push_str("series,ts_ns,value\n");
     }
+    if format == Format::Spark {
+        let label = series.iter().map(|k| k.as_str().len()).max().unwrap_or(0);
+        for key in &series {
+            // (time, value, min, max) per point or window. `auto` stitches:
+            // the finest rollup windows before the oldest raw point, raw after,
+            // so a short history is not one window and an old outage still shows.
+            let windows = |width: i64, to: i64| -> Result<Vec<_>, StoreError> {
+                Ok(store
+                    .read_rollup(key, width, from, to)?
+                    .into_iter()
+                    .map(|(t, a)| (t, a.mean(), a.min, a.max))
+                    .collect())
+            };
+            let raw = |from: i64| -> Result<Vec<_>, StoreError> {
+                Ok(store
+                    .read(key, from, to)?
+                    .into_iter()
+                    .map(|(t, v)| (t, v, v, v))
+                    .collect())
+            };
+            let samples: Vec<(i64, f64, f64, f64)> = match (tier, store.oldest_raw(key)?) {
+                (Tier::Auto, Some(oldest)) if oldest > from => match store.tiers().first() {
+                    Some(&finest) => {
+                        // Whole windows only: one that reaches past the oldest
+                        // raw point would count those points twice.
+                        let mut s = windows(finest, oldest - 1)?;
+                        s.retain(|w| w.0 + finest * 1_000_000_000 <= oldest);
+                        s.extend(raw(oldest)?);
+                        s
+                    }
+                    None => raw(from)?,
+                },
+                (Tier::Rollup(width), _) => windows(width, to)?,
+                (Tier::Auto, None) => match store.tiers().first() {
+                    Some(&finest) => windows(finest, to)?,
+                    None => Vec::new(),
+                },
+                _ => raw(from)?,
+            };
+            let _ = writeln!(
+                out,
+                "{}",
+                spark_line(key.as_str(), label, &samples, from, to, terminal_width())
+            );
+        }
+        return Ok(out);
+    }
     for key in &series {
         if let Tier::Rollup(width) = choose(store, key, from, tier)? {
             render_windows(
@@ -154,6 +203,7 @@ pub fn run(
                         serde_json::json!({"series": key.as_str(), "ts_ns": ts, "value": v})
                     );
                 }
+                Format::Spark => unreachable!("rendered above"),
             }
         }
     }
@@ -207,6 +257,7 @@ fn render_windows(
                     a.count
                 );
             }
+            Format::Spark => unreachable!("rendered in run"),
             Format::Json => {
                 let _ = writeln!(
                     out,
@@ -220,8 +271,108 @@ fn render_windows(
     }
 }
 
+const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+
+/// Columns of the terminal on stdout, if it is one.
+fn terminal_width() -> Option<usize> {
+    // SAFETY: TIOCGWINSZ writes a winsize into `ws` and nothing else.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0 && ws.ws_col > 0).then_some(ws.ws_col as usize)
+}
+
+/// `key  min … max … last …  ▁▂▅█▇▃` with the sparkline over `[from, to]`:
+/// one column per equal slice of the range (its mean), blank where the
+/// slice has no data (an outage shows as a gap). As wide as the terminal
+/// allows, else 60 columns.
+fn spark_line(
+    key: &str,
+    label: usize,
+    samples: &[(i64, f64, f64, f64)],
+    from: i64,
+    to: i64,
+    columns: Option<usize>,
+) -> String {
+    let Some(last) = samples.last() else {
+        return format!("{key:<label$}  no data in the range");
+    };
+    let min = samples.iter().map(|s| s.2).fold(f64::INFINITY, f64::min);
+    let max = samples
+        .iter()
+        .map(|s| s.3)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let head = format!(
+        "{key:<label$}  min {min:<10.4} max {max:<10.4} last {:<10.4} n {:<7} ",
+        last.1,
+        samples.len()
+    );
+    let width = match columns {
+        Some(c) => c.saturating_sub(head.chars().count() + 1).clamp(10, 1000),
+        None => 60,
+    };
+    let span = (to - from).max(1) as f64;
+    let mut sums = vec![(0.0f64, 0u32); width];
+    for &(t, v, _, _) in samples {
+        let i = (((t - from) as f64 / span) * width as f64) as i64;
+        let slot = &mut sums[i.clamp(0, width as i64 - 1) as usize];
+        slot.0 += v;
+        slot.1 += 1;
+    }
+    let means: Vec<Option<f64>> = sums
+        .iter()
+        .map(|&(s, n)| (n > 0).then(|| s / n as f64))
+        .collect();
+    let lo = means
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    let hi = means
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max);
+    let line: String = means
+        .iter()
+        .map(|m| match m {
+            None => ' ',
+            Some(v) if hi > lo => BARS[(((v - lo) / (hi - lo)) * 7.0).round() as usize],
+            Some(_) => BARS[3],
+        })
+        .collect();
+    format!("{head}{line}")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sparkline_spans_the_range_and_shows_gaps() {
+        let samples: Vec<(i64, f64, f64, f64)> = (0..10)
+            .chain(20..30)
+            .map(|i| (i * 10, i as f64, i as f64, i as f64))
+            .collect();
+        let line = spark_line("m f", 3, &samples, 0, 300, None);
+        assert!(line.starts_with("m f  min 0"), "{line}");
+        let bars: String = line
+            .chars()
+            .rev()
+            .take(60)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        assert_eq!(bars.chars().count(), 60);
+        assert_eq!(bars.chars().next(), Some('▁'));
+        assert_eq!(bars.chars().last(), Some(' '), "{bars:?}");
+        // The hole between 100 and 200 is blank, the end of the data is the top bar.
+        assert_eq!(bars.chars().nth(30), Some(' '), "{bars:?}");
+        assert!(bars.contains('█'));
+        assert_eq!(
+            spark_line("k", 1, &[], 0, 1, None),
+            "k  no data in the range"
+        );
+    }
+
     use super::*;
 
     #[test]

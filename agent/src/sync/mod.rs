@@ -404,11 +404,18 @@ impl<'a, S: Sink> RawFeed<'a, S> {
     async fn housekeeping(&mut self) -> Result<u64, StoreError> {
         let name = self.cfg.name.clone();
         let from = self.backfill.acked;
-        let (backlog, degraded) = self
+        let ((backlog, oldest), degraded) = self
             .store
-            .with(move |st| Ok((st.backlog(from)?, st.counter(&format!("degraded:{name}"))?)))
+            .with(move |st| {
+                Ok((
+                    st.backlog_age(from)?,
+                    st.counter(&format!("degraded:{name}"))?,
+                ))
+            })
             .await?;
         self.req.stats.backlog_points.store(backlog, Relaxed);
+        let oldest = if backlog > 0 { oldest.unwrap_or(0) } else { 0 };
+        self.req.stats.oldest_unsent_ns.store(oldest, Relaxed);
         if self.live.is_some() && self.backfill.idle && self.backfill.queue.is_empty() {
             self.join_live().await?;
         }

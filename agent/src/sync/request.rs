@@ -44,6 +44,9 @@ impl<S: Sink> Requester<S> {
     /// Wraps `sink` with the delivery settings of `cfg`.
     pub fn new(sink: S, cfg: &DeliveryConfig, stats: Arc<SinkStats>) -> Requester<S> {
         stats.concurrency_limit.store(1, Relaxed);
+        stats
+            .daily_budget
+            .store(cfg.daily_budget.map_or(0, |b| b.0), Relaxed);
         Requester {
             sink,
             name: cfg.name.clone(),
@@ -164,6 +167,9 @@ impl<S: Sink> Requester<S> {
         match result {
             Ok(()) => {
                 s.points_sent.fetch_add(points.len() as u64, Relaxed);
+                if let Some(newest) = points.iter().map(|p| p.ts_ns).max() {
+                    s.last_sent_ts_ns.fetch_max(newest, Relaxed);
+                }
                 s.bytes_sent.fetch_add(len, Relaxed);
                 let now = LocalTime::now();
                 st.meter.add(now, len);
