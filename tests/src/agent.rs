@@ -273,6 +273,7 @@ measurement = "sim"
 tags = {{ site = "{site}" }}
 required_keys = ["sensor", "ts"]
 tag_keys = ["sensor"]
+port_tag = false
 "#,
             tty = dir.join("tty").display(),
         );
