@@ -203,6 +203,37 @@ pub fn stored_raw(dir: &Path) -> Vec<(String, i64, u64)> {
         .collect()
 }
 
+/// Rows of the dead-letter table per source of the store under
+/// `<dir>/state`, read with `tidegate query --dead-letters`.
+pub fn dead_letters(dir: &Path) -> BTreeMap<String, u64> {
+    let out = Command::new(bin("tidegate"))
+        .args([
+            "query",
+            "--dead-letters",
+            "--format",
+            "json",
+            "--limit",
+            "1000000",
+            "--store",
+        ])
+        .arg(dir.join("state/store.db"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "query --dead-letters failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut per_source = BTreeMap::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        *per_source
+            .entry(v["source"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    per_source
+}
+
 /// The points a ledger promises, as (series key, ts ns, value bits).
 pub fn expected_points(
     ledger: &[LedgerEntry],

@@ -4,11 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use tidegate_e2e::agent::{expected_points, stored_raw, Agent, Sim};
-use tidegate_e2e::{bin, wait_until};
+use tidegate_e2e::agent::{dead_letters, expected_points, stored_raw, Agent, Sim};
+use tidegate_e2e::wait_until;
 
 const FRAMINGS: [&str; 5] = ["kv", "json", "lp", "csv", "binary"];
 
@@ -44,36 +43,6 @@ csv_header = ["sensor", "ts", "temp", "hum"]
         );
     }
     c
-}
-
-/// Rows of the dead-letter table per source, read with `tidegate query --dead-letters`.
-fn dead_letters(dir: &Path) -> BTreeMap<String, u64> {
-    let out = Command::new(bin("tidegate"))
-        .args([
-            "query",
-            "--dead-letters",
-            "--format",
-            "json",
-            "--limit",
-            "1000000",
-            "--store",
-        ])
-        .arg(dir.join("state/store.db"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "query --dead-letters failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut per_source = BTreeMap::new();
-    for l in String::from_utf8_lossy(&out.stdout).lines() {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        *per_source
-            .entry(v["source"].as_str().unwrap().to_string())
-            .or_insert(0) += 1;
-    }
-    per_source
 }
 
 /// The store holds every valid reading exactly once and nothing else.
