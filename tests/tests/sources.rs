@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use tidegate_e2e::agent::{dead_letters, expected_points, stored_raw, Agent, Sim};
+use tidegate_e2e::agent::{dead_letters, expected_points, sim_config, stored_raw, Agent, Sim};
 use tidegate_e2e::wait_until;
 
 const FRAMINGS: [&str; 5] = ["kv", "json", "lp", "csv", "binary"];
@@ -14,18 +14,8 @@ const FRAMINGS: [&str; 5] = ["kv", "json", "lp", "csv", "binary"];
 /// The agent's configuration: one serial source per framing in `framings`,
 /// named after it, reading `<dir>/<framing>/tty`, tagged `device=<framing>`.
 fn config(dir: &Path, framings: &[&str]) -> String {
-    let mut c = format!(
-        r#"
-[agent]
-state_dir = "{state}"
-shutdown_timeout = "15s"
-
-[store]
-flush_interval = "200ms"
-seal_interval = "2s"
-"#,
-        state = dir.join("state").display(),
-    );
+    // The agent and store settings of the harness, without its sim source.
+    let mut c = sim_config(dir, None, "");
     for f in framings {
         c += &format!(
             r#"

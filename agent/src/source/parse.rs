@@ -462,21 +462,9 @@ fn decode_frame(cobs: &[u8], unit: TimeUnit) -> Result<Reading, Reject> {
     Ok(r)
 }
 
-/// CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, not reflected, xorout 0.
-pub fn crc16(bytes: &[u8]) -> u16 {
-    let mut crc: u16 = 0xFFFF;
-    for &b in bytes {
-        crc ^= (b as u16) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
+/// CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, not reflected, xorout 0
+/// (the simulator's, which the README's example frame pins on both sides).
+pub use firmware_sim::frame::crc16;
 
 /// Decodes COBS (the input holds no 0x00); `None` if a code runs past the end.
 pub fn cobs_decode(input: &[u8]) -> Option<Vec<u8>> {
