@@ -55,6 +55,12 @@ pub async fn run(
         ));
     }
 
+    // The clock watch stops with the sources.
+    sources.spawn(crate::ops::clock::run(
+        metrics.clone(),
+        stop_sources.clone(),
+    ));
+
     let stopping = Stopping::default();
     let mut sinks = JoinSet::new();
     for s in &cfg.sinks.influx {

@@ -118,6 +118,10 @@ fn every_framing_at_once_readings_stored_once_garbage_dead_lettered() {
     assert_eq!(status.store.points_flushed, want.len() as u64);
     let summary = agent.terminate();
     assert_eq!(summary.store.points_flushed, want.len() as u64);
+    assert!(
+        summary.clock.synchronised.is_some(),
+        "the kernel's clock state in status"
+    );
     assert_stored_exactly(dir.path(), &want);
     assert_eq!(
         dead_letters(dir.path()),

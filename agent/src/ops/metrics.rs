@@ -2,7 +2,7 @@
 //! demo's live line and the shutdown summary all show the same numbers.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -17,6 +17,41 @@ pub struct Metrics {
     /// The store's counters.
     pub store: StoreStats,
     sinks: Mutex<Vec<Arc<SinkStats>>>,
+    /// The wall clock (`ops/clock.rs`).
+    pub clock: ClockStats,
+}
+
+/// The wall clock's state.
+#[derive(Debug, Default)]
+pub struct ClockStats {
+    /// Wall-clock steps seen (against the monotonic clock).
+    pub steps: AtomicU64,
+    /// The last step, ns (negative: backwards).
+    pub last_step_ns: AtomicI64,
+    /// 0 unknown, 1 not synchronised, 2 synchronised.
+    synchronised: AtomicU8,
+}
+
+impl ClockStats {
+    /// Records the kernel's answer.
+    pub fn set_synchronised(&self, s: Option<bool>) {
+        self.synchronised.store(
+            match s {
+                None => 0,
+                Some(false) => 1,
+                Some(true) => 2,
+            },
+            Relaxed,
+        );
+    }
+
+    fn synchronised(&self) -> Option<bool> {
+        match self.synchronised.load(Relaxed) {
+            1 => Some(false),
+            2 => Some(true),
+            _ => None,
+        }
+    }
 }
 
 /// One source's counters.
@@ -123,6 +158,7 @@ impl Metrics {
             sources: Mutex::default(),
             store: StoreStats::default(),
             sinks: Mutex::default(),
+            clock: ClockStats::default(),
         })
     }
 
@@ -203,6 +239,11 @@ impl Metrics {
             sources,
             store,
             sinks,
+            clock: ClockStatus {
+                synchronised: self.clock.synchronised(),
+                steps: self.clock.steps.load(Relaxed),
+                last_step_ms: self.clock.last_step_ns.load(Relaxed) / 1_000_000,
+            },
         }
     }
 }
@@ -222,6 +263,22 @@ pub struct Status {
     pub store: StoreStatus,
     /// Per sink.
     pub sinks: Vec<SinkStatus>,
+    /// The wall clock.
+    #[serde(default)]
+    pub clock: ClockStatus,
+}
+
+/// The wall clock in [`Status`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClockStatus {
+    /// The kernel's NTP state (adjtimex): synchronised or not; unknown
+    /// before the first check or where it cannot be asked.
+    pub synchronised: Option<bool>,
+    /// Wall-clock steps seen since start (jumps of more than 2 s against the
+    /// monotonic clock).
+    pub steps: u64,
+    /// The last step, ms (negative: backwards).
+    pub last_step_ms: i64,
 }
 
 /// One source in [`Status`].

@@ -1,5 +1,6 @@
 //! Operations: counters, the control socket, log rate limiting.
 
+pub mod clock;
 pub mod control;
 pub mod metrics;
 pub mod notify;

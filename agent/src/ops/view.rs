@@ -12,6 +12,22 @@ pub fn render_status(s: &Status) -> String {
         "tidegate {} on {} — up {:.0}s",
         s.version, s.device, s.uptime_s
     );
+    let c = &s.clock;
+    let _ = writeln!(
+        o,
+        "clock: {}, {} step(s){}",
+        match c.synchronised {
+            Some(true) => "synchronised",
+            Some(false) => "NOT synchronised (no NTP yet?)",
+            None => "sync unknown",
+        },
+        c.steps,
+        if c.steps > 0 {
+            format!(", last {:+.1}s", c.last_step_ms as f64 / 1000.0)
+        } else {
+            String::new()
+        }
+    );
     let _ = writeln!(o, "\nsources");
     for src in &s.sources {
         let rejects: Vec<String> = src
