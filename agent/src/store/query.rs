@@ -191,7 +191,7 @@ pub fn render_dead_letters(
                 );
                 let _ = writeln!(
                     out,
-                    "{t} {:<12} {:<16} {:>5} B  {:?}  ({})",
+                    "{t} {:<12} {:<16} {:>5} B  \"{}\"  ({})",
                     r.source,
                     r.reason,
                     r.len,
@@ -371,5 +371,35 @@ mod tests {
             1_000_000_000
         );
         assert!(parse_time("yesterday", now).is_err());
+    }
+
+    #[test]
+    fn dead_letters_render_in_every_format() {
+        let rows = vec![super::super::DeadLetterRow {
+            ts_ns: 1_764_053_000_123_000_000,
+            source: "bench".into(),
+            reason: "bad_crc".into(),
+            detail: "CRC-16 mismatch".into(),
+            raw: vec![0x1c, b'a', 0x00],
+            len: 3,
+        }];
+        let table = render_dead_letters(&rows, 7, Format::Table).unwrap();
+        assert!(
+            table.starts_with("2025-11-25T06:43:20.123Z bench        bad_crc              3 B  \"\\x1ca\\x00\"  (CRC-16 mismatch)\n"),
+            "{table}"
+        );
+        assert!(
+            table.ends_with("1 of 7 dead letters (newest first)\n"),
+            "{table}"
+        );
+        let csv = render_dead_letters(&rows, 7, Format::Csv).unwrap();
+        assert_eq!(
+            csv,
+            "ts_ns,source,reason,len,raw_hex,detail\n1764053000123000000,\"bench\",\"bad_crc\",3,1c6100,\"CRC-16 mismatch\"\n"
+        );
+        let json = render_dead_letters(&rows, 7, Format::Json).unwrap();
+        let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+        assert_eq!(v["raw_hex"], "1c6100");
+        assert!(render_dead_letters(&rows, 7, Format::Lp).is_err());
     }
 }
