@@ -918,4 +918,45 @@ mod tests {
             Some("Lab")
         );
     }
+
+    #[test]
+    fn serial_line_settings_and_framings_are_checked() {
+        let base = "[[sources.serial]]\nport = \"/dev/serial/by-id/usb-A\"\n";
+        let cfg = Config::from_toml_with_env(
+            &format!(
+                "{base}framing = \"binary\"\ndata_bits = 7\nparity = \"even\"\nstop_bits = 2\nflow_control = \"hardware\"\nsite = \"n\"\ndevice = \"d\"\nmax_past_age = \"30d\"\n"
+            ),
+            "t",
+        )
+        .unwrap();
+        let s = &cfg.sources.serial[0];
+        assert_eq!(
+            (
+                s.framing,
+                s.data_bits,
+                s.parity,
+                s.stop_bits,
+                s.flow_control
+            ),
+            (Framing::Binary, 7, Parity::Even, 2, FlowControl::Hardware)
+        );
+        assert_eq!(s.max_future_skew, Some(Duration::from_secs(300)));
+        assert_eq!(s.max_past_age, Some(Duration::from_secs(30 * 86_400)));
+        let tags = s.source_tags();
+        assert_eq!(
+            tags,
+            [("device", "d"), ("port", "usb-A"), ("site", "n")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        for (extra, key) in [
+            ("data_bits = 9\n", "data_bits"),
+            ("stop_bits = 3\n", "stop_bits"),
+            ("framing = \"csv\"\n", "csv_header"),
+        ] {
+            let err = Config::from_toml_with_env(&format!("{base}{extra}"), "t")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("sources.serial[0].{key}")), "{err}");
+        }
+    }
 }
