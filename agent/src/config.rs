@@ -125,6 +125,9 @@ pub struct StoreConfig {
     pub max_age: Option<Duration>,
     /// Stop growing when the file system's free space falls below this.
     pub min_free_disk: ByteSize,
+    /// Rows of the dead-letter table kept (rejected input, the newest;
+    /// at most 1 KiB of each message); 0 keeps none.
+    pub dead_letters: u64,
 }
 
 impl StoreConfig {
@@ -148,6 +151,7 @@ impl Default for StoreConfig {
             max_disk_bytes: ByteSize(1 << 30),
             max_age: None,
             min_free_disk: ByteSize(256 << 20),
+            dead_letters: 10_000,
         }
     }
 }
@@ -226,6 +230,40 @@ pub enum Framing {
     Kv,
     /// `{"temp":21.5,"hum":40}`
     Json,
+    /// InfluxDB line protocol: `env,sensor=s01 temp=21.5,hum=40 1764053000123`
+    /// (timestamps in `timestamp_unit`; the measurement comes from the line).
+    Lp,
+    /// Comma-separated values in the columns of `csv_header`.
+    Csv,
+    /// COBS-delimited postcard frames with a CRC-16/CCITT-FALSE (README,
+    /// "Binary framing").
+    Binary,
+}
+
+/// Parity bit of a serial line.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    /// No parity bit.
+    #[default]
+    None,
+    /// Even parity.
+    Even,
+    /// Odd parity.
+    Odd,
+}
+
+/// Flow control of a serial line.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowControl {
+    /// None.
+    #[default]
+    None,
+    /// XON/XOFF.
+    Software,
+    /// RTS/CTS.
+    Hardware,
 }
 
 /// The unit of a timestamp carried in a reading.
@@ -294,6 +332,114 @@ pub struct SerialSourceConfig {
     /// parse as a reading of a series that does not exist.
     #[serde(default)]
     pub required_keys: Vec<String>,
+    /// Column names of the `csv` framing, in order (e.g. `["sensor", "ts",
+    /// "temp"]`); each is a tag (`tag_keys`), the timestamp
+    /// (`timestamp_key`) or a numeric field. Required for `csv`.
+    #[serde(default)]
+    pub csv_header: Vec<String>,
+    /// Data bits: 5, 6, 7 or 8.
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    /// Parity: `none`, `even` or `odd`.
+    #[serde(default)]
+    pub parity: Parity,
+    /// Stop bits: 1 or 2.
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    /// Flow control: `none`, `software` (XON/XOFF) or `hardware` (RTS/CTS).
+    #[serde(default)]
+    pub flow_control: FlowControl,
+    /// Tag `site` on every point of this source, if set.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Tag `device` on every point of this source, if set.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Tag `port` (the port path's file name, e.g. `ttyUSB0` or the by-id
+    /// name) on every point of this source.
+    #[serde(default = "default_true")]
+    pub port_tag: bool,
+    /// Most fields (points) one reading may carry (`too_many_fields`).
+    #[serde(default = "default_max_fields")]
+    pub max_fields: usize,
+    /// Deepest JSON nesting accepted (`too_deep`).
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: usize,
+    /// Most distinct series this source may create (since the agent
+    /// started); points of a new series beyond it are rejected
+    /// (`too_many_series`).
+    #[serde(default = "crate::config::default_max_series")]
+    pub max_series: usize,
+    /// Points stamped further ahead of the gateway's clock are rejected
+    /// (`from_the_future`).
+    #[serde(
+        default = "crate::config::default_max_future_skew",
+        with = "humantime_serde"
+    )]
+    pub max_future_skew: Option<Duration>,
+    /// Points older than this are rejected (`too_old`); none if unset.
+    #[serde(default, with = "humantime_serde")]
+    pub max_past_age: Option<Duration>,
+}
+
+impl Default for SerialSourceConfig {
+    fn default() -> Self {
+        SerialSourceConfig {
+            name: None,
+            port: PathBuf::from("/dev/null"),
+            baud: default_baud(),
+            framing: default_framing(),
+            measurement: default_measurement(),
+            tags: BTreeMap::new(),
+            tag_keys: default_tag_keys(),
+            timestamp_key: default_ts_key(),
+            timestamp_unit: default_ts_unit(),
+            max_line: default_max_line(),
+            required_keys: vec![],
+            csv_header: vec![],
+            data_bits: default_data_bits(),
+            parity: Parity::None,
+            stop_bits: default_stop_bits(),
+            flow_control: FlowControl::None,
+            site: None,
+            device: None,
+            port_tag: true,
+            max_fields: default_max_fields(),
+            max_json_depth: default_max_json_depth(),
+            max_series: default_max_series(),
+            max_future_skew: default_max_future_skew(),
+            max_past_age: None,
+        }
+    }
+}
+
+fn default_max_fields() -> usize {
+    1000
+}
+fn default_max_json_depth() -> usize {
+    16
+}
+/// Default `max_series` of a source.
+pub(crate) fn default_max_series() -> usize {
+    10_000
+}
+/// Default `max_future_skew` of a source.
+pub(crate) fn default_max_future_skew() -> Option<Duration> {
+    Some(Duration::from_secs(300))
+}
+
+impl SerialSourceConfig {
+    /// This source's limits on series and timestamps.
+    pub fn guard(&self) -> crate::source::guard::Guard {
+        crate::source::guard::Guard::new(self.max_series, self.max_future_skew, self.max_past_age)
+    }
+}
+
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
 }
 
 fn default_baud() -> u32 {
@@ -319,6 +465,24 @@ fn default_max_line() -> usize {
 }
 
 impl SerialSourceConfig {
+    /// Tags this source adds to every point: `tags`, then `site`, `device`
+    /// and `port` (these win over a `tags` entry of the same key).
+    pub fn source_tags(&self) -> Vec<(String, String)> {
+        let mut t = self.tags.clone();
+        if let Some(s) = &self.site {
+            t.insert("site".into(), s.clone());
+        }
+        if let Some(d) = &self.device {
+            t.insert("device".into(), d.clone());
+        }
+        if self.port_tag {
+            if let Some(f) = self.port.file_name() {
+                t.insert("port".into(), f.to_string_lossy().into_owned());
+            }
+        }
+        t.into_iter().collect()
+    }
+
     /// The name used in logs and counters.
     pub fn display_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
@@ -559,6 +723,25 @@ impl Config {
                 return invalid(
                     format!("sources.serial[{i}].measurement"),
                     "must not be empty".into(),
+                );
+            }
+            if !(5..=8).contains(&s.data_bits) {
+                return invalid(
+                    format!("sources.serial[{i}].data_bits"),
+                    "must be 5, 6, 7 or 8".into(),
+                );
+            }
+            if !(1..=2).contains(&s.stop_bits) {
+                return invalid(
+                    format!("sources.serial[{i}].stop_bits"),
+                    "must be 1 or 2".into(),
+                );
+            }
+            if s.framing == Framing::Csv && s.csv_header.is_empty() {
+                return invalid(
+                    format!("sources.serial[{i}].csv_header"),
+                    "the csv framing needs the column names, e.g. [\"sensor\", \"ts\", \"temp\"]"
+                        .into(),
                 );
             }
         }
@@ -843,5 +1026,46 @@ mod tests {
             cfg.sources.serial[0].tags.get("Site").map(|s| s.as_str()),
             Some("Lab")
         );
+    }
+
+    #[test]
+    fn serial_line_settings_and_framings_are_checked() {
+        let base = "[[sources.serial]]\nport = \"/dev/serial/by-id/usb-A\"\n";
+        let cfg = Config::from_toml_with_env(
+            &format!(
+                "{base}framing = \"binary\"\ndata_bits = 7\nparity = \"even\"\nstop_bits = 2\nflow_control = \"hardware\"\nsite = \"n\"\ndevice = \"d\"\nmax_past_age = \"30d\"\n"
+            ),
+            "t",
+        )
+        .unwrap();
+        let s = &cfg.sources.serial[0];
+        assert_eq!(
+            (
+                s.framing,
+                s.data_bits,
+                s.parity,
+                s.stop_bits,
+                s.flow_control
+            ),
+            (Framing::Binary, 7, Parity::Even, 2, FlowControl::Hardware)
+        );
+        assert_eq!(s.max_future_skew, Some(Duration::from_secs(300)));
+        assert_eq!(s.max_past_age, Some(Duration::from_secs(30 * 86_400)));
+        let tags = s.source_tags();
+        assert_eq!(
+            tags,
+            [("device", "d"), ("port", "usb-A"), ("site", "n")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        for (extra, key) in [
+            ("data_bits = 9\n", "data_bits"),
+            ("stop_bits = 3\n", "stop_bits"),
+            ("framing = \"csv\"\n", "csv_header"),
+        ] {
+            let err = Config::from_toml_with_env(&format!("{base}{extra}"), "t")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("sources.serial[0].{key}")), "{err}");
+        }
     }
 }

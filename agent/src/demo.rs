@@ -60,6 +60,9 @@ pub async fn demo(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Res
         timestamp_unit: TimeUnit::Ms,
         max_line: 4096,
         required_keys: vec!["sensor".into(), "ts".into()],
+        // A PTY's file name is a number that changes every run.
+        port_tag: false,
+        ..Default::default()
     });
     if let Some(url) = &opts.influx {
         // Through serde, so every other setting takes its documented default.

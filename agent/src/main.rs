@@ -75,6 +75,16 @@ enum Command {
         /// table, csv, lp, json, or spark (one line per series: min, max, last, a sparkline).
         #[arg(long, default_value = "table", value_parser = parse_format)]
         format: Format,
+        /// Show the dead-letter table (input the sources rejected), newest
+        /// first, instead of points.
+        #[arg(long)]
+        dead_letters: bool,
+        /// With --dead-letters: only this source's.
+        #[arg(long, requires = "dead_letters")]
+        source: Option<String>,
+        /// With --dead-letters: at most this many rows.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
     },
     /// Measure the agent's parts on this machine.
     Bench {
@@ -367,6 +377,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             to,
             tier,
             format,
+            dead_letters,
+            source,
+            limit,
         } => {
             let path = match store {
                 Some(p) => p,
@@ -374,6 +387,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             };
             let store = Store::open_read_only(&path)
                 .with_context(|| format!("cannot open the store {}", path.display()))?;
+            if dead_letters {
+                let (rows, total) = store.dead_letters(source.as_deref(), limit)?;
+                let text =
+                    query::render_dead_letters(&rows, total, format).map_err(anyhow::Error::msg)?;
+                print!("{text}");
+                return Ok(());
+            }
             let now = query::now_ns();
             let from = query::parse_time(&from, now).map_err(anyhow::Error::msg)?;
             let to = query::parse_time(&to, now).map_err(anyhow::Error::msg)?;

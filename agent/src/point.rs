@@ -180,6 +180,48 @@ pub struct Point {
     pub value: f64,
 }
 
+/// Bytes a source could not turn into points, kept in the store's bounded
+/// dead-letter table for inspection (`tidegate query --dead-letters`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    /// The source's name.
+    pub source: Arc<str>,
+    /// The reject's counter label (`bad_crc`, `too_old`, ...).
+    pub reason: &'static str,
+    /// The reject's message.
+    pub detail: String,
+    /// The bytes as received, cut to [`DeadLetter::MAX_RAW`]; `len` is the
+    /// original length.
+    pub raw: Vec<u8>,
+    /// Original length of the bytes.
+    pub len: usize,
+    /// Arrival time, ns since the Unix epoch.
+    pub ts_ns: i64,
+}
+
+impl DeadLetter {
+    /// Bytes of a message kept at most.
+    pub const MAX_RAW: usize = 1024;
+
+    /// A dead letter of `raw` (cut to [`DeadLetter::MAX_RAW`]).
+    pub fn new(
+        source: Arc<str>,
+        reason: &'static str,
+        detail: String,
+        raw: &[u8],
+        ts_ns: i64,
+    ) -> DeadLetter {
+        DeadLetter {
+            source,
+            reason,
+            detail,
+            raw: raw[..raw.len().min(Self::MAX_RAW)].to_vec(),
+            len: raw.len(),
+            ts_ns,
+        }
+    }
+}
+
 /// Points that travel together: from a source to the store, or from the store to a sink.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Batch {

@@ -31,6 +31,7 @@ pub async fn run(
         max_disk_bytes: cfg.store.max_disk_bytes.0,
         max_age_ns: cfg.store.max_age.map(|d| d.as_nanos() as i64),
         min_free_disk: cfg.store.min_free_disk.0,
+        dead_letters: cfg.store.dead_letters,
     });
     let (handle, store_task) = store::spawn(store, &cfg.store);
 
@@ -91,6 +92,12 @@ pub async fn run(
             server.await;
         });
     }
+
+    // The clock watch stops with the sources.
+    sources.spawn(crate::ops::clock::run(
+        metrics.clone(),
+        stop_sources.clone(),
+    ));
 
     let stopping = Stopping::default();
     let mut sinks = JoinSet::new();

@@ -125,6 +125,11 @@ impl Generator {
         Some(Duration::from_secs_f64(secs.max(0.0)))
     }
 
+    /// The byte that ends each line (frame) this generator makes.
+    pub fn terminator(&self) -> u8 {
+        self.framing.terminator()
+    }
+
     /// True once a replay has sent all `sent` rows of its file; never for
     /// synthetic sensors.
     pub fn finished(&self, sent: u64) -> bool {
@@ -224,12 +229,122 @@ impl Generator {
                 }
                 s.push('}');
             }
+            Framing::Lp => {
+                let _ = write!(s, "sim,sensor={} ", r.sensor);
+                for (i, (k, v)) in r.fields.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { "," };
+                    let _ = write!(s, "{sep}{k}={v}");
+                }
+                let _ = write!(s, " {}", r.ts);
+            }
+            Framing::Csv => {
+                // Header `sensor,ts,temp,hum` (not sent); replays have one
+                // field, `value`, and the header `sensor,ts,value`.
+                let _ = write!(s, "{},{}", r.sensor, r.ts);
+                for (_, v) in &r.fields {
+                    let _ = write!(s, ",{v}");
+                }
+            }
+            Framing::Binary => {
+                let p = crate::frame::postcard_reading(&r.sensor, Some(r.ts), &r.fields);
+                return crate::frame::seal(&p);
+            }
         }
         s.into_bytes()
     }
 
     /// A line that the framing's grammar rejects: one line, never blank.
     fn garbage(&mut self, now_ms: i64, seq: u64) -> Vec<u8> {
+        match self.framing {
+            Framing::Kv | Framing::Json => self.text_garbage(now_ms, seq),
+            Framing::Lp | Framing::Csv => self.table_garbage(now_ms, seq),
+            Framing::Binary => self.frame_garbage(now_ms, seq),
+        }
+    }
+
+    /// Garbage for line protocol and CSV.
+    fn table_garbage(&mut self, now_ms: i64, seq: u64) -> Vec<u8> {
+        let r = self.reading(now_ms, seq);
+        let good = self.format(&r);
+        let (sensor, ts) = (r.sensor.as_str(), r.ts);
+        let lp = self.framing == Framing::Lp;
+        match self.rng.u8(0..5) {
+            // A reading cut short: line protocol up to its first field's
+            // '=' (no field set, or a field without a value); CSV before
+            // its last column (too few columns).
+            0 => {
+                let stop = if lp {
+                    good.iter().position(|&c| c == b'=').map_or(1, |i| {
+                        i + 1 + good[i + 1..].iter().position(|&c| c == b'=').unwrap_or(0)
+                    })
+                } else {
+                    good.iter().rposition(|&c| c == b',').unwrap_or(1)
+                };
+                good[..self.rng.usize(1..=stop.max(1))].to_vec()
+            }
+            // A value that is not a finite number.
+            1 => {
+                let bad = ["21.5x", "nan", "inf", "-", "0x1F", "--3"];
+                let bad = bad[self.rng.usize(0..bad.len())];
+                if lp {
+                    format!("sim,sensor={sensor} temp={bad} {ts}").into_bytes()
+                } else {
+                    format!("{sensor},{ts},{bad},40.2").into_bytes()
+                }
+            }
+            // Not UTF-8.
+            2 => {
+                let mut v = good;
+                v.insert(0, 0xff);
+                v
+            }
+            // A bad timestamp, or (line protocol) a string field.
+            3 => {
+                if lp && self.rng.bool() {
+                    format!("sim,sensor={sensor} temp=\"hot\" {ts}").into_bytes()
+                } else if lp {
+                    format!("sim,sensor={sensor} temp=21.5 {ts}.5").into_bytes()
+                } else {
+                    format!("{sensor},{ts}.5,21.5,40.2").into_bytes()
+                }
+            }
+            // The other framing's syntax: kv for CSV (no comma, so one
+            // column), CSV for line protocol (a tag without `=`).
+            _ if lp => format!("{sensor},{ts},21.5,40.2").into_bytes(),
+            _ => format!("sensor={sensor} ts={ts} temp=21.5").into_bytes(),
+        }
+    }
+
+    /// Garbage for the binary framing: a bad CRC, a truncated frame, or noise;
+    /// never a frame whose CRC checks.
+    fn frame_garbage(&mut self, now_ms: i64, seq: u64) -> Vec<u8> {
+        let r = self.reading(now_ms, seq);
+        let p = crate::frame::postcard_reading(&r.sensor, Some(r.ts), &r.fields);
+        let mut raw = p.clone();
+        raw.extend_from_slice(&crate::frame::crc16(&p).to_be_bytes());
+        match self.rng.u8(0..3) {
+            // One bit flipped, in the payload or the CRC.
+            0 => {
+                let at = self.rng.usize(0..raw.len());
+                raw[at] ^= 1 << self.rng.u8(0..8);
+            }
+            // The tail lost.
+            1 => raw.truncate(self.rng.usize(0..raw.len() - 1)),
+            // Noise.
+            _ => {
+                let n = self.rng.usize(1..40);
+                raw = (0..n).map(|_| self.rng.u8(..)).collect();
+            }
+        }
+        if crate::frame::crc_ok(&raw) {
+            let last = raw.len() - 1;
+            raw[last] ^= 0x5A;
+        }
+        crate::frame::cobs_encode(&raw)
+    }
+
+    /// Garbage for kv and JSON.
+    fn text_garbage(&mut self, now_ms: i64, seq: u64) -> Vec<u8> {
         let r = self.reading(now_ms, seq);
         let good = self.format(&r);
         let (sensor, ts) = (r.sensor.as_str(), r.ts);
@@ -466,6 +581,7 @@ mod tests {
         match framing {
             Framing::Kv => parse_kv,
             Framing::Json => parse_json,
+            _ => unreachable!("checked against the agent's parser in tidegate"),
         }
     }
 

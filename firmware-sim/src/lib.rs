@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod frame;
 mod generator;
 pub mod mqtt;
 mod pty;
@@ -33,6 +34,22 @@ pub enum Framing {
     Kv,
     /// `{"sensor":"s01","ts":1764053000123,"temp":21.53,"hum":40.2}`
     Json,
+    /// InfluxDB line protocol: `sim,sensor=s01 temp=21.53,hum=40.2 1764053000123`
+    Lp,
+    /// CSV with the header `sensor,ts,temp,hum` (not sent): `s01,1764053000123,21.53,40.2`
+    Csv,
+    /// COBS-delimited postcard frames with a CRC-16 (`frame.rs`, README).
+    Binary,
+}
+
+impl Framing {
+    /// The byte that ends a line (a frame, for `binary`).
+    pub fn terminator(self) -> u8 {
+        match self {
+            Framing::Binary => 0,
+            _ => b'\n',
+        }
+    }
 }
 
 /// What to simulate.
@@ -371,14 +388,15 @@ impl Writer {
             let n = due.min(limit);
             buf.clear();
             lines.clear();
+            let end = self.generator.terminator();
             if self.torn {
-                buf.push(b'\n');
+                buf.push(end);
             }
             let now = now_ms();
             for i in 0..n {
                 let e = self.generator.next(now, self.sent + i);
                 buf.extend_from_slice(&e.line);
-                buf.push(b'\n');
+                buf.push(end);
                 lines.push((buf.len(), e.entry));
             }
             let (written, failure) = match pty.write_all(&buf, &self.stop) {

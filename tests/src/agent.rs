@@ -169,38 +169,59 @@ impl Drop for MqttSim {
 /// Every raw point in the store under `<dir>/state`, read with `tidegate
 /// query` (while the agent runs, or after): (series, ts ns, value bits).
 pub fn stored_raw(dir: &Path) -> Vec<(String, i64, u64)> {
-    let out = Command::new(bin("tidegate"))
-        .args([
-            "query",
+    query_json(
+        dir,
+        &[
             "--tier",
             "raw",
-            "--format",
-            "json",
             "--from",
             "1970-01-01T00:00:00Z",
             "--to",
             "2100-01-01T00:00:00Z",
-            "--store",
-        ])
+        ],
+    )
+    .iter()
+    .map(|v| {
+        (
+            v["series"].as_str().unwrap().to_string(),
+            v["ts_ns"].as_i64().unwrap(),
+            v["value"].as_f64().unwrap().to_bits(),
+        )
+    })
+    .collect()
+}
+
+/// `tidegate query --format json ARGS` on the store under `<dir>/state`: one
+/// value a line of its output.
+fn query_json(dir: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new(bin("tidegate"))
+        .args(["query", "--format", "json"])
+        .args(args)
+        .arg("--store")
         .arg(dir.join("state/store.db"))
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "query failed: {}",
+        "query {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["series"].as_str().unwrap().to_string(),
-                v["ts_ns"].as_i64().unwrap(),
-                v["value"].as_f64().unwrap().to_bits(),
-            )
-        })
+        .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// Rows of the dead-letter table per source of the store under
+/// `<dir>/state`, read with `tidegate query --dead-letters`.
+pub fn dead_letters(dir: &Path) -> BTreeMap<String, u64> {
+    let mut per_source = BTreeMap::new();
+    for v in query_json(dir, &["--dead-letters", "--limit", "1000000"]) {
+        *per_source
+            .entry(v["source"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    per_source
 }
 
 /// The points a ledger promises, as (series key, ts ns, value bits).
@@ -273,6 +294,7 @@ measurement = "sim"
 tags = {{ site = "{site}" }}
 required_keys = ["sensor", "ts"]
 tag_keys = ["sensor"]
+port_tag = false
 "#,
             tty = dir.join("tty").display(),
         );

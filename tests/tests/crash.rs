@@ -28,6 +28,7 @@ seal_interval = "300ms"
 [[sources.serial]]
 name = "sim"
 port = "{tty}"
+port_tag = false
 measurement = "sim"
 tags = {{ site = "lab" }}
 required_keys = ["sensor", "ts"]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use firmware_sim::LedgerEntry;
 use tidegate::point::SeriesKey;
-use tidegate_e2e::agent::{stored_raw as stored, Agent, MqttSim};
+use tidegate_e2e::agent::{dead_letters, stored_raw as stored, Agent, MqttSim};
 use tidegate_e2e::{wait_until, Mosquitto};
 
 /// Starts the agent with one MQTT source on `url` (settings `extra`) and one
@@ -149,6 +149,11 @@ fn twenty_devices_with_topic_bound_tags_arrive_once_and_garbage_is_counted() {
     );
     assert!(status.sources[0].connected);
     agent.terminate();
+    assert_eq!(
+        dead_letters(dir.path()),
+        BTreeMap::from([("broker".to_string(), garbage)]),
+        "one dead letter a garbage message"
+    );
     let mut got: BTreeMap<(String, u64), u64> = BTreeMap::new();
     for (series, _, v) in stored(dir.path()) {
         *got.entry((series, v)).or_default() += 1;

@@ -89,6 +89,7 @@ seal_interval = "2s"
 [[sources.serial]]
 name = "sim"
 port = "{tty}"
+port_tag = false
 measurement = "sim"
 "#,
         state = dir.join("state").display(),

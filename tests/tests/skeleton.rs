@@ -23,6 +23,7 @@ seal_interval = "2s"
 [[sources.serial]]
 name = "sim"
 port = "{tty}"
+port_tag = false
 measurement = "sim"
 tags = {{ site = "lab" }}
 required_keys = ["sensor", "ts"]

@@ -2,7 +2,7 @@
 //! demo's live line and the shutdown summary all show the same numbers.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +17,8 @@ pub struct Metrics {
     /// The store's counters.
     pub store: StoreStats,
     sinks: Mutex<Vec<Arc<SinkStats>>>,
+    /// The wall clock (`ops/clock.rs`).
+    pub clock: ClockStats,
     /// Where the configuration came from and its hash, for `status`.
     config: Mutex<Option<ConfigInfo>>,
     /// Ingest rate over all sources (EWMA of points/s, f64 bits), see [`Metrics::tick`].
@@ -77,16 +79,37 @@ pub fn unix_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// Whether the kernel considers the system clock synchronised (NTP, chrony,
-/// systemd-timesyncd clear `STA_UNSYNC`); `None` if it cannot be asked.
-pub fn clock_synchronised() -> Option<bool> {
-    // SAFETY: a zeroed timex with modes = 0 only reads the kernel's state.
-    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
-    let state = unsafe { libc::adjtimex(&mut tx) };
-    if state < 0 {
-        return None;
+/// The wall clock's state.
+#[derive(Debug, Default)]
+pub struct ClockStats {
+    /// Wall-clock steps seen (against the monotonic clock).
+    pub steps: AtomicU64,
+    /// The last step, ns (negative: backwards).
+    pub last_step_ns: AtomicI64,
+    /// 0 unknown, 1 not synchronised, 2 synchronised.
+    synchronised: AtomicU8,
+}
+
+impl ClockStats {
+    /// Records the kernel's answer.
+    pub fn set_synchronised(&self, s: Option<bool>) {
+        self.synchronised.store(
+            match s {
+                None => 0,
+                Some(false) => 1,
+                Some(true) => 2,
+            },
+            Relaxed,
+        );
     }
-    Some(state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0)
+
+    fn synchronised(&self) -> Option<bool> {
+        match self.synchronised.load(Relaxed) {
+            1 => Some(false),
+            2 => Some(true),
+            _ => None,
+        }
+    }
 }
 
 /// One source's counters.
@@ -228,6 +251,7 @@ impl Metrics {
             config: Mutex::default(),
             ingest_rate: AtomicU64::new(0),
             last_tick: Mutex::default(),
+            clock: ClockStats::default(),
         })
     }
 
@@ -363,11 +387,16 @@ impl Metrics {
             device: self.device.clone(),
             uptime_s: self.started.elapsed().as_secs_f64(),
             config: self.config.lock().unwrap().clone(),
-            clock_synchronised: clock_synchronised(),
+            clock_synchronised: self.clock.synchronised(),
             now_ns,
             sources,
             store,
             sinks,
+            clock: ClockStatus {
+                synchronised: self.clock.synchronised(),
+                steps: self.clock.steps.load(Relaxed),
+                last_step_ms: self.clock.last_step_ns.load(Relaxed) / 1_000_000,
+            },
         }
     }
 }
@@ -396,6 +425,22 @@ pub struct Status {
     pub store: StoreStatus,
     /// Per sink.
     pub sinks: Vec<SinkStatus>,
+    /// The wall clock.
+    #[serde(default)]
+    pub clock: ClockStatus,
+}
+
+/// The wall clock in [`Status`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClockStatus {
+    /// The kernel's NTP state (adjtimex): synchronised or not; unknown
+    /// before the first check or where it cannot be asked.
+    pub synchronised: Option<bool>,
+    /// Wall-clock steps seen since start (jumps of more than 2 s against the
+    /// monotonic clock).
+    pub steps: u64,
+    /// The last step, ms (negative: backwards).
+    pub last_step_ms: i64,
 }
 
 /// One source in [`Status`].

@@ -1,6 +1,7 @@
 //! Operations: counters, the control socket, the HTTP listener with
 //! `/metrics` and `/healthz`, log rate limiting.
 
+pub mod clock;
 pub mod control;
 pub mod health;
 pub mod http;

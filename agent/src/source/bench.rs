@@ -242,6 +242,10 @@ async fn round(
         max_payload: 16 << 20,
         max_json_depth: 16,
         max_fields: per_message.max(1),
+        // A throughput bench: no limits on series or timestamps.
+        max_series: usize::MAX,
+        max_future_skew: None,
+        max_past_age: None,
         tags: Default::default(),
         subscriptions: vec![subscription],
     };

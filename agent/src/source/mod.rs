@@ -5,6 +5,7 @@
 //! counted per source and reason, logged at most once per 10 s, never fatal.
 
 pub mod bench;
+pub mod guard;
 pub mod lp;
 pub mod mqtt;
 pub mod parse;

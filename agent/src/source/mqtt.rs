@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::guard::Guard;
 use super::lp::LpParser;
 use super::parse::{number, Reject};
 use super::topic::TopicPattern;
@@ -41,7 +42,7 @@ use crate::mqtt::parse_url;
 use crate::ops::metrics::SourceStats;
 use crate::ops::RateLimit;
 use crate::point::now_ns;
-use crate::point::{Batch, Point, SeriesKey};
+use crate::point::{Batch, DeadLetter, Point, SeriesKey};
 use crate::store::{Durable, StoreError, StoreHandle};
 use crate::sync::Backoff;
 
@@ -91,6 +92,21 @@ pub struct MqttSourceConfig {
     /// Most points one message may carry (`too_many_fields`).
     #[serde(default = "default_max_fields")]
     pub max_fields: usize,
+    /// Most distinct series this source may create (since the agent
+    /// started); points of a new series beyond it are rejected
+    /// (`too_many_series`).
+    #[serde(default = "crate::config::default_max_series")]
+    pub max_series: usize,
+    /// Points stamped further ahead of the gateway's clock are rejected
+    /// (`from_the_future`).
+    #[serde(
+        default = "crate::config::default_max_future_skew",
+        with = "humantime_serde"
+    )]
+    pub max_future_skew: Option<Duration>,
+    /// Points older than this are rejected (`too_old`); none if unset.
+    #[serde(default, with = "humantime_serde")]
+    pub max_past_age: Option<Duration>,
     /// Tags added to every point of this source.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
@@ -576,6 +592,8 @@ pub async fn run(
             return;
         }
     };
+    let mut guard = Guard::new(cfg.max_series, cfg.max_future_skew, cfg.max_past_age);
+    let dead_name: Arc<str> = name.as_str().into();
     let filters: Vec<rumqttc::SubscribeFilter> = decoder
         .filters()
         .into_iter()
@@ -629,12 +647,27 @@ pub async fn run(
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 stats.lines.fetch_add(1, Relaxed);
                 let mut batch = Batch::default();
-                match decoder.decode(&p.topic, &p.payload, now_ns(), &mut batch.points) {
+                let now = now_ns();
+                let decoded = decoder
+                    .decode(&p.topic, &p.payload, now, &mut batch.points)
+                    .and_then(|n| guard.check(&batch.points, now).map(|()| n));
+                match decoded {
                     Ok(n) => {
                         stats.points.fetch_add(n as u64, Relaxed);
                     }
                     Err(reason) => {
+                        batch.points.clear();
                         stats.reject(reason.label());
+                        let letter = DeadLetter::new(
+                            dead_name.clone(),
+                            reason.label(),
+                            format!("topic {}: {reason}", p.topic),
+                            &p.payload,
+                            now,
+                        );
+                        if store.dead_letters(vec![letter]).await.is_err() {
+                            break;
+                        }
                         if let Some(held) = log.allow(Instant::now()) {
                             let example =
                                 String::from_utf8_lossy(&p.payload[..p.payload.len().min(120)]);

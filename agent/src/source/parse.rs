@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use super::lp::LpParser;
 use crate::config::{Framing, SerialSourceConfig, TimeUnit};
 use crate::point::{Point, SeriesKey};
 
@@ -63,6 +64,24 @@ pub enum Reject {
     /// The store refused the points (e.g. too many series).
     #[error("refused by the store: {0}")]
     StoreRefused(String),
+    /// A CSV line has another number of columns than `csv_header`.
+    #[error("{0} columns, the header has {1}")]
+    BadColumns(usize, usize),
+    /// A binary frame's CRC-16 does not match its bytes.
+    #[error("CRC-16 mismatch")]
+    BadCrc,
+    /// A binary frame is not valid COBS or its postcard bytes do not decode.
+    #[error("bad frame: {0}")]
+    BadFrame(String),
+    /// A new series beyond the source's `max_series`.
+    #[error("a new series beyond max_series ({0})")]
+    TooManySeries(usize),
+    /// A timestamp further ahead of the clock than `max_future_skew` (ns ahead).
+    #[error("timestamp {}s in the future (max_future_skew)", .0 / 1_000_000_000)]
+    FromTheFuture(i64),
+    /// A timestamp older than `max_past_age` (its age, ns).
+    #[error("timestamp {}s old (max_past_age)", .0 / 1_000_000_000)]
+    TooOld(i64),
 }
 
 impl Reject {
@@ -86,6 +105,12 @@ impl Reject {
             Reject::MissingPointer(_) => "missing_pointer",
             Reject::UnmatchedTopic(_) => "unmatched_topic",
             Reject::StoreRefused(_) => "store_refused",
+            Reject::BadColumns(..) => "bad_columns",
+            Reject::BadCrc => "bad_crc",
+            Reject::BadFrame(_) => "bad_frame",
+            Reject::TooManySeries(_) => "too_many_series",
+            Reject::FromTheFuture(_) => "from_the_future",
+            Reject::TooOld(_) => "too_old",
         }
     }
 }
@@ -100,6 +125,11 @@ pub struct LineParser {
     ts_unit: TimeUnit,
     max_line: usize,
     required: Vec<String>,
+    csv_header: Vec<String>,
+    max_fields: usize,
+    max_depth: usize,
+    /// The `lp` framing's parser (it keeps its own key cache).
+    lp: LpParser,
     /// Building a key allocates and sorts; sensors repeat the same few keys.
     keys: HashMap<(Vec<(String, String)>, String), SeriesKey>,
 }
@@ -113,16 +143,16 @@ impl LineParser {
         LineParser {
             framing: cfg.framing,
             measurement: cfg.measurement.clone(),
-            base_tags: cfg
-                .tags
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            base_tags: cfg.source_tags(),
             tag_keys: cfg.tag_keys.clone(),
             ts_key: cfg.timestamp_key.clone(),
             ts_unit: cfg.timestamp_unit,
             max_line: cfg.max_line,
             required: cfg.required_keys.clone(),
+            csv_header: cfg.csv_header.clone(),
+            max_fields: cfg.max_fields,
+            max_depth: cfg.max_json_depth,
+            lp: LpParser::new(cfg.timestamp_unit, cfg.max_fields),
             keys: HashMap::new(),
         }
     }
@@ -132,8 +162,22 @@ impl LineParser {
         self.max_line
     }
 
-    /// Parses one line (without its `\n`) into `out`. Blank lines yield nothing.
-    /// On error nothing is appended.
+    /// The byte that ends a line (a frame, for `binary`).
+    pub fn terminator(&self) -> u8 {
+        match self.framing {
+            Framing::Binary => 0,
+            _ => b'\n',
+        }
+    }
+
+    /// True for the binary framing (its rejects are logged in hex).
+    pub fn is_binary(&self) -> bool {
+        self.framing == Framing::Binary
+    }
+
+    /// Parses one line (without its `\n`; a binary frame without its 0x00)
+    /// into `out`. Blank lines and empty frames yield nothing. On error
+    /// nothing is appended.
     pub fn parse(
         &mut self,
         line: &[u8],
@@ -143,17 +187,30 @@ impl LineParser {
         if line.len() > self.max_line {
             return Err(Reject::TooLong);
         }
-        let text = std::str::from_utf8(line).map_err(|_| Reject::NotUtf8)?;
-        let text = text.trim();
-        if text.is_empty() {
-            return Ok(0);
-        }
-        let reading = match self.framing {
-            Framing::Kv => self.parse_kv(text)?,
-            Framing::Json => self.parse_json(text)?,
+        let reading = if self.framing == Framing::Binary {
+            if line.is_empty() {
+                return Ok(0);
+            }
+            decode_frame(line, self.ts_unit)?
+        } else {
+            let text = std::str::from_utf8(line).map_err(|_| Reject::NotUtf8)?;
+            let text = text.trim();
+            if text.is_empty() {
+                return Ok(0);
+            }
+            match self.framing {
+                Framing::Kv => self.parse_kv(text)?,
+                Framing::Json => self.parse_json(text)?,
+                Framing::Csv => self.parse_csv(text)?,
+                Framing::Lp => return self.parse_lp(text, arrival_ns, out),
+                Framing::Binary => unreachable!("decoded above"),
+            }
         };
         if reading.fields.is_empty() {
             return Err(Reject::NoFields);
+        }
+        if reading.fields.len() > self.max_fields {
+            return Err(Reject::TooManyFields);
         }
         for key in &self.required {
             let present = self.ts_key.as_deref() == Some(key.as_str()) && reading.ts_ns.is_some()
@@ -209,6 +266,68 @@ impl LineParser {
         Ok(r)
     }
 
+    fn parse_csv(&self, text: &str) -> Result<Reading, Reject> {
+        let cells = text.split(',').count();
+        if cells != self.csv_header.len() {
+            return Err(Reject::BadColumns(cells, self.csv_header.len()));
+        }
+        let mut r = Reading::default();
+        for (k, v) in self.csv_header.iter().zip(text.split(',')) {
+            let v = v.trim();
+            if v.is_empty() {
+                // An empty cell: the column has no value in this reading.
+                continue;
+            }
+            if self.is_ts(k) {
+                r.ts_ns = Some(self.timestamp(v)?);
+            } else if self.is_tag(k) {
+                r.tags.push((k.clone(), v.to_string()));
+            } else {
+                r.fields.push((k.clone(), number(k, v)?));
+            }
+        }
+        Ok(r)
+    }
+
+    /// Line protocol: the measurement and tags come from the line, the
+    /// source's tags are added; a required key must be a tag or a field of
+    /// every point (a timestamp is not checked: line protocol has no key for it).
+    fn parse_lp(
+        &mut self,
+        text: &str,
+        arrival_ns: i64,
+        out: &mut Vec<Point>,
+    ) -> Result<usize, Reject> {
+        let extra: Vec<(&str, &str)> = self
+            .base_tags
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let start = out.len();
+        let n = self.lp.parse(text.as_bytes(), &extra, arrival_ns, out)?;
+        for key in &self.required {
+            if self.is_ts(key) {
+                continue;
+            }
+            let missing = out[start..].iter().any(|p| {
+                let (series, field) = p.series.split();
+                field != key.as_str()
+                    && !series
+                        .split(',')
+                        .skip(1)
+                        .any(|t| t.split_once('=').is_some_and(|(k, _)| k == key.as_str()))
+            });
+            if missing {
+                out.truncate(start);
+                return Err(Reject::MissingKey(key.clone()));
+            }
+        }
+        if n == 0 {
+            return Err(Reject::NoFields);
+        }
+        Ok(n)
+    }
+
     fn parse_json(&self, text: &str) -> Result<Reading, Reject> {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| Reject::BadJson(e.to_string()))?;
@@ -216,7 +335,7 @@ impl LineParser {
             return Err(Reject::BadJson("not an object".into()));
         };
         let mut r = Reading::default();
-        self.flatten_json("", map, &mut r)?;
+        self.flatten_json("", map, 1, &mut r)?;
         Ok(r)
     }
 
@@ -224,9 +343,13 @@ impl LineParser {
         &self,
         prefix: &str,
         map: serde_json::Map<String, serde_json::Value>,
+        depth: usize,
         r: &mut Reading,
     ) -> Result<(), Reject> {
         use serde_json::Value;
+        if depth > self.max_depth {
+            return Err(Reject::TooDeep);
+        }
         for (k, v) in map {
             let key = if prefix.is_empty() {
                 k
@@ -234,7 +357,7 @@ impl LineParser {
                 format!("{prefix}.{k}")
             };
             match v {
-                Value::Object(inner) => self.flatten_json(&key, inner, r)?,
+                Value::Object(inner) => self.flatten_json(&key, inner, depth + 1, r)?,
                 _ if self.is_ts(&key) => {
                     let raw = match &v {
                         Value::Number(n) => n.to_string(),
@@ -251,6 +374,9 @@ impl LineParser {
                         return Err(Reject::NotFinite(key));
                     }
                     r.fields.push((key, x));
+                    if r.fields.len() > self.max_fields {
+                        return Err(Reject::TooManyFields);
+                    }
                 }
                 Value::Bool(b) => r.fields.push((key, if b { 1.0 } else { 0.0 })),
                 _ => return Err(Reject::NotANumber(key)),
@@ -286,6 +412,82 @@ struct Reading {
     ts_ns: Option<i64>,
 }
 
+/// The postcard body of a binary frame (README, "Binary framing").
+#[derive(serde::Deserialize)]
+struct Frame {
+    sensor: String,
+    ts: Option<i64>,
+    fields: Vec<(String, f64)>,
+}
+
+/// Decodes one COBS frame (without its 0x00): COBS, then the CRC-16/CCITT-FALSE
+/// (big-endian, over the postcard bytes), then postcard. The sensor becomes tag
+/// `sensor` (unless empty); `ts` is in `unit`.
+fn decode_frame(cobs: &[u8], unit: TimeUnit) -> Result<Reading, Reject> {
+    let raw = cobs_decode(cobs).ok_or_else(|| Reject::BadFrame("invalid COBS".into()))?;
+    if raw.len() < 3 {
+        return Err(Reject::BadFrame(format!("{} bytes", raw.len())));
+    }
+    let (body, crc) = raw.split_at(raw.len() - 2);
+    if crc16(body).to_be_bytes() != crc {
+        return Err(Reject::BadCrc);
+    }
+    let (frame, rest) =
+        postcard::take_from_bytes::<Frame>(body).map_err(|e| Reject::BadFrame(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(Reject::BadFrame(format!(
+            "{} bytes after the reading",
+            rest.len()
+        )));
+    }
+    let mut r = Reading::default();
+    if !frame.sensor.is_empty() {
+        r.tags.push(("sensor".into(), frame.sensor));
+    }
+    if let Some(t) = frame.ts {
+        r.ts_ns = Some(
+            t.checked_mul(unit.nanos())
+                .ok_or_else(|| Reject::BadTimestamp(t.to_string()))?,
+        );
+    }
+    for (k, v) in frame.fields {
+        if k.is_empty() {
+            return Err(Reject::BadFrame("empty field name".into()));
+        }
+        if !v.is_finite() {
+            return Err(Reject::NotFinite(k.chars().take(32).collect()));
+        }
+        r.fields.push((k, v));
+    }
+    Ok(r)
+}
+
+/// CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, not reflected, xorout 0
+/// (the simulator's, which the README's example frame pins on both sides).
+pub use firmware_sim::frame::crc16;
+
+/// Decodes COBS (the input holds no 0x00); `None` if a code runs past the end.
+pub fn cobs_decode(input: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        let code = input[i] as usize;
+        if code == 0 {
+            return None;
+        }
+        let end = i + code;
+        if end > input.len() {
+            return None;
+        }
+        out.extend_from_slice(&input[i + 1..end]);
+        i = end;
+        if code < 0xFF && i < input.len() {
+            out.push(0);
+        }
+    }
+    Some(out)
+}
+
 /// `raw` as a finite number, the reject naming `key` otherwise.
 pub(crate) fn number(key: &str, raw: &str) -> Result<f64, Reject> {
     let x: f64 = raw
@@ -315,6 +517,8 @@ mod tests {
             timestamp_unit: TimeUnit::Ms,
             max_line: 128,
             required_keys: vec![],
+            port_tag: false,
+            ..Default::default()
         }
     }
 
@@ -454,6 +658,180 @@ mod tests {
             let line = format!("temp={v:?}");
             let pts = parse(Framing::Kv, &line).unwrap();
             assert_eq!(pts[0].value.to_bits(), v.to_bits());
+        }
+    }
+
+    #[test]
+    fn csv_columns_by_header() {
+        let mut c = cfg(Framing::Csv);
+        c.csv_header = vec!["sensor".into(), "ts".into(), "temp".into(), "hum".into()];
+        let mut p = LineParser::new(&c);
+        let mut out = Vec::new();
+        assert_eq!(p.parse(b"s01, 1000,21.5,", 0, &mut out), Ok(1));
+        assert_eq!(out[0].series.as_str(), "env,sensor=s01,site=lab temp");
+        assert_eq!(out[0].ts_ns, 1_000_000_000);
+        assert_eq!(
+            p.parse(b"s01,1000,21.5", 0, &mut out),
+            Err(Reject::BadColumns(3, 4))
+        );
+        assert!(matches!(
+            p.parse(b"s01,1000,x,1", 0, &mut out),
+            Err(Reject::NotANumber(_))
+        ));
+    }
+
+    #[test]
+    fn binary_readme_example_and_rejects() {
+        let hex = "1c0373303101f6fe849cd766010474656d7048e17a14ae873540761700";
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let frame = &bytes[..bytes.len() - 1];
+        let mut p = LineParser::new(&cfg(Framing::Binary));
+        let mut out = Vec::new();
+        assert_eq!(p.parse(frame, 0, &mut out), Ok(1));
+        assert_eq!(out[0].series.as_str(), "env,sensor=s01,site=lab temp");
+        assert_eq!(out[0].ts_ns, 1_764_053_000_123_000_000);
+        assert_eq!(out[0].value, 21.53);
+        assert_eq!(crc16(b"123456789"), 0x29B1);
+        let mut bad = frame.to_vec();
+        bad[5] ^= 1;
+        assert_eq!(p.parse(&bad, 0, &mut out), Err(Reject::BadCrc));
+        assert!(matches!(
+            p.parse(&frame[..10], 0, &mut out),
+            Err(Reject::BadFrame(_))
+        ));
+        assert_eq!(p.parse(b"", 0, &mut out), Ok(0));
+        assert_eq!(
+            cobs_decode(&[3, 0x11, 0x22, 2, 0x33]).unwrap(),
+            [0x11, 0x22, 0, 0x33]
+        );
+    }
+
+    #[test]
+    fn lp_adds_source_tags_and_checks_required_tags() {
+        let mut c = cfg(Framing::Lp);
+        c.required_keys = vec!["sensor".into(), "ts".into()];
+        c.site = Some("north".into());
+        c.port = "/dev/serial/by-id/usb-X".into();
+        c.port_tag = true;
+        let mut p = LineParser::new(&c);
+        let mut out = Vec::new();
+        assert_eq!(
+            p.parse(b"sim,sensor=s01 temp=1,hum=2 5", 0, &mut out),
+            Ok(2)
+        );
+        assert_eq!(
+            out[0].series.as_str(),
+            "sim,port=usb-X,sensor=s01,site=north temp"
+        );
+        assert_eq!(out[0].ts_ns, 5_000_000);
+        assert_eq!(
+            p.parse(b"sim temp=1", 0, &mut out),
+            Err(Reject::MissingKey("sensor".into()))
+        );
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn json_depth_and_field_count_are_limited() {
+        let mut c = cfg(Framing::Json);
+        c.max_json_depth = 2;
+        c.max_fields = 2;
+        c.max_line = 4096;
+        let mut p = LineParser::new(&c);
+        let mut out = Vec::new();
+        assert_eq!(p.parse(br#"{"a":{"b":1}}"#, 0, &mut out), Ok(1));
+        assert_eq!(
+            p.parse(br#"{"a":{"b":{"c":1}}}"#, 0, &mut out),
+            Err(Reject::TooDeep)
+        );
+        assert_eq!(
+            p.parse(br#"{"a":1,"b":2,"c":3}"#, 0, &mut out),
+            Err(Reject::TooManyFields)
+        );
+        let mut c = cfg(Framing::Kv);
+        c.max_fields = 2;
+        let mut p = LineParser::new(&c);
+        assert_eq!(
+            p.parse(b"a=1 b=2 c=3", 0, &mut out),
+            Err(Reject::TooManyFields)
+        );
+    }
+
+    /// The simulator's readings parse to exactly its ledger, and its garbage
+    /// is always rejected, in every framing.
+    #[test]
+    fn every_framing_takes_the_sims_readings_and_rejects_its_garbage() {
+        use firmware_sim::{Framing as Sim, Generator, SimConfig};
+        for (sim, framing) in [
+            (Sim::Kv, Framing::Kv),
+            (Sim::Json, Framing::Json),
+            (Sim::Lp, Framing::Lp),
+            (Sim::Csv, Framing::Csv),
+            (Sim::Binary, Framing::Binary),
+        ] {
+            let mut c = cfg(framing);
+            c.measurement = "sim".into();
+            c.csv_header = vec!["sensor".into(), "ts".into(), "temp".into(), "hum".into()];
+            c.required_keys = vec!["sensor".into(), "ts".into()];
+            c.port = "/dev/ttyX".into();
+            c.port_tag = true;
+            let mut p = LineParser::new(&c);
+            let mut g = Generator::new(&SimConfig {
+                sensors: 3,
+                framing: sim,
+                garbage_rate: 0.3,
+                seed: 42,
+                ..Default::default()
+            })
+            .unwrap();
+            let mut garbage = 0;
+            for seq in 0..20_000 {
+                let e = g.next(1_764_000_000_000 + seq as i64 / 7, seq);
+                assert!(
+                    !e.line.contains(&g.terminator()),
+                    "{framing:?} {:?}",
+                    e.line
+                );
+                let mut out = Vec::new();
+                let r = p.parse(&e.line, 0, &mut out);
+                if !e.entry.valid {
+                    garbage += 1;
+                    assert!(
+                        r.is_err(),
+                        "{framing:?} accepted garbage {:?}",
+                        e.entry.line
+                    );
+                    continue;
+                }
+                let fields = e.entry.fields.unwrap();
+                assert_eq!(r, Ok(fields.len()), "{framing:?} {:?}", e.line);
+                let sensor = e.entry.sensor.unwrap();
+                let ts = e.entry.ts.unwrap();
+                for (pt, (field, value)) in out.iter().zip(&fields) {
+                    let key = SeriesKey::new(
+                        "sim",
+                        [
+                            ("site", "lab"),
+                            ("port", "ttyX"),
+                            ("sensor", sensor.as_str()),
+                        ],
+                        field,
+                    );
+                    let mut got: Vec<_> = out
+                        .iter()
+                        .map(|p| (p.series.clone(), p.ts_ns, p.value.to_bits()))
+                        .collect();
+                    got.sort();
+                    assert!(
+                        got.contains(&(key, ts * 1_000_000, value.to_bits())),
+                        "{framing:?} {pt:?} {got:?}"
+                    );
+                }
+            }
+            assert!(garbage > 5000, "{framing:?} {garbage}");
         }
     }
 }

@@ -12,12 +12,13 @@ use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::guard::Guard;
 use super::parse::LineParser;
 use crate::config::SerialSourceConfig;
 use crate::ops::metrics::SourceStats;
 use crate::ops::RateLimit;
 use crate::point::now_ns;
-use crate::point::Batch;
+use crate::point::{Batch, DeadLetter};
 use crate::store::StoreHandle;
 use crate::sync::Backoff;
 
@@ -29,11 +30,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let name = cfg.display_name();
-    let mut lines = Lines::new(LineParser::new(&cfg), stats.clone(), name.clone());
+    let mut lines = Lines::new(
+        LineParser::new(&cfg),
+        cfg.guard(),
+        stats.clone(),
+        name.clone(),
+    );
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut down_since: Option<Instant> = None;
     while !shutdown.is_cancelled() {
-        match tokio_serial::new(cfg.port.to_string_lossy(), cfg.baud).open_native_async() {
+        match port_builder(&cfg).open_native_async() {
             Ok(mut port) => {
                 match down_since.take() {
                     Some(t) => {
@@ -69,6 +75,37 @@ pub async fn run(
     }
 }
 
+/// The port's line settings: baud, data bits, parity, stop bits, flow control.
+fn port_builder(cfg: &SerialSourceConfig) -> tokio_serial::SerialPortBuilder {
+    use crate::config::{FlowControl, Parity};
+    use tokio_serial::{DataBits, StopBits};
+    let data_bits = match cfg.data_bits {
+        5 => DataBits::Five,
+        6 => DataBits::Six,
+        7 => DataBits::Seven,
+        _ => DataBits::Eight,
+    };
+    let parity = match cfg.parity {
+        Parity::None => tokio_serial::Parity::None,
+        Parity::Even => tokio_serial::Parity::Even,
+        Parity::Odd => tokio_serial::Parity::Odd,
+    };
+    let flow = match cfg.flow_control {
+        FlowControl::None => tokio_serial::FlowControl::None,
+        FlowControl::Software => tokio_serial::FlowControl::Software,
+        FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
+    };
+    tokio_serial::new(cfg.port.to_string_lossy(), cfg.baud)
+        .data_bits(data_bits)
+        .parity(parity)
+        .stop_bits(if cfg.stop_bits == 2 {
+            StopBits::Two
+        } else {
+            StopBits::One
+        })
+        .flow_control(flow)
+}
+
 enum End {
     Shutdown,
     StoreClosed,
@@ -95,14 +132,21 @@ async fn read_port(
         if !batch.is_empty() && store.append(batch).await.is_err() {
             return End::StoreClosed;
         }
+        if store.dead_letters(lines.take_dead()).await.is_err() {
+            return End::StoreClosed;
+        }
     }
 }
 
-/// Splits a byte stream into lines and parses them; counts and logs rejects.
+/// Splits a byte stream into lines (frames: at 0x00) and parses them; counts
+/// and logs rejects.
 struct Lines {
     parser: LineParser,
+    guard: Guard,
     stats: Arc<SourceStats>,
-    name: String,
+    name: Arc<str>,
+    /// Rejected lines since the last [`Lines::take_dead`].
+    dead: Vec<DeadLetter>,
     partial: Vec<u8>,
     /// Inside an over-long line: drop bytes until its end.
     discarding: bool,
@@ -110,21 +154,29 @@ struct Lines {
 }
 
 impl Lines {
-    fn new(parser: LineParser, stats: Arc<SourceStats>, name: String) -> Lines {
+    fn new(parser: LineParser, guard: Guard, stats: Arc<SourceStats>, name: String) -> Lines {
         Lines {
             parser,
+            guard,
             stats,
-            name,
+            name: name.into(),
+            dead: Vec::new(),
             partial: Vec::new(),
             discarding: false,
             log: RateLimit::new(Duration::from_secs(10)),
         }
     }
 
+    /// The rejected lines (for the store's dead-letter table) since the last call.
+    fn take_dead(&mut self) -> Vec<DeadLetter> {
+        std::mem::take(&mut self.dead)
+    }
+
     /// Feeds bytes read at `arrival_ns`; returns the points of the complete lines.
     fn feed(&mut self, mut bytes: &[u8], arrival_ns: i64) -> Batch {
         let mut batch = Batch::default();
-        while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
+        let end = self.parser.terminator();
+        while let Some(nl) = bytes.iter().position(|&b| b == end) {
             let (head, rest) = (&bytes[..nl], &bytes[nl + 1..]);
             bytes = rest;
             if self.discarding {
@@ -154,16 +206,43 @@ impl Lines {
     }
 
     fn line(&mut self, line: &[u8], arrival_ns: i64, batch: &mut Batch) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let binary = self.parser.is_binary();
+        let line = if binary {
+            line
+        } else {
+            line.strip_suffix(b"\r").unwrap_or(line)
+        };
         self.stats.lines.fetch_add(1, Relaxed);
-        match self.parser.parse(line, arrival_ns, &mut batch.points) {
+        let start = batch.points.len();
+        let parsed = self
+            .parser
+            .parse(line, arrival_ns, &mut batch.points)
+            .and_then(|n| {
+                self.guard
+                    .check(&batch.points[start..], arrival_ns)
+                    .map(|()| n)
+            });
+        match parsed {
             Ok(n) => {
                 self.stats.points.fetch_add(n as u64, Relaxed);
             }
             Err(reason) => {
+                batch.points.truncate(start);
                 self.stats.reject(reason.label());
+                self.dead.push(DeadLetter::new(
+                    self.name.clone(),
+                    reason.label(),
+                    reason.to_string(),
+                    line,
+                    arrival_ns,
+                ));
                 if let Some(held) = self.log.allow(Instant::now()) {
-                    let example = String::from_utf8_lossy(&line[..line.len().min(120)]);
+                    let head = &line[..line.len().min(120)];
+                    let example = if binary {
+                        head.iter().map(|b| format!("{b:02x}")).collect()
+                    } else {
+                        String::from_utf8_lossy(head).into_owned()
+                    };
                     warn!(source = %self.name, reason = reason.label(), suppressed = held,
                         "rejected a line ({reason}): {example:?}; check the sensor's framing and the source's settings");
                 }
@@ -190,11 +269,17 @@ mod tests {
             timestamp_key: None,
             timestamp_unit: TimeUnit::Ms,
             max_line,
-            required_keys: vec![],
+            port_tag: false,
+            ..Default::default()
         };
         let stats = Metrics::new("t").source("s");
         (
-            Lines::new(LineParser::new(&cfg), stats.clone(), "s".into()),
+            Lines::new(
+                LineParser::new(&cfg),
+                cfg.guard(),
+                stats.clone(),
+                "s".into(),
+            ),
             stats,
         )
     }
@@ -218,5 +303,13 @@ mod tests {
         assert_eq!(b.points[0].value, 7.0);
         let snap = stats.rejects_snapshot();
         assert_eq!(snap.get("too_long"), Some(&1));
+        let dead = l.take_dead();
+        assert_eq!(dead.len(), 1, "one dead letter a reject");
+        // An over-long line is kept as far as it was read when it was cut.
+        assert_eq!(
+            (dead[0].reason, dead[0].raw.as_slice()),
+            ("too_long", &b"a=1234567"[..])
+        );
+        assert!(l.take_dead().is_empty());
     }
 }

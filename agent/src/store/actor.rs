@@ -54,6 +54,7 @@ enum Request {
     Flush {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    DeadLetters(Vec<crate::point::DeadLetter>),
     /// Anything else a caller needs of the store (rare requests: the closure
     /// sends its own reply).
     With(Box<dyn FnOnce(&mut Store) + Send>),
@@ -260,6 +261,7 @@ async fn run(
                         let _ = reply.send(store.after(&sink, from, until, limit));
                     }
                     Request::With(f) => f(&mut store),
+                    Request::DeadLetters(v) => store.add_dead_letters(v),
                     Request::Ack { sink, cursor } => {
                         if let Err(e) = store.ack(&sink, cursor) {
                             warn!("cannot record {sink}'s cursor: {e}");
@@ -356,6 +358,21 @@ impl StoreHandle {
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Hands rejected input to the store's dead-letter table, written with
+    /// the next flush; waits only while the store's queue is full.
+    pub async fn dead_letters(
+        &self,
+        letters: Vec<crate::point::DeadLetter>,
+    ) -> Result<(), StoreError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .send(Request::DeadLetters(letters))
+            .await
+            .map_err(|_| StoreError::Closed)
     }
 
     /// Hands points to the store; waits while the store is behind (backpressure).

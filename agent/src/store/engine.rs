@@ -23,6 +23,8 @@ use super::rollup::{window_start, Agg};
 use super::{Cursor, StoreError};
 use crate::ops::Metrics;
 
+mod dead;
+pub use dead::DeadLetterRow;
 mod uplink;
 use crate::point::{Batch, Point, SeriesKey};
 pub use uplink::DegradedRange;
@@ -113,6 +115,8 @@ pub struct Limits {
     pub max_age_ns: Option<i64>,
     /// Free space the file system must keep.
     pub min_free_disk: u64,
+    /// Rows of the dead-letter table kept (the newest); 0 keeps none.
+    pub dead_letters: u64,
 }
 
 impl Default for Limits {
@@ -121,6 +125,7 @@ impl Default for Limits {
             max_disk_bytes: u64::MAX,
             max_age_ns: None,
             min_free_disk: 0,
+            dead_letters: 10_000,
         }
     }
 }
@@ -154,6 +159,8 @@ pub struct Store {
     /// Keys of the journal chunks (not yet sealed), oldest first.
     journal: std::collections::BTreeSet<i64>,
     pending: Pending,
+    /// Rejected input waiting for the next flush.
+    pending_dead: Vec<crate::point::DeadLetter>,
     next_seq: i64,
     sinks: HashMap<String, SinkPos>,
     /// Rollup window widths, seconds, finest first.
@@ -315,6 +322,7 @@ impl Store {
             unsaved_series: Vec::new(),
             journal,
             pending: Pending::default(),
+            pending_dead: Vec::new(),
             next_seq: max_seq.unwrap_or(0) + 1,
             sinks: HashMap::new(),
             tiers: vec![60, 3600],
@@ -639,7 +647,11 @@ impl Store {
     /// point was pending. On error nothing is lost from memory: the next flush retries.
     pub fn flush(&mut self) -> Result<Option<i64>, StoreError> {
         let dirty_cursors = self.sinks.values().any(|s| s.dirty);
-        if self.pending.ts.is_empty() && self.unsaved_series.is_empty() && !dirty_cursors {
+        if self.pending.ts.is_empty()
+            && self.unsaved_series.is_empty()
+            && !dirty_cursors
+            && self.pending_dead.is_empty()
+        {
             return Ok(None);
         }
         let seq = self.next_seq;
@@ -678,8 +690,10 @@ impl Store {
                 .execute(params![name, pos.acked.key, pos.acked.offset])?;
             }
         }
+        dead::write(&tx, &self.pending_dead, self.limits.dead_letters)?;
         tx.commit()?;
         self.unsaved_series.clear();
+        self.pending_dead.clear();
         for pos in self.sinks.values_mut() {
             pos.dirty = false;
         }

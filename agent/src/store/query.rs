@@ -210,6 +210,69 @@ pub fn run(
     Ok(out)
 }
 
+/// The dead-letter table's rows (newest first) and how many there are in all:
+/// table (time, source, reason, bytes, the bytes escaped, the reason's
+/// message, then a count line), csv, or json (one object a line, the bytes
+/// in hex). Line protocol has no form for them.
+pub fn render_dead_letters(
+    rows: &[super::DeadLetterRow],
+    total: u64,
+    format: Format,
+) -> Result<String, String> {
+    let mut out = String::new();
+    let printable = |raw: &[u8]| raw.escape_ascii().to_string();
+    let hex = |raw: &[u8]| raw.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    match format {
+        Format::Lp | Format::Spark => return Err("--dead-letters prints table, csv or json".into()),
+        Format::Csv => out.push_str("ts_ns,source,reason,len,raw_hex,detail\n"),
+        _ => {}
+    }
+    for r in rows {
+        match format {
+            Format::Table => {
+                let t = humantime::format_rfc3339_millis(
+                    UNIX_EPOCH + Duration::from_nanos(r.ts_ns.max(0) as u64),
+                );
+                let _ = writeln!(
+                    out,
+                    "{t} {:<12} {:<16} {:>5} B  \"{}\"  ({})",
+                    r.source,
+                    r.reason,
+                    r.len,
+                    printable(&r.raw),
+                    r.detail
+                );
+            }
+            Format::Csv => {
+                let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+                let _ = writeln!(
+                    out,
+                    "{},{},{},{},{},{}",
+                    r.ts_ns,
+                    q(&r.source),
+                    q(&r.reason),
+                    r.len,
+                    hex(&r.raw),
+                    q(&r.detail)
+                );
+            }
+            Format::Json => {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"ts_ns": r.ts_ns, "source": r.source, "reason": r.reason,
+                        "detail": r.detail, "len": r.len, "raw_hex": hex(&r.raw)})
+                );
+            }
+            Format::Lp | Format::Spark => unreachable!("refused above"),
+        }
+    }
+    if format == Format::Table {
+        let _ = writeln!(out, "{} of {total} dead letters (newest first)", rows.len());
+    }
+    Ok(out)
+}
+
 /// Rollup windows: one row (or line-protocol line, tagged with the resolution) a window.
 fn render_windows(
     out: &mut String,
@@ -453,5 +516,35 @@ mod tests {
             1_000_000_000
         );
         assert!(parse_time("yesterday", now).is_err());
+    }
+
+    #[test]
+    fn dead_letters_render_in_every_format() {
+        let rows = vec![super::super::DeadLetterRow {
+            ts_ns: 1_764_053_000_123_000_000,
+            source: "bench".into(),
+            reason: "bad_crc".into(),
+            detail: "CRC-16 mismatch".into(),
+            raw: vec![0x1c, b'a', 0x00],
+            len: 3,
+        }];
+        let table = render_dead_letters(&rows, 7, Format::Table).unwrap();
+        assert!(
+            table.starts_with("2025-11-25T06:43:20.123Z bench        bad_crc              3 B  \"\\x1ca\\x00\"  (CRC-16 mismatch)\n"),
+            "{table}"
+        );
+        assert!(
+            table.ends_with("1 of 7 dead letters (newest first)\n"),
+            "{table}"
+        );
+        let csv = render_dead_letters(&rows, 7, Format::Csv).unwrap();
+        assert_eq!(
+            csv,
+            "ts_ns,source,reason,len,raw_hex,detail\n1764053000123000000,\"bench\",\"bad_crc\",3,1c6100,\"CRC-16 mismatch\"\n"
+        );
+        let json = render_dead_letters(&rows, 7, Format::Json).unwrap();
+        let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+        assert_eq!(v["raw_hex"], "1c6100");
+        assert!(render_dead_letters(&rows, 7, Format::Lp).is_err());
     }
 }

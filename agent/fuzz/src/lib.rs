@@ -1,0 +1,117 @@
+//! What the fuzz targets share: a parser per framing, fed the input, with the
+//! invariants every parse must keep checked.
+
+use tidegate::config::{Framing, SerialSourceConfig, TimeUnit};
+use tidegate::point::Point;
+use tidegate::source::guard::Guard;
+use tidegate::source::mqtt::{Decoder, MqttSourceConfig};
+use tidegate::source::parse::LineParser;
+
+/// A serial source's settings that reach every branch of the parsers.
+pub fn serial_config(framing: Framing) -> SerialSourceConfig {
+    SerialSourceConfig {
+        framing,
+        port: "/dev/ttyFUZZ".into(),
+        measurement: "m".into(),
+        tags: [("site".to_string(), "lab".to_string())].into(),
+        tag_keys: vec!["sensor".into()],
+        timestamp_key: Some("ts".into()),
+        timestamp_unit: TimeUnit::Ms,
+        max_line: 4096,
+        required_keys: vec!["sensor".into()],
+        csv_header: vec!["sensor".into(), "ts".into(), "temp".into(), "hum".into()],
+        max_fields: 64,
+        max_json_depth: 8,
+        max_series: 32,
+        ..Default::default()
+    }
+}
+
+/// Splits `data` at the framing's terminator and parses every piece, as the
+/// serial source does, then applies the source's limits.
+pub fn serial(framing: Framing, data: &[u8]) {
+    let cfg = serial_config(framing);
+    let mut parser = LineParser::new(&cfg);
+    let mut guard: Guard = cfg.guard();
+    let end = parser.terminator();
+    for line in data.split(|&b| b == end) {
+        let mut out = Vec::new();
+        if let Ok(n) = parser.parse(line, 1_764_000_000_000_000_000, &mut out) {
+            check(&out, n);
+            let _ = guard.check(&out, 1_764_000_000_000_000_000);
+        } else {
+            assert!(out.is_empty(), "a reject appended points");
+        }
+    }
+}
+
+/// Invariants of a successful parse.
+pub fn check(out: &[Point], n: usize) {
+    assert_eq!(out.len(), n);
+    for p in out {
+        assert!(p.value.is_finite(), "{p:?}");
+        assert!(!p.series.as_str().is_empty());
+    }
+}
+
+const MQTT: &str = r#"
+name = "f"
+url = "mqtt://127.0.0.1"
+max_json_depth = 8
+max_fields = 64
+max_payload = 4096
+tags = { gw = "g1" }
+
+[[subscriptions]]
+topic = "n/+site/#field"
+format = "number"
+
+[[subscriptions]]
+topic = "j/+device"
+format = "json"
+timestamp = "/ts"
+
+[[subscriptions]]
+topic = "jp/+device"
+format = "json"
+values = { temp = "/env/temp", hum = "/h" }
+
+[[subscriptions]]
+topic = "l/#rest"
+format = "lp"
+"#;
+
+const TOPICS: &[&str] = &[
+    "n/lab/temp",
+    "n/lab/a/b/c",
+    "j/d1",
+    "jp/d2",
+    "l/x",
+    "other/x",
+    "n//t",
+];
+
+/// An MQTT message: the first byte picks the topic, the rest is the payload.
+pub fn mqtt(data: &[u8]) {
+    let Some((&pick, payload)) = data.split_first() else {
+        return;
+    };
+    thread_local! {
+        static DECODER: std::cell::RefCell<Decoder> = {
+            let cfg: MqttSourceConfig = toml::from_str(MQTT).expect("the fuzz config parses");
+            cfg.validate("f").expect("the fuzz config is valid");
+            std::cell::RefCell::new(Decoder::new(&cfg).expect("the fuzz config is valid"))
+        };
+    }
+    let topic = TOPICS[pick as usize % TOPICS.len()];
+    let mut out = Vec::new();
+    DECODER.with(|d| {
+        match d
+            .borrow_mut()
+            .decode(topic, payload, 1_764_000_000_000_000_000, &mut out)
+        {
+            Ok(n) => check(&out, n),
+            Err(_) => assert!(out.is_empty(), "a reject appended points"),
+        }
+    });
+}
