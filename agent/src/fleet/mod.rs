@@ -1,0 +1,111 @@
+//! Configuration over MQTT from a fleet broker: the signed [`envelope`],
+//! the overlay it makes on the local file, and what may change live.
+//!
+//! The overlay: the fleet configuration is TOML of the file's schema. Each
+//! top-level section it names replaces that section of the local file
+//! whole (`[store]`, `[sources]`, `[sinks]`, `[listen]`, `[ops]`, `[fleet]`),
+//! except `[agent]`, whose keys are merged one by one so the local device
+//! name and state directory stay. Sections it leaves out come from the
+//! local file, except `[fleet]`: the fleet connection and trusted keys
+//! running now stay until a fleet configuration names them again, so a key
+//! rotation is not undone by the next configuration.
+
+pub mod envelope;
+
+use crate::config::{Config, ConfigError, FleetConfig};
+
+/// The effective configuration: `local` (the file's TOML) under `fleet`
+/// (an envelope's TOML), with `running_fleet` standing in for a `[fleet]`
+/// section the overlay does not name. Environment overrides still win.
+pub fn overlay(
+    local: &str,
+    fleet: &str,
+    running_fleet: Option<&FleetConfig>,
+) -> Result<Config, ConfigError> {
+    let table = |text: &str, origin: &str| {
+        text.parse::<toml::Table>().map_err(|e| ConfigError::Load {
+            path: origin.into(),
+            message: e.to_string(),
+        })
+    };
+    let mut base = table(local, "local configuration")?;
+    let over = table(fleet, "fleet configuration")?;
+    if let Some(f) = running_fleet.filter(|_| !over.contains_key("fleet")) {
+        let v = toml::Value::try_from(f).map_err(|e| ConfigError::Load {
+            path: "running [fleet]".into(),
+            message: e.to_string(),
+        })?;
+        base.insert("fleet".into(), v);
+    }
+    for (section, value) in over {
+        match (section.as_str(), base.get_mut("agent"), value) {
+            ("agent", Some(toml::Value::Table(mine)), toml::Value::Table(theirs)) => {
+                mine.extend(theirs)
+            }
+            (_, _, value) => {
+                base.insert(section, value);
+            }
+        }
+    }
+    Config::from_toml_with_env(&base.to_string(), "fleet configuration")
+}
+
+/// Refuses a configuration that changes what cannot change while the agent
+/// runs (the store's file and layout, identity, the control socket); names
+/// the first such setting. The store's limits change live.
+pub fn not_live(running: &Config, new: &Config) -> Result<(), String> {
+    let (a, b) = (running, new);
+    let fixed: [(&str, bool); 9] = [
+        ("agent.device", a.agent.device != b.agent.device),
+        ("agent.state_dir", a.agent.state_dir != b.agent.state_dir),
+        ("agent.log", a.agent.log != b.agent.log),
+        ("store.path", a.store_path() != b.store_path()),
+        (
+            "store.flush_interval",
+            a.store.flush_interval != b.store.flush_interval,
+        ),
+        (
+            "store.seal_interval",
+            a.store.seal_interval != b.store.seal_interval,
+        ),
+        ("store.rollups", a.store.rollups != b.store.rollups),
+        (
+            "ops.control_socket",
+            a.ops.control_socket != b.ops.control_socket,
+        ),
+        ("listen", a.listen != b.listen),
+    ];
+    match fixed.iter().find(|(_, changed)| *changed) {
+        Some((key, _)) => Err(format!(
+            "`{key}` differs from the running configuration; change it in the local file and restart the agent"
+        )),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_replace_agent_merges() {
+        let local = "[agent]\ndevice = \"gw1\"\nstate_dir = \"/tmp/s\"\n\
+                     [[sinks.influx]]\nname = \"a\"\nurl = \"http://h:1\"\ndb = \"d\"\n\
+                     [[sinks.influx]]\nname = \"b\"\nurl = \"http://h:2\"\ndb = \"d\"\n\
+                     [store]\nmax_disk_bytes = \"10MiB\"\n";
+        let fleet = "[agent]\nshutdown_timeout = \"9s\"\n\
+                     [[sinks.influx]]\nname = \"c\"\nurl = \"http://h:3\"\ndb = \"d\"\n";
+        let cfg = overlay(local, fleet, None).unwrap();
+        assert_eq!(cfg.agent.device, "gw1");
+        assert_eq!(cfg.agent.shutdown_timeout.as_secs(), 9);
+        let names: Vec<_> = cfg.sinks.influx.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["c"], "[sinks] replaced whole");
+        assert_eq!(cfg.store.max_disk_bytes.0, 10 << 20, "[store] kept");
+        let running = Config::from_toml_with_env(local, "l").unwrap();
+        assert!(not_live(&running, &cfg).is_ok());
+        let cfg = overlay(local, "[store]\nflush_interval = \"2s\"\n", None).unwrap();
+        assert!(not_live(&running, &cfg)
+            .unwrap_err()
+            .contains("store.flush_interval"));
+    }
+}
