@@ -10,7 +10,24 @@
 //! running now stay until a fleet configuration names them again, so a key
 //! rotation is not undone by the next configuration.
 
+pub mod cli;
 pub mod envelope;
+
+/// The fleet's MQTT topics.
+pub mod topics {
+    /// Where configurations for `target` (a device or `all`) are retained.
+    pub fn config(fleet: &str, target: &str) -> String {
+        format!("tidegate/{fleet}/{target}/config")
+    }
+    /// A device's birth message, and its last will `offline`.
+    pub fn status(fleet: &str, device: &str) -> String {
+        format!("tidegate/{fleet}/{device}/status")
+    }
+    /// A device's report on each configuration version it received.
+    pub fn config_status(fleet: &str, device: &str) -> String {
+        format!("tidegate/{fleet}/{device}/config/status")
+    }
+}
 
 use crate::config::{Config, ConfigError, FleetConfig};
 
