@@ -257,14 +257,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { config } => {
-            let mut cfg = Config::load(&config)?;
+            // The local file, under the fleet overlay persisted last time.
+            let boot = tidegate::fleet::agent::Boot::load(&config)?;
+            let mut cfg = boot.config.clone();
             cfg.resolve_credentials()?;
+            let boot = boot.enabled().then_some(boot);
             init_logging(&cfg.agent.log);
             let rt = runtime()?;
             rt.block_on(async {
                 let metrics = Metrics::new(&cfg.agent.device);
                 let shutdown = tidegate::run::shutdown_on_signals()?;
-                let status = tidegate::run::run(cfg, metrics, shutdown).await?;
+                let status = tidegate::run::run_with(cfg, metrics, shutdown, boot).await?;
                 // The final counters on stdout, one JSON line, for scripts and tests.
                 println!("{}", serde_json::to_string(&status)?);
                 Ok(())

@@ -248,8 +248,9 @@ pub struct Check<'a> {
 
 impl Check<'_> {
     /// Checks `env` in order (signature, address, freshness, content) and
-    /// returns the effective configuration it would make.
-    pub fn verify(&self, env: &Envelope) -> Result<Config, Rejection> {
+    /// returns the effective configuration it would make, with the overlay
+    /// to persist ([`super::sticky_overlay`]).
+    pub fn verify(&self, env: &Envelope) -> Result<(Config, String), Rejection> {
         let fleet = &self.running.fleet;
         let (Some(key_id), Some(sig)) = (&env.key_id, &env.signature) else {
             return Err(Rejection::Unsigned);
@@ -294,15 +295,16 @@ impl Check<'_> {
                 max_ms: max,
             });
         }
-        let cfg = super::overlay(self.local_toml, &env.config, Some(fleet))
-            .map_err(|e| Rejection::InvalidConfig(e.to_string()))?;
+        let invalid = |e: crate::config::ConfigError| Rejection::InvalidConfig(e.to_string());
+        let overlay = super::sticky_overlay(&env.config, fleet).map_err(invalid)?;
+        let cfg = super::overlay(self.local_toml, &overlay).map_err(invalid)?;
         if !env.allow_fleet_change {
             if let Some(what) = fleet_change(fleet, &cfg.fleet) {
                 return Err(Rejection::FleetCutOff(what));
             }
         }
         super::not_live(self.running, &cfg).map_err(Rejection::NotLive)?;
-        Ok(cfg)
+        Ok((cfg, overlay))
     }
 }
 
@@ -381,7 +383,7 @@ mod tests {
             e
         };
         let ok = signed(envelope(6, SINK));
-        let cfg = check.verify(&ok).unwrap();
+        let (cfg, _) = check.verify(&ok).unwrap();
         assert_eq!(cfg.sinks.influx[0].name, "up");
         assert_eq!(cfg.fleet.fleet, "f", "the local [fleet] stays");
 
@@ -446,7 +448,7 @@ mod tests {
         );
         let mut e = envelope(1, &rotate);
         e.sign(&old);
-        let rotated = check.verify(&e).unwrap();
+        let (rotated, _) = check.verify(&e).unwrap();
         let check = Check {
             running: &rotated,
             applied_version: 1,

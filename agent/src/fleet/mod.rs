@@ -10,6 +10,7 @@
 //! running now stay until a fleet configuration names them again, so a key
 //! rotation is not undone by the next configuration.
 
+pub mod agent;
 pub mod cli;
 pub mod envelope;
 
@@ -31,30 +32,32 @@ pub mod topics {
 
 use crate::config::{Config, ConfigError, FleetConfig};
 
-/// The effective configuration: `local` (the file's TOML) under `fleet`
-/// (an envelope's TOML), with `running_fleet` standing in for a `[fleet]`
-/// section the overlay does not name. Environment overrides still win.
-pub fn overlay(
-    local: &str,
-    fleet: &str,
-    running_fleet: Option<&FleetConfig>,
-) -> Result<Config, ConfigError> {
-    let table = |text: &str, origin: &str| {
-        text.parse::<toml::Table>().map_err(|e| ConfigError::Load {
-            path: origin.into(),
-            message: e.to_string(),
-        })
-    };
-    let mut base = table(local, "local configuration")?;
-    let over = table(fleet, "fleet configuration")?;
-    if let Some(f) = running_fleet.filter(|_| !over.contains_key("fleet")) {
-        let v = toml::Value::try_from(f).map_err(|e| ConfigError::Load {
+/// The overlay as it is persisted and applied: `fleet` (an envelope's TOML)
+/// with the running `[fleet]` section added when it names none.
+pub fn sticky_overlay(fleet: &str, running_fleet: &FleetConfig) -> Result<String, ConfigError> {
+    let mut over = table(fleet, "fleet configuration")?;
+    if !over.contains_key("fleet") {
+        let v = toml::Value::try_from(running_fleet).map_err(|e| ConfigError::Load {
             path: "running [fleet]".into(),
             message: e.to_string(),
         })?;
-        base.insert("fleet".into(), v);
+        over.insert("fleet".into(), v);
     }
-    for (section, value) in over {
+    Ok(over.to_string())
+}
+
+fn table(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Load {
+        path: origin.into(),
+        message: e.to_string(),
+    })
+}
+
+/// The effective configuration: `local` (the file's TOML) under `fleet`
+/// (an overlay's TOML). Environment overrides still win.
+pub fn overlay(local: &str, fleet: &str) -> Result<Config, ConfigError> {
+    let mut base = table(local, "local configuration")?;
+    for (section, value) in table(fleet, "fleet configuration")? {
         match (section.as_str(), base.get_mut("agent"), value) {
             ("agent", Some(toml::Value::Table(mine)), toml::Value::Table(theirs)) => {
                 mine.extend(theirs)
@@ -112,7 +115,7 @@ mod tests {
                      [store]\nmax_disk_bytes = \"10MiB\"\n";
         let fleet = "[agent]\nshutdown_timeout = \"9s\"\n\
                      [[sinks.influx]]\nname = \"c\"\nurl = \"http://h:3\"\ndb = \"d\"\n";
-        let cfg = overlay(local, fleet, None).unwrap();
+        let cfg = overlay(local, fleet).unwrap();
         assert_eq!(cfg.agent.device, "gw1");
         assert_eq!(cfg.agent.shutdown_timeout.as_secs(), 9);
         let names: Vec<_> = cfg.sinks.influx.iter().map(|s| s.name.as_str()).collect();
@@ -120,7 +123,7 @@ mod tests {
         assert_eq!(cfg.store.max_disk_bytes.0, 10 << 20, "[store] kept");
         let running = Config::from_toml_with_env(local, "l").unwrap();
         assert!(not_live(&running, &cfg).is_ok());
-        let cfg = overlay(local, "[store]\nflush_interval = \"2s\"\n", None).unwrap();
+        let cfg = overlay(local, "[store]\nflush_interval = \"2s\"\n").unwrap();
         assert!(not_live(&running, &cfg)
             .unwrap_err()
             .contains("store.flush_interval"));

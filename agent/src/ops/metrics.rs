@@ -17,6 +17,18 @@ pub struct Metrics {
     /// The store's counters.
     pub store: StoreStats,
     sinks: Mutex<Vec<Arc<SinkStats>>>,
+    config: Mutex<ConfigOrigin>,
+}
+
+/// Where the running configuration came from (`tidegate status` shows it).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ConfigOrigin {
+    /// `local` (the file alone) or `fleet` (the file under a fleet overlay).
+    pub source: String,
+    /// The fleet configuration's version (0: none).
+    pub version: u64,
+    /// `pending` (applied, health gate running) or `good` (last-known-good).
+    pub state: String,
 }
 
 /// One source's counters.
@@ -123,11 +135,35 @@ impl Metrics {
             sources: Mutex::default(),
             store: StoreStats::default(),
             sinks: Mutex::default(),
+            config: Mutex::new(ConfigOrigin {
+                source: "local".into(),
+                version: 0,
+                state: "good".into(),
+            }),
         })
     }
 
+    /// Records where the running configuration came from.
+    pub fn set_config_origin(&self, origin: ConfigOrigin) {
+        *self.config.lock().unwrap() = origin;
+    }
+
+    /// Drops a source's counters (it was removed from the configuration).
+    pub fn forget_source(&self, name: &str) {
+        self.sources.lock().unwrap().retain(|s| s.name != name);
+    }
+
+    /// Drops a sink's counters (it was removed from the configuration).
+    pub fn forget_sink(&self, name: &str) {
+        self.sinks.lock().unwrap().retain(|s| s.name != name);
+    }
+
     /// Registers a source and returns its counters.
+    /// A source restarted under the same name keeps its counters.
     pub fn source(&self, name: &str) -> Arc<SourceStats> {
+        if let Some(s) = self.sources.lock().unwrap().iter().find(|s| s.name == name) {
+            return s.clone();
+        }
         let s = Arc::new(SourceStats {
             name: name.to_string(),
             ..Default::default()
@@ -137,7 +173,11 @@ impl Metrics {
     }
 
     /// Registers a sink and returns its counters.
+    /// A sink restarted under the same name keeps its counters.
     pub fn sink(&self, name: &str) -> Arc<SinkStats> {
+        if let Some(s) = self.sinks.lock().unwrap().iter().find(|s| s.name == name) {
+            return s.clone();
+        }
         let s = Arc::new(SinkStats {
             name: name.to_string(),
             ..Default::default()
@@ -203,6 +243,7 @@ impl Metrics {
             sources,
             store,
             sinks,
+            config: self.config.lock().unwrap().clone(),
         }
     }
 }
@@ -222,6 +263,9 @@ pub struct Status {
     pub store: StoreStatus,
     /// Per sink.
     pub sinks: Vec<SinkStatus>,
+    /// Where the running configuration came from.
+    #[serde(default)]
+    pub config: ConfigOrigin,
 }
 
 /// One source in [`Status`].

@@ -6,7 +6,7 @@ pub mod metrics;
 pub mod notify;
 pub mod ratelimit;
 
-pub use metrics::{Metrics, Status};
+pub use metrics::{ConfigOrigin, Metrics, Status};
 pub use ratelimit::RateLimit;
 pub mod view;
 

@@ -12,6 +12,16 @@ pub fn render_status(s: &Status) -> String {
         "tidegate {} on {} — up {:.0}s",
         s.version, s.device, s.uptime_s
     );
+    let c = &s.config;
+    if c.source == "fleet" {
+        let _ = writeln!(
+            o,
+            "config: local file under fleet version {} ({})",
+            c.version, c.state
+        );
+    } else {
+        let _ = writeln!(o, "config: local file");
+    }
     let _ = writeln!(o, "\nsources");
     for src in &s.sources {
         let rejects: Vec<String> = src
