@@ -42,6 +42,9 @@ pub struct Applied {
 /// A report on `…/config/status`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Report {
+    /// The reporting device.
+    #[serde(default)]
+    pub device: String,
     /// The envelope's version (0 if it could not be read).
     pub version: u64,
     /// `accepted`, `applied`, `confirmed`, `rejected` or `rolled_back`.
@@ -294,7 +297,16 @@ pub async fn run(
                 }
             }
             if a.reconnect {
+                // Send what is queued (the `applied` report) before leaving.
                 let _ = client.disconnect().await;
+                let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                    while let Ok(ev) = events.poll().await {
+                        if let Event::Outgoing(rumqttc::Outgoing::Disconnect) = ev {
+                            break;
+                        }
+                    }
+                })
+                .await;
                 break;
             }
         }
@@ -392,6 +404,7 @@ impl Agent {
             "fleet config"
         );
         self.state.outbox.push(Report {
+            device: self.running.agent.device.clone(),
             version,
             state: state.into(),
             code: code.map(String::from),
