@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tidegate::fleet::agent::Report;
 use tidegate::fleet::cli;
-use tidegate::fleet::envelope::{now_ms, Envelope, PrivateKey};
+use tidegate::fleet::envelope::{Envelope, PrivateKey};
 use tidegate_e2e::agent::{expected_points, stored_raw, Agent, Sim};
 use tidegate_e2e::subscriber::Subscriber;
 use tidegate_e2e::{bin, free_port, wait_until, Mosquitto};
@@ -63,15 +63,32 @@ fn influx(name: &str, db: &str) -> String {
 }
 
 fn envelope(version: u64, target: &str, config: &str) -> Envelope {
-    Envelope {
-        fleet: FLEET.into(),
-        target: target.into(),
-        version,
-        issued_at: now_ms(),
-        allow_fleet_change: false,
-        config: config.into(),
-        key_id: None,
-        signature: None,
+    Envelope::new(FLEET, target, version, config)
+}
+
+/// A broker, a key the agents trust, a directory, and a subscriber to
+/// `device`'s reports (`+`: every device's).
+struct Setup {
+    broker: Mosquitto,
+    url: String,
+    key: PrivateKey,
+    dir: tempfile::TempDir,
+    sub: Subscriber,
+}
+
+fn setup(device: &str) -> Setup {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let sub = Subscriber::start(
+        broker.port(),
+        &format!("tidegate/{FLEET}/{device}/config/status"),
+    );
+    Setup {
+        broker,
+        url,
+        key: PrivateKey::generate().unwrap(),
+        dir: tempfile::tempdir().unwrap(),
+        sub,
     }
 }
 
@@ -122,10 +139,13 @@ fn sink_names(a: &Agent) -> Vec<String> {
 
 #[test]
 fn all_then_one_device() {
-    let broker = Mosquitto::start();
-    let url = broker.url();
-    let key = PrivateKey::generate().unwrap();
-    let sub = Subscriber::start(broker.port(), &format!("tidegate/{FLEET}/+/config/status"));
+    let Setup {
+        broker: _broker,
+        url,
+        key,
+        sub,
+        ..
+    } = setup("+");
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let devices = ["gw1", "gw2", "gw3"];
     let agents: Vec<Agent> = dirs
@@ -151,7 +171,7 @@ fn all_then_one_device() {
         cli_key.public().to_text()
     );
     // The agents trust `key`; sign with it through the CLI too.
-    std::fs::write(&keyfile, key_text(&key)).unwrap();
+    std::fs::write(&keyfile, key.to_text()).unwrap();
     let conf = work.path().join("c.toml");
     std::fs::write(&conf, influx("a", "fleet")).unwrap();
     let out = Command::new(bin("tidegate"))
@@ -228,20 +248,15 @@ fn all_then_one_device() {
     drop(agents);
 }
 
-fn key_text(key: &PrivateKey) -> String {
-    key.to_text()
-}
-
 #[test]
 fn every_rejection_is_reported_and_changes_nothing() {
-    let broker = Mosquitto::start();
-    let url = broker.url();
-    let key = PrivateKey::generate().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let sub = Subscriber::start(
-        broker.port(),
-        &format!("tidegate/{FLEET}/gw1/config/status"),
-    );
+    let Setup {
+        broker: _broker,
+        url,
+        key,
+        dir,
+        sub,
+    } = setup("gw1");
     let _sim = Sim::start(
         dir.path(),
         &["--sensors", "2", "--rate", "200", "--garbage-rate", "0"],
@@ -333,14 +348,13 @@ fn every_rejection_is_reported_and_changes_nothing() {
 
 #[test]
 fn dead_sink_applies_broken_fleet_rolls_back_restart_keeps_config() {
-    let broker = Mosquitto::start();
-    let url = broker.url();
-    let key = PrivateKey::generate().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let sub = Subscriber::start(
-        broker.port(),
-        &format!("tidegate/{FLEET}/gw1/config/status"),
-    );
+    let Setup {
+        broker: _broker,
+        url,
+        key,
+        dir,
+        sub,
+    } = setup("gw1");
     let cfg = agent_config(dir.path(), &url, "gw1", &key, "");
     let agent = Agent::start(dir.path(), &cfg);
 
@@ -398,14 +412,13 @@ fn dead_sink_applies_broken_fleet_rolls_back_restart_keeps_config() {
 
 #[test]
 fn ten_changes_under_load_lose_and_duplicate_nothing() {
-    let broker = Mosquitto::start();
-    let url = broker.url();
-    let key = PrivateKey::generate().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let sub = Subscriber::start(
-        broker.port(),
-        &format!("tidegate/{FLEET}/gw1/config/status"),
-    );
+    let Setup {
+        broker: _broker,
+        url,
+        key,
+        dir,
+        sub,
+    } = setup("gw1");
     let sim = Sim::start(
         dir.path(),
         &[

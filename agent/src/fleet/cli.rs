@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-use super::envelope::{now_ms, Envelope, PrivateKey};
+use super::envelope::{Envelope, PrivateKey};
 use super::topics;
 
 /// Writes a new private key to `out` (mode 0600, never overwritten) and
@@ -44,32 +44,18 @@ pub fn sign(
     // Catch a typo here rather than on a thousand gateways.
     text.parse::<toml::Table>()
         .with_context(|| format!("{} is not TOML", config.display()))?;
-    let mut env = Envelope {
-        fleet: fleet.into(),
-        target: target.into(),
-        version,
-        issued_at: now_ms(),
-        allow_fleet_change,
-        config: text,
-        key_id: None,
-        signature: None,
-    };
+    let mut env = Envelope::new(fleet, target, version, &text);
+    env.allow_fleet_change = allow_fleet_change;
     env.sign(&key);
     Ok(env)
 }
 
 fn options(broker: &str, client: &str) -> anyhow::Result<MqttOptions> {
-    crate::mqtt::Connection {
-        what: "fleet broker".into(),
-        url: broker,
-        client_id: format!("{client}-{}", std::process::id()),
-        username: None,
-        password: None,
-        ca_file: None,
-        client_cert: None,
-        client_key: None,
-        keep_alive: Duration::from_secs(30),
-    }
+    crate::mqtt::Connection::plain(
+        "fleet broker",
+        broker,
+        format!("{client}-{}", std::process::id()),
+    )
     .options()
 }
 

@@ -65,6 +65,20 @@ struct Signed<'a> {
 }
 
 impl Envelope {
+    /// An unsigned envelope issued now.
+    pub fn new(fleet: &str, target: &str, version: u64, config: &str) -> Envelope {
+        Envelope {
+            fleet: fleet.into(),
+            target: target.into(),
+            version,
+            issued_at: now_ms(),
+            allow_fleet_change: false,
+            config: config.into(),
+            key_id: None,
+            signature: None,
+        }
+    }
+
     /// The bytes the signature covers.
     pub fn signed_bytes(&self) -> Vec<u8> {
         let mut out = DOMAIN.to_vec();
@@ -352,16 +366,7 @@ mod tests {
     }
 
     fn envelope(version: u64, config: &str) -> Envelope {
-        Envelope {
-            fleet: "f".into(),
-            target: "all".into(),
-            version,
-            issued_at: now_ms(),
-            allow_fleet_change: false,
-            config: config.into(),
-            key_id: None,
-            signature: None,
-        }
+        Envelope::new("f", "all", version, config)
     }
 
     const SINK: &str =
