@@ -268,7 +268,7 @@ pub async fn run(
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if !p.payload.is_empty() {
-                            a.receive(&p.payload).await;
+                            a.receive(&p.payload, p.retain).await;
                         }
                     }
                     Ok(_) => {}
@@ -428,8 +428,9 @@ impl Agent {
         self.save();
     }
 
-    /// One message on a config topic.
-    async fn receive(&mut self, payload: &[u8]) {
+    /// One message on a config topic; `retained`: delivered because we
+    /// subscribed (a stored message), not published just now.
+    async fn receive(&mut self, payload: &[u8], retained: bool) {
         let env: Envelope = match serde_json::from_slice(payload) {
             Ok(e) => e,
             Err(e) => {
@@ -453,6 +454,11 @@ impl Agent {
         };
         let (cfg, overlay) = match check.verify(&env) {
             Ok(x) => x,
+            Err(Rejection::Replay { .. }) if retained => {
+                // The other config topic's older envelope, kept by the
+                // broker: not news, and not worth overwriting the last report.
+                return;
+            }
             Err(r) => {
                 warn!(version = env.version, "fleet config rejected: {r}");
                 self.report(env.version, "rejected", Some(r.code()), Some(r.to_string()))

@@ -156,9 +156,10 @@ pub async fn collect(
 /// The table `fleet status` prints.
 pub fn table(rows: &BTreeMap<String, DeviceRow>) -> String {
     let mut out = format!(
-        "{:<20} {:<8} {:>8} {:<8} {:<40} {:>12} {:>10}\n",
-        "DEVICE", "ONLINE", "CONFIG", "SOURCE", "LAST REPORT", "STORE", "SINK LAG"
+        "{:<20} {:<8} {:>8} {:<8} {:<40} {:>10} {:>12} {:>10}\n",
+        "DEVICE", "ONLINE", "CONFIG", "SOURCE", "LAST REPORT", "SEEN", "STORE", "SINK LAG"
     );
+    let now = super::envelope::now_ms();
     for (device, r) in rows {
         let s = r.status.as_ref();
         let get = |k: &str| s.and_then(|s| s.get(k)).cloned();
@@ -192,8 +193,12 @@ pub fn table(rows: &BTreeMap<String, DeviceRow>) -> String {
         let lag = get("sink_backlog_points")
             .map(|v| v.to_string())
             .unwrap_or_else(|| "-".into());
+        let seen = get("ts")
+            .and_then(|v| v.as_u64())
+            .map(|ts| format!("{}s ago", now.saturating_sub(ts) / 1000))
+            .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
-            "{device:<20} {online:<8} {version:>8} {source:<8} {report:<40} {store:>12} {lag:>10}\n"
+            "{device:<20} {online:<8} {version:>8} {source:<8} {report:<40} {seen:>10} {store:>12} {lag:>10}\n"
         ));
     }
     out
