@@ -159,7 +159,8 @@ enum SinkSpec {
     Mqtt(MqttSinkConfig),
 }
 
-fn source_specs(cfg: &Config) -> BTreeMap<String, SourceSpec> {
+/// In configuration order (the order `status` lists them in).
+fn source_specs(cfg: &Config) -> Vec<(String, SourceSpec)> {
     let serial = cfg
         .sources
         .serial
@@ -173,7 +174,8 @@ fn source_specs(cfg: &Config) -> BTreeMap<String, SourceSpec> {
     serial.chain(mqtt).collect()
 }
 
-fn sink_specs(cfg: &Config) -> BTreeMap<String, SinkSpec> {
+/// In configuration order: influx, mqtt, remote write.
+fn sink_specs(cfg: &Config) -> Vec<(String, SinkSpec)> {
     let influx = cfg
         .sinks
         .influx
@@ -189,7 +191,7 @@ fn sink_specs(cfg: &Config) -> BTreeMap<String, SinkSpec> {
         .mqtt
         .iter()
         .map(|s| (s.name.clone(), SinkSpec::Mqtt(s.clone())));
-    influx.chain(rw).chain(mqtt).collect()
+    influx.chain(mqtt).chain(rw).collect()
 }
 
 struct RunningSource {
@@ -254,9 +256,10 @@ impl Pipeline {
     /// ([`crate::fleet::not_live`]).
     pub async fn apply(&mut self, new: &Config) -> anyhow::Result<Changes> {
         let mut changes = Changes::default();
-        let new_sinks = sink_specs(new);
+        let sink_order = sink_specs(new);
+        let new_sinks: BTreeMap<_, _> = sink_order.iter().cloned().collect();
         let mut starters: Vec<(String, SinkSpec, Starter)> = Vec::new();
-        for (name, spec) in &new_sinks {
+        for (name, spec) in &sink_order {
             if self.sinks.get(name).map(|r| &r.spec) == Some(spec) {
                 continue;
             }
@@ -266,7 +269,8 @@ impl Pipeline {
                 starter(spec, &new.agent.device)?,
             ));
         }
-        let new_sources = source_specs(new);
+        let source_order = source_specs(new);
+        let new_sources: BTreeMap<_, _> = source_order.iter().cloned().collect();
         let stale: Vec<String> = self
             .sources
             .iter()
@@ -282,7 +286,7 @@ impl Pipeline {
             }
             changes.sources.push(name);
         }
-        for (name, spec) in new_sources {
+        for (name, spec) in source_order {
             if self.sources.contains_key(&name) {
                 continue;
             }
