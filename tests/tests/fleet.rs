@@ -13,7 +13,7 @@ use tidegate::fleet::cli;
 use tidegate::fleet::envelope::{Envelope, PrivateKey};
 use tidegate_e2e::agent::{expected_points, stored_raw, Agent, Sim};
 use tidegate_e2e::subscriber::Subscriber;
-use tidegate_e2e::{bin, free_port, wait_until, Mosquitto};
+use tidegate_e2e::{bin, free_port, wait_until, Influxd, Mosquitto};
 
 const FLEET: &str = "plant";
 
@@ -436,13 +436,19 @@ fn ten_changes_under_load_lose_and_duplicate_nothing() {
         dir.path(),
         &agent_config(dir.path(), &url, "gw1", &key, &serial(dir.path(), 4096)),
     );
+    let influxd = Influxd::start();
+    influxd.create_db("fleet");
     for v in 1..=10u64 {
-        // Every change restarts the sink; every other one the source too;
-        // the store's limits change live.
+        // Every change restarts the sink `up` (to a real InfluxDB; it keeps
+        // its cursor) and swaps a dead one; every other one restarts the
+        // source; the store's limits change live.
         let config = format!(
-            "{}{}[store]\nflush_interval = \"200ms\"\nseal_interval = \"2s\"\nmax_disk_bytes = \"{}MiB\"\n",
+            "{}{}[[sinks.influx]]\nname = \"up\"\nurl = \"{}\"\ndb = \"fleet\"\nbatch_max_points = {}\n\
+             [store]\nflush_interval = \"200ms\"\nseal_interval = \"2s\"\nmax_disk_bytes = \"{}MiB\"\n",
             serial(dir.path(), 4096 + (v as usize % 2)),
             influx(&format!("s{}", v % 3), &format!("db{v}")),
+            influxd.url(),
+            200 + v * 50,
             500 + v
         );
         publish(&url, "gw1", &signed(&key, envelope(v, "gw1", &config)));
@@ -467,4 +473,24 @@ fn ten_changes_under_load_lose_and_duplicate_nothing() {
     assert_eq!(unique, expected);
     let st = agent.status();
     assert_eq!(st.config.version, 10);
+    // The restarted sink resumed from its cursor: InfluxDB holds the ledger.
+    let in_db = || -> BTreeSet<(String, i64, u64)> {
+        influxd
+            .points("fleet", "sim")
+            .into_iter()
+            .map(|r| (r.series, r.ts_ns, r.value.to_bits()))
+            .collect()
+    };
+    let _ = tidegate_e2e::poll_until(Duration::from_secs(30), Duration::from_millis(500), || {
+        (in_db().len() >= expected.len()).then_some(())
+    });
+    let got = in_db();
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "InfluxDB holds {} of {} points",
+        got.len(),
+        expected.len()
+    );
+    assert!(got == expected, "InfluxDB holds exactly the ledger");
 }
