@@ -134,7 +134,7 @@ impl Boot {
         let local = Config::from_toml_with_env(&local_toml, &origin)?;
         let sp = state_path(&local.agent.state_dir);
         let mut state = State::load(&sp)?;
-        let mut config = local.clone();
+        let mut config = None;
         for (which, a) in [
             ("current", state.current.clone()),
             ("last-known-good", state.good.clone()),
@@ -142,9 +142,9 @@ impl Boot {
             let Some(a) = a else { break };
             match super::overlay(&local_toml, &a.overlay) {
                 Ok(c) => {
-                    config = c;
+                    config = Some(c);
                     if which != "current" {
-                        state.current = state.good.clone();
+                        state.current = Some(a);
                         state.confirmed = true;
                     }
                     break;
@@ -152,9 +152,13 @@ impl Boot {
                 Err(e) => warn!(version = a.version, "the persisted {which} fleet configuration no longer loads over {origin} ({e}); skipping it"),
             }
         }
-        if config == local {
+        let config = config.unwrap_or_else(|| {
+            // The local file alone (the replay floor stays).
             state.current = None;
-        }
+            state.good = None;
+            state.confirmed = true;
+            local
+        });
         Ok(Boot {
             local_toml,
             origin,
@@ -599,5 +603,61 @@ impl Agent {
         self.set_origin();
         self.report(bad, "rolled_back", Some("unhealthy"), Some(why))
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_comes_back_under_the_persisted_overlay() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        std::fs::create_dir(&state_dir).unwrap();
+        let file = dir.path().join("t.toml");
+        let key = super::super::envelope::PrivateKey::generate().unwrap();
+        std::fs::write(
+            &file,
+            format!(
+                "[agent]\ndevice = \"gw1\"\nstate_dir = \"{}\"\n\
+                 [fleet]\nurl = \"mqtt://127.0.0.1:1\"\nfleet = \"f\"\ntrusted_keys = [\"{}\"]\n",
+                state_dir.display(),
+                key.public().to_text()
+            ),
+        )
+        .unwrap();
+        let boot = Boot::load(&file).unwrap();
+        assert!(boot.enabled() && boot.state.current.is_none());
+        assert!(boot.config.sinks.influx.is_empty());
+
+        let applied = |v: u64, sink: &str| Applied {
+            version: v,
+            overlay: format!(
+                "[[sinks.influx]]\nname = \"{sink}\"\nurl = \"http://h:1\"\ndb = \"d\"\n"
+            ),
+            signature: format!("sig{v}"),
+        };
+        let state = State {
+            current: Some(applied(3, "three")),
+            good: Some(applied(2, "two")),
+            floor: 3,
+            ..State::default()
+        };
+        let path = state_path(&state_dir);
+        state.save(&path).unwrap();
+        assert_eq!(State::load(&path).unwrap(), state);
+        let boot = Boot::load(&file).unwrap();
+        assert_eq!(boot.config.sinks.influx[0].name, "three");
+        assert!(!boot.state.confirmed, "the gate runs again after a restart");
+
+        // A current overlay that no longer loads: the last-known-good runs.
+        let mut broken = state.clone();
+        broken.current.as_mut().unwrap().overlay = "[store]\nflush_intervall = 1\n".into();
+        broken.save(&path).unwrap();
+        let boot = Boot::load(&file).unwrap();
+        assert_eq!(boot.config.sinks.influx[0].name, "two");
+        assert_eq!(boot.state.current.as_ref().unwrap().version, 2);
+        assert_eq!(boot.state.floor, 3, "the replay floor stays");
     }
 }
