@@ -1,6 +1,6 @@
 //! Fleet configuration over a real mosquitto: signed envelopes to `all` and
 //! to one device, every rejection reason, a dead sink that still applies, a
-//! broken fleet connection that rolls back by itself, a restart under an
+//! broken fleet connection and a dead source that roll back by themselves, a restart under an
 //! accepted configuration, and ten changes under load that lose nothing.
 
 use std::collections::BTreeSet;
@@ -408,6 +408,23 @@ fn dead_sink_applies_broken_fleet_rolls_back_restart_keeps_config() {
     assert!(!reports(&sub)
         .iter()
         .any(|r| r.version == 3 && r.state == "rejected"));
+
+    // A source that never connects fails the health gate too: back to 3.
+    let dead_source = format!(
+        "[[sources.mqtt]]\nname = \"nowhere\"\nurl = \"mqtt://127.0.0.1:{}\"\n\
+         [[sources.mqtt.subscriptions]]\ntopic = \"sensors/#field\"\nformat = \"number\"\n{}",
+        free_port(),
+        influx("three", "t")
+    );
+    publish(&url, "gw1", &signed(&key, envelope(4, "gw1", &dead_source)));
+    wait_report(&sub, "gw1", 4, "applied", 10);
+    let r = wait_report(&sub, "gw1", 4, "rolled_back", 15);
+    assert!(
+        r.reason.as_deref().unwrap_or("").contains("source"),
+        "{r:?}"
+    );
+    let st = agent.status();
+    assert_eq!((st.config.version, st.sources.len()), (3, 0));
 }
 
 #[test]
