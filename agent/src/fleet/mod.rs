@@ -75,24 +75,30 @@ pub fn overlay(local: &str, fleet: &str) -> Result<Config, ConfigError> {
 /// the first such setting. The store's limits change live.
 pub fn not_live(running: &Config, new: &Config) -> Result<(), String> {
     let (a, b) = (running, new);
-    let fixed: [(&str, bool); 9] = [
+    // Whole sections less what changes live, so a setting added later is
+    // refused until someone makes it live.
+    let mut a_store = a.store.clone();
+    a_store.max_disk_bytes = b.store.max_disk_bytes;
+    a_store.max_age = b.store.max_age;
+    a_store.min_free_disk = b.store.min_free_disk;
+    let mut a_agent = a.agent.clone();
+    a_agent.shutdown_timeout = b.agent.shutdown_timeout;
+    let fixed: [(&str, bool); 10] = [
         ("agent.device", a.agent.device != b.agent.device),
         ("agent.state_dir", a.agent.state_dir != b.agent.state_dir),
         ("agent.log", a.agent.log != b.agent.log),
+        ("agent", a_agent != b.agent),
         ("store.path", a.store_path() != b.store_path()),
         (
             "store.flush_interval",
             a.store.flush_interval != b.store.flush_interval,
         ),
-        (
-            "store.seal_interval",
-            a.store.seal_interval != b.store.seal_interval,
-        ),
         ("store.rollups", a.store.rollups != b.store.rollups),
         (
-            "ops.control_socket",
-            a.ops.control_socket != b.ops.control_socket,
+            "store (all but max_disk_bytes, max_age, min_free_disk)",
+            a_store != b.store,
         ),
+        ("ops", a.ops != b.ops),
         ("listen", a.listen != b.listen),
     ];
     match fixed.iter().find(|(_, changed)| *changed) {
