@@ -240,7 +240,7 @@ pub async fn run(
             Ok(o) => o,
             Err(e) => {
                 warn!("fleet broker settings: {e:#}");
-                a.wait_or_rollback(&stop, &heartbeat, &mut beat, None).await;
+                a.wait_or_rollback(&stop, &heartbeat, &mut beat).await;
                 continue;
             }
         };
@@ -543,7 +543,6 @@ impl Agent {
         stop: &CancellationToken,
         heartbeat: &AtomicU64,
         beat: &mut (u64, Instant),
-        _why: Option<String>,
     ) {
         self.connected = false;
         self.client = None;
