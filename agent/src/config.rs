@@ -37,6 +37,70 @@ pub struct Config {
     /// The HTTP listener (relay writes from other agents); off unless an address is set.
     #[serde(default)]
     pub listen: ListenConfig,
+    /// Configuration over MQTT from a fleet broker (`fleet/`); off unless `url` is set.
+    #[serde(default)]
+    pub fleet: FleetConfig,
+}
+
+/// The fleet broker this agent takes signed configurations from.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// `mqtt://host[:1883]` or `mqtts://host[:8883]`; fleet configuration is off while unset.
+    pub url: Option<String>,
+    /// The fleet's name: topics are `tidegate/{fleet}/{device}/...`.
+    pub fleet: String,
+    /// Ed25519 public keys (base64, as `tidegate fleet keygen` prints them)
+    /// whose signatures this agent accepts.
+    pub trusted_keys: Vec<String>,
+    /// How long the agent must stay healthy under a new configuration before
+    /// it becomes last-known-good; unhealthy before that → rolled back.
+    #[serde(with = "humantime_serde")]
+    pub confirm_after: Duration,
+    /// Envelopes issued further than this in the future are rejected.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// Client id; default `tidegate-<device>-fleet`.
+    pub client_id: Option<String>,
+    /// User name, if the broker asks for one.
+    pub username: Option<String>,
+    /// Password for `username` (may be `credential:NAME`).
+    pub password: Option<String>,
+    /// PEM CA(s) of the broker's certificate (`mqtts://`).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate.
+    pub client_cert: Option<PathBuf>,
+    /// PEM key of `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// MQTT keep-alive (also how soon the broker publishes the last will).
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            url: None,
+            fleet: String::new(),
+            trusted_keys: Vec::new(),
+            confirm_after: Duration::from_secs(60),
+            max_clock_skew: Duration::from_secs(300),
+            client_id: None,
+            username: None,
+            password: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            keep_alive: Duration::from_secs(30),
+        }
+    }
+}
+
+impl FleetConfig {
+    /// Whether fleet configuration is on.
+    pub fn enabled(&self) -> bool {
+        self.url.is_some()
+    }
 }
 
 /// The HTTP listener: another Tidegate's `[[sinks.influx]]` (or anything that
@@ -848,6 +912,34 @@ impl Config {
                     format!("{key}.bearer_token"),
                     "set either bearer_token or username/password, not both".into(),
                 );
+            }
+        }
+        if let Some(url) = &self.fleet.url {
+            if let Err(message) = crate::mqtt::parse_url(url) {
+                return invalid("fleet.url".into(), message);
+            }
+            if self.fleet.fleet.is_empty() || self.fleet.fleet.contains(['/', '+', '#']) {
+                return invalid(
+                    "fleet.fleet".into(),
+                    "must name the fleet, without `/`, `+` or `#`, e.g. \"plant-a\"".into(),
+                );
+            }
+            if self.fleet.trusted_keys.is_empty() {
+                return invalid(
+                    "fleet.trusted_keys".into(),
+                    "needs at least one public key (tidegate fleet keygen prints one)".into(),
+                );
+            }
+            if self.agent.device.contains(['/', '+', '#']) || self.agent.device == "all" {
+                return invalid(
+                    "agent.device".into(),
+                    "a fleet device name must not contain `/`, `+`, `#` nor be `all`".into(),
+                );
+            }
+        }
+        for (i, k) in self.fleet.trusted_keys.iter().enumerate() {
+            if let Err(e) = crate::fleet::envelope::PublicKey::parse(k) {
+                return invalid(format!("fleet.trusted_keys[{i}]"), e);
             }
         }
         Ok(())

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod fleet;
 pub mod mqtt;
 pub mod ops;
 pub mod point;

@@ -91,6 +91,11 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// Fleet configuration over MQTT: keys, signing, publishing, status.
+    Fleet {
+        #[command(subcommand)]
+        what: FleetCommand,
+    },
     /// Show a running agent's status.
     Status {
         /// The agent's configuration (to find its control socket).
@@ -120,6 +125,68 @@ enum Command {
         /// Series keys to show; `*` matches anything (e.g. 'sensor,*temp').
         #[arg(long, default_value = "*")]
         series: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Make a signing key: the private key goes to --out (0600), the public key is printed.
+    Keygen {
+        /// The private key file to create (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a configuration (TOML) into an envelope, printed as JSON.
+    Sign {
+        /// The private key file (from `fleet keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Higher than every version issued before (devices refuse older ones).
+        #[arg(long)]
+        version: u64,
+        /// The fleet.
+        #[arg(long)]
+        fleet: String,
+        /// A device name, or `all`.
+        #[arg(long, default_value = "all")]
+        target: String,
+        /// Allow the configuration to change or remove the `[fleet]` connection.
+        #[arg(long)]
+        allow_fleet_change: bool,
+        /// The configuration overlay (TOML, the schema of the configuration file).
+        config: PathBuf,
+    },
+    /// Publish a signed envelope (retained, QoS 1) to one device or the whole fleet.
+    Publish {
+        /// The fleet broker, mqtt://host:1883.
+        #[arg(long)]
+        broker: String,
+        /// The fleet.
+        #[arg(long)]
+        fleet: String,
+        /// One device.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        device: Option<String>,
+        /// Every device of the fleet.
+        #[arg(long)]
+        all: bool,
+        /// The envelope from `fleet sign`.
+        signed: PathBuf,
+    },
+    /// Listen to the fleet's status topics for a few seconds and print a table.
+    Status {
+        /// The fleet broker, mqtt://host:1883.
+        #[arg(long)]
+        broker: String,
+        /// The fleet.
+        #[arg(long)]
+        fleet: String,
+        /// How long to listen.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -238,6 +305,7 @@ fn main() -> std::process::ExitCode {
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Fleet { what } => fleet(what),
         Command::CheckConfig { file } => {
             let cfg = Config::load(&file)?;
             // Checked, not printed: the secrets stay out of the output.
@@ -247,8 +315,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { config } => {
-            let mut cfg = Config::load(&config)?;
+            // The local file, under the fleet overlay persisted last time.
+            let boot = tidegate::fleet::agent::Boot::load(&config)?;
+            let mut cfg = boot.config.clone();
             cfg.resolve_credentials()?;
+            let boot = boot.enabled().then_some(boot);
             init_logging(&cfg.agent.log);
             let rt = runtime()?;
             rt.block_on(async {
@@ -257,7 +328,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 let path = std::fs::canonicalize(&config).unwrap_or(config);
                 metrics.set_config(ConfigInfo::of(&path, &text));
                 let shutdown = tidegate::run::shutdown_on_signals()?;
-                let status = tidegate::run::run(cfg, metrics, shutdown).await?;
+                let status = tidegate::run::run_with(cfg, metrics, shutdown, boot).await?;
                 // The final counters on stdout, one JSON line, for scripts and tests.
                 println!("{}", serde_json::to_string(&status)?);
                 Ok(())
@@ -496,6 +567,74 @@ fn control_socket(config: &std::path::Path, socket: Option<PathBuf>) -> anyhow::
         Some(s) => s,
         None => Config::load(config)?.control_socket(),
     })
+}
+
+fn fleet(what: FleetCommand) -> anyhow::Result<()> {
+    use tidegate::fleet::cli;
+    match what {
+        FleetCommand::Keygen { out } => {
+            let public = cli::keygen(&out)?;
+            eprintln!(
+                "private key written to {} (mode 0600); public key for fleet.trusted_keys:",
+                out.display()
+            );
+            println!("{public}");
+            Ok(())
+        }
+        FleetCommand::Sign {
+            key,
+            version,
+            fleet,
+            target,
+            allow_fleet_change,
+            config,
+        } => {
+            let env = cli::sign(&key, version, &fleet, &target, allow_fleet_change, &config)?;
+            println!("{}", serde_json::to_string_pretty(&env)?);
+            Ok(())
+        }
+        FleetCommand::Publish {
+            broker,
+            fleet,
+            device,
+            all: _,
+            signed,
+        } => {
+            tidegate::install_crypto_provider();
+            let text = std::fs::read(&signed)
+                .with_context(|| format!("cannot read {}", signed.display()))?;
+            let env: tidegate::fleet::envelope::Envelope = serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not a signed envelope", signed.display()))?;
+            let topic = cli::topic_for(&env, &fleet, device.as_deref())?;
+            runtime()?.block_on(cli::publish(&broker, &topic, text))?;
+            eprintln!("published version {} on {topic} (retained)", env.version);
+            Ok(())
+        }
+        FleetCommand::Status {
+            broker,
+            fleet,
+            wait,
+            json,
+        } => {
+            tidegate::install_crypto_provider();
+            let rows = runtime()?.block_on(cli::collect(&broker, &fleet, wait))?;
+            if json {
+                let v: serde_json::Map<String, serde_json::Value> = rows
+                    .into_iter()
+                    .map(|(d, r)| {
+                        (
+                            d,
+                            serde_json::json!({"online": r.online, "status": r.status, "report": r.report}),
+                        )
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", cli::table(&rows));
+            }
+            Ok(())
+        }
+    }
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {

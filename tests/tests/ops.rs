@@ -136,7 +136,7 @@ fn status_json_counts_match_the_ledger_and_the_store() {
     });
     assert_eq!(s.sinks[0].lag_s, Some(0.0));
     assert!(s.clock_synchronised.is_some());
-    let cfg = s.config.expect("config provenance");
+    let cfg = s.config_file.expect("config provenance");
     assert!(
         cfg.path.ends_with(".toml") && cfg.hash.len() == 16,
         "{cfg:?}"

@@ -63,6 +63,7 @@ impl Config {
     /// [`Config::resolve_credentials`] with the directory given.
     pub fn resolve_credentials_in(&mut self, dir: Option<&Path>) -> Result<(), ConfigError> {
         resolve(&mut self.listen.token, "listen.token", dir)?;
+        resolve(&mut self.fleet.password, "fleet.password", dir)?;
         for (i, s) in self.sources.mqtt.iter_mut().enumerate() {
             resolve(&mut s.password, &format!("sources.mqtt[{i}].password"), dir)?;
         }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +20,9 @@ pub struct Metrics {
     /// The wall clock (`ops/clock.rs`).
     pub clock: ClockStats,
     /// Where the configuration came from and its hash, for `status`.
-    config: Mutex<Option<ConfigInfo>>,
+    config_file: Mutex<Option<ConfigInfo>>,
+    /// Where the running configuration came from (the file alone, or under a fleet overlay).
+    config: Mutex<ConfigOrigin>,
     /// Ingest rate over all sources (EWMA of points/s, f64 bits), see [`Metrics::tick`].
     ingest_rate: AtomicU64,
     /// What the previous [`Metrics::tick`] saw.
@@ -71,14 +73,6 @@ fn ewma(cell: &AtomicU64, sample: f64) {
     cell.store(new.to_bits(), Relaxed);
 }
 
-/// Nanoseconds since the Unix epoch now.
-pub fn unix_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 /// The wall clock's state.
 #[derive(Debug, Default)]
 pub struct ClockStats {
@@ -110,6 +104,17 @@ impl ClockStats {
             _ => None,
         }
     }
+}
+
+/// Where the running configuration came from (`tidegate status` shows it).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ConfigOrigin {
+    /// `local` (the file alone) or `fleet` (the file under a fleet overlay).
+    pub source: String,
+    /// The fleet configuration's version (0: none).
+    pub version: u64,
+    /// `pending` (applied, health gate running) or `good` (last-known-good).
+    pub state: String,
 }
 
 /// One source's counters.
@@ -248,7 +253,12 @@ impl Metrics {
             sources: Mutex::default(),
             store: StoreStats::default(),
             sinks: Mutex::default(),
-            config: Mutex::default(),
+            config_file: Mutex::default(),
+            config: Mutex::new(ConfigOrigin {
+                source: "local".into(),
+                version: 0,
+                state: "good".into(),
+            }),
             ingest_rate: AtomicU64::new(0),
             last_tick: Mutex::default(),
             clock: ClockStats::default(),
@@ -257,7 +267,7 @@ impl Metrics {
 
     /// Records where the configuration came from.
     pub fn set_config(&self, info: ConfigInfo) {
-        *self.config.lock().unwrap() = Some(info);
+        *self.config_file.lock().unwrap() = Some(info);
     }
 
     /// Once a second (run.rs): rates as EWMAs and each source's last-seen time.
@@ -280,7 +290,7 @@ impl Metrics {
                     let new = points[i].saturating_sub(before);
                     ewma(&s.rate, new as f64 / dt);
                     if new > 0 {
-                        s.last_seen_ns.store(unix_ns(), Relaxed);
+                        s.last_seen_ns.store(crate::point::now_ns(), Relaxed);
                     }
                 }
             }
@@ -292,8 +302,27 @@ impl Metrics {
         });
     }
 
+    /// Records where the running configuration came from.
+    pub fn set_config_origin(&self, origin: ConfigOrigin) {
+        *self.config.lock().unwrap() = origin;
+    }
+
+    /// Drops a source's counters (it was removed from the configuration).
+    pub fn forget_source(&self, name: &str) {
+        self.sources.lock().unwrap().retain(|s| s.name != name);
+    }
+
+    /// Drops a sink's counters (it was removed from the configuration).
+    pub fn forget_sink(&self, name: &str) {
+        self.sinks.lock().unwrap().retain(|s| s.name != name);
+    }
+
     /// Registers a source and returns its counters.
+    /// A source restarted under the same name keeps its counters.
     pub fn source(&self, name: &str) -> Arc<SourceStats> {
+        if let Some(s) = self.sources.lock().unwrap().iter().find(|s| s.name == name) {
+            return s.clone();
+        }
         let s = Arc::new(SourceStats {
             name: name.to_string(),
             ..Default::default()
@@ -303,7 +332,11 @@ impl Metrics {
     }
 
     /// Registers a sink and returns its counters.
+    /// A sink restarted under the same name keeps its counters.
     pub fn sink(&self, name: &str) -> Arc<SinkStats> {
+        if let Some(s) = self.sinks.lock().unwrap().iter().find(|s| s.name == name) {
+            return s.clone();
+        }
         let s = Arc::new(SinkStats {
             name: name.to_string(),
             ..Default::default()
@@ -348,7 +381,7 @@ impl Metrics {
             windows_evicted: st.windows_evicted.load(Relaxed),
             ingest_rate: f64::from_bits(self.ingest_rate.load(Relaxed)),
         };
-        let now_ns = unix_ns();
+        let now_ns = crate::point::now_ns();
         let sinks = self
             .sinks
             .lock()
@@ -386,7 +419,7 @@ impl Metrics {
             version: env!("CARGO_PKG_VERSION").to_string(),
             device: self.device.clone(),
             uptime_s: self.started.elapsed().as_secs_f64(),
-            config: self.config.lock().unwrap().clone(),
+            config_file: self.config_file.lock().unwrap().clone(),
             clock_synchronised: self.clock.synchronised(),
             now_ns,
             sources,
@@ -397,6 +430,7 @@ impl Metrics {
                 steps: self.clock.steps.load(Relaxed),
                 last_step_ms: self.clock.last_step_ns.load(Relaxed) / 1_000_000,
             },
+            config: self.config.lock().unwrap().clone(),
         }
     }
 }
@@ -412,7 +446,7 @@ pub struct Status {
     pub uptime_s: f64,
     /// The configuration file and its hash.
     #[serde(default)]
-    pub config: Option<ConfigInfo>,
+    pub config_file: Option<ConfigInfo>,
     /// The kernel's clock is NTP-synchronised (`None`: unknown).
     #[serde(default)]
     pub clock_synchronised: Option<bool>,
@@ -425,6 +459,9 @@ pub struct Status {
     pub store: StoreStatus,
     /// Per sink.
     pub sinks: Vec<SinkStatus>,
+    /// Where the running configuration came from.
+    #[serde(default)]
+    pub config: ConfigOrigin,
     /// The wall clock.
     #[serde(default)]
     pub clock: ClockStatus,

@@ -10,7 +10,7 @@ pub mod notify;
 pub mod prom;
 pub mod ratelimit;
 
-pub use metrics::{Metrics, Status};
+pub use metrics::{ConfigOrigin, Metrics, Status};
 pub use ratelimit::RateLimit;
 pub mod view;
 

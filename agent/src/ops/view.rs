@@ -20,8 +20,16 @@ pub fn render_status(s: &Status) -> String {
         s.device,
         duration(s.uptime_s)
     );
-    if let Some(c) = &s.config {
-        let _ = writeln!(o, "config {} (hash {})", c.path, &c.hash);
+    if let Some(f) = &s.config_file {
+        let _ = writeln!(o, "config {} (hash {})", f.path, &f.hash);
+    }
+    let c = &s.config;
+    if c.source == "fleet" {
+        let _ = writeln!(
+            o,
+            "config: local file under fleet version {} ({})",
+            c.version, c.state
+        );
     }
     let _ = writeln!(o, "\nsources");
     for src in &s.sources {

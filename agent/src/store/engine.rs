@@ -107,7 +107,7 @@ struct SinkPos {
 }
 
 /// Limits the store keeps to.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Limits {
     /// Bytes of the store's files.
     pub max_disk_bytes: u64,
