@@ -7,6 +7,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod progress;
 pub mod prom;
 pub mod ratelimit;
 

@@ -163,10 +163,12 @@ pub fn run(feed: &Feed, dir: &Path) -> Result<String, StoreError> {
         .as_secs() as i64;
     let mut next_seal = second + seal_every;
     let mut batch = Batch::default();
+    let progress = crate::ops::progress::bar(order.len() as u64, "points replayed");
     for &(t, si, j) in &order {
         let s = t.div_euclid(SECOND);
         if s != second {
             // The simulated clock crosses a second: what arrived is flushed.
+            progress.inc(batch.len() as u64);
             store.append(&batch)?;
             batch.points.clear();
             store.flush()?;
@@ -187,6 +189,7 @@ pub fn run(feed: &Feed, dir: &Path) -> Result<String, StoreError> {
     store.append(&batch)?;
     store.flush()?;
     store.seal()?;
+    progress.finish_and_clear();
     let ingest_cpu = cpu_seconds() - cpu_before;
     let ingest_wall = wall.elapsed().as_secs_f64();
     // Compaction to the end: the figure "after compaction".

@@ -210,6 +210,7 @@ fn fill(path: &Path, points: u64, series: usize) -> anyhow::Result<(i64, i64)> {
     let mut batch = Batch::with_capacity(60 * series);
     let mut written = 0u64;
     let (mut first, mut last) = (i64::MAX, i64::MIN);
+    let progress = crate::ops::progress::bar(points, "backlog filled");
     for s in 0..seconds {
         for (i, (key, scale)) in keys.iter().enumerate() {
             if written == points {
@@ -227,6 +228,7 @@ fn fill(path: &Path, points: u64, series: usize) -> anyhow::Result<(i64, i64)> {
             written += 1;
         }
         if (s + 1) % 60 == 0 || s + 1 == seconds {
+            progress.set_position(written);
             store.append(&batch)?;
             batch.points.clear();
             store.flush()?;
@@ -235,6 +237,7 @@ fn fill(path: &Path, points: u64, series: usize) -> anyhow::Result<(i64, i64)> {
             store.seal()?;
         }
     }
+    progress.finish_and_clear();
     store.seal()?;
     while store.compact(1024)? > 0 {}
     store.checkpoint()?;
@@ -365,7 +368,7 @@ async fn drain(
             run.spawn(RemoteWriteSink::new(sink)?, sink.delivery())
         }
     };
-    watch_progress(engine, &stats, &stopping).await?;
+    watch_progress(engine, &stats, &stopping, opts.points).await?;
     let wall = started.elapsed();
     let figures = Drain {
         protocol,
@@ -441,15 +444,21 @@ async fn watch_progress(
     mut engine: tokio::task::JoinHandle<Result<(), store::StoreError>>,
     stats: &SinkStats,
     stopping: &Stopping,
+    total: u64,
 ) -> anyhow::Result<()> {
     const STALL: Duration = Duration::from_secs(30);
     let (mut seen, mut since) = (0, Instant::now());
+    let progress = crate::ops::progress::bar(total, "backlog drained");
     loop {
         tokio::select! {
-            done = &mut engine => return Ok(done.context("the sync engine panicked")??),
+            done = &mut engine => {
+                progress.finish_and_clear();
+                return Ok(done.context("the sync engine panicked")??);
+            }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
         let sent = stats.points_sent.load(Relaxed);
+        progress.set_position(sent);
         if sent != seen {
             (seen, since) = (sent, Instant::now());
         } else if since.elapsed() > STALL {
