@@ -240,6 +240,9 @@ struct RunningSource {
     spec: SourceSpec,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    /// A serial source takes new settings while it runs (the port stays
+    /// open unless its line settings change; see `source::serial`).
+    serial: Option<tokio::sync::watch::Sender<SerialSourceConfig>>,
 }
 
 struct RunningSink {
@@ -320,6 +323,14 @@ impl Pipeline {
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
+            let r = self.sources.get_mut(&name).expect("listed above");
+            if let (Some(tx), Some(SourceSpec::Serial(new))) = (&r.serial, new_sources.get(&name)) {
+                // Changed in place: no reading is cut by a restart.
+                let _ = tx.send(new.clone());
+                r.spec = SourceSpec::Serial(new.clone());
+                changes.sources.push(name);
+                continue;
+            }
             let r = self.sources.remove(&name).expect("listed above");
             r.stop.cancel();
             let _ = r.task.await;
@@ -334,13 +345,18 @@ impl Pipeline {
             }
             let stop = CancellationToken::new();
             let stats = self.metrics.source(&name);
+            let mut serial = None;
             let task = match &spec {
-                SourceSpec::Serial(s) => tokio::spawn(crate::source::serial::run(
-                    s.clone(),
-                    self.store.clone(),
-                    stats,
-                    stop.clone(),
-                )),
+                SourceSpec::Serial(s) => {
+                    let (tx, rx) = tokio::sync::watch::channel(s.clone());
+                    serial = Some(tx);
+                    tokio::spawn(crate::source::serial::run(
+                        rx,
+                        self.store.clone(),
+                        stats,
+                        stop.clone(),
+                    ))
+                }
                 SourceSpec::Mqtt(s) => tokio::spawn(crate::source::mqtt::run(
                     s.clone(),
                     new.agent.device.clone(),
@@ -352,8 +368,15 @@ impl Pipeline {
             if !changes.sources.contains(&name) {
                 changes.sources.push(name.clone());
             }
-            self.sources
-                .insert(name, RunningSource { spec, stop, task });
+            self.sources.insert(
+                name,
+                RunningSource {
+                    spec,
+                    stop,
+                    task,
+                    serial,
+                },
+            );
         }
         let stale: Vec<String> = self
             .sinks

@@ -33,6 +33,13 @@ impl Guard {
         }
     }
 
+    /// These limits, with the series `old` let through (a source's settings
+    /// changed live: the cardinality count goes on).
+    pub fn carry_over(mut self, old: Guard) -> Guard {
+        self.seen = old.seen;
+        self
+    }
+
     /// Checks the points of one message received at `now_ns`; on `Ok` their
     /// new series count from now on.
     pub fn check(&mut self, points: &[Point], now_ns: i64) -> Result<(), Reject> {

@@ -2,12 +2,19 @@
 //!
 //! The port may vanish at any time (a USB adapter unplugged, a board reset): the
 //! task logs it once, reopens with backoff, and carries on when it is back.
+//!
+//! New settings arrive on a watch channel (a fleet configuration): parsing
+//! settings change in place, between two bytes, so the line being read is
+//! not cut; only new line settings (path, baud, bits, parity, flow control)
+//! reopen the port. Closing a port loses what the wire carries meanwhile,
+//! so a configuration change must not close it for nothing.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
 use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -22,13 +29,14 @@ use crate::point::{Batch, DeadLetter};
 use crate::store::StoreHandle;
 use crate::sync::Backoff;
 
-/// Reads one serial port until `shutdown`.
+/// Reads one serial port until `shutdown`, under the latest `settings`.
 pub async fn run(
-    cfg: SerialSourceConfig,
+    mut settings: watch::Receiver<SerialSourceConfig>,
     store: StoreHandle,
     stats: Arc<SourceStats>,
     shutdown: CancellationToken,
 ) {
+    let mut cfg = settings.borrow_and_update().clone();
     let name = cfg.display_name();
     let mut lines = Lines::new(
         LineParser::new(&cfg),
@@ -51,11 +59,24 @@ pub async fn run(
                 }
                 backoff.reset();
                 stats.connected.store(true, Relaxed);
-                let end = read_port(&mut port, &mut lines, &store, &shutdown).await;
+                let mut session = Session {
+                    lines: &mut lines,
+                    cfg: &mut cfg,
+                    settings: &mut settings,
+                    store: &store,
+                    shutdown: &shutdown,
+                };
+                let end = session.read_port(&mut port).await;
                 stats.connected.store(false, Relaxed);
                 match end {
                     End::Shutdown | End::StoreClosed => break,
+                    End::Reopen => {
+                        info!(source = %name, port = %cfg.port.display(), baud = cfg.baud, "line settings changed; reopening the port");
+                        lines.cut();
+                        continue;
+                    }
                     End::Lost(e) => {
+                        lines.cut();
                         warn!(source = %name, port = %cfg.port.display(), "port lost ({e}); reopening with backoff");
                         down_since = Some(Instant::now());
                     }
@@ -70,9 +91,34 @@ pub async fn run(
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            // New settings (perhaps the right path at last): try them now.
+            Ok(()) = settings.changed() => {
+                cfg = settings.borrow_and_update().clone();
+                lines.reconfigure(&cfg);
+                lines.cut();
+            }
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
+}
+
+/// Whether two settings open the port alike.
+fn same_line(a: &SerialSourceConfig, b: &SerialSourceConfig) -> bool {
+    (
+        a.port.as_path(),
+        a.baud,
+        a.data_bits,
+        a.parity,
+        a.stop_bits,
+        a.flow_control,
+    ) == (
+        b.port.as_path(),
+        b.baud,
+        b.data_bits,
+        b.parity,
+        b.stop_bits,
+        b.flow_control,
+    )
 }
 
 /// The port's line settings: baud, data bits, parity, stop bits, flow control.
@@ -109,31 +155,58 @@ fn port_builder(cfg: &SerialSourceConfig) -> tokio_serial::SerialPortBuilder {
 enum End {
     Shutdown,
     StoreClosed,
+    /// New line settings: open the port again with them.
+    Reopen,
     Lost(std::io::Error),
 }
 
-async fn read_port(
-    port: &mut tokio_serial::SerialStream,
-    lines: &mut Lines,
-    store: &StoreHandle,
-    shutdown: &CancellationToken,
-) -> End {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = tokio::select! {
-            _ = shutdown.cancelled() => return End::Shutdown,
-            r = port.read(&mut buf) => match r {
-                Ok(0) => return End::Lost(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "end of file")),
-                Ok(n) => n,
-                Err(e) => return End::Lost(e),
-            },
-        };
-        let batch = lines.feed(&buf[..n], now_ns());
-        if !batch.is_empty() && store.append(batch).await.is_err() {
-            return End::StoreClosed;
-        }
-        if store.dead_letters(lines.take_dead()).await.is_err() {
-            return End::StoreClosed;
+/// What reading an open port works with.
+struct Session<'a> {
+    lines: &'a mut Lines,
+    cfg: &'a mut SerialSourceConfig,
+    settings: &'a mut watch::Receiver<SerialSourceConfig>,
+    store: &'a StoreHandle,
+    shutdown: &'a CancellationToken,
+}
+
+impl Session<'_> {
+    async fn read_port(&mut self, port: &mut tokio_serial::SerialStream) -> End {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = tokio::select! {
+                _ = self.shutdown.cancelled() => return End::Shutdown,
+                changed = self.settings.changed() => {
+                    // The sender goes only with the source.
+                    if changed.is_err() {
+                        return End::Shutdown;
+                    }
+                    let new = self.settings.borrow_and_update().clone();
+                    let reopen = !same_line(self.cfg, &new);
+                    *self.cfg = new;
+                    self.lines.reconfigure(self.cfg);
+                    if reopen {
+                        return End::Reopen;
+                    }
+                    continue;
+                }
+                r = port.read(&mut buf) => match r {
+                    Ok(0) => return End::Lost(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "end of file")),
+                    Ok(n) => n,
+                    Err(e) => return End::Lost(e),
+                },
+            };
+            let batch = self.lines.feed(&buf[..n], now_ns());
+            if !batch.is_empty() && self.store.append(batch).await.is_err() {
+                return End::StoreClosed;
+            }
+            if self
+                .store
+                .dead_letters(self.lines.take_dead())
+                .await
+                .is_err()
+            {
+                return End::StoreClosed;
+            }
         }
     }
 }
@@ -165,6 +238,19 @@ impl Lines {
             discarding: false,
             log: RateLimit::new(Duration::from_secs(10)),
         }
+    }
+
+    /// Parses with `cfg` from the next byte on; the line being read stays.
+    fn reconfigure(&mut self, cfg: &SerialSourceConfig) {
+        self.parser = LineParser::new(cfg);
+        let old = std::mem::replace(&mut self.guard, cfg.guard());
+        self.guard = cfg.guard().carry_over(old);
+    }
+
+    /// Forgets the line being read (the port closed under it).
+    fn cut(&mut self) {
+        self.partial.clear();
+        self.discarding = false;
     }
 
     /// The rejected lines (for the store's dead-letter table) since the last call.
@@ -291,6 +377,31 @@ mod tests {
         let b = l.feed(b"2\r\n", 2);
         assert_eq!(b.points[0].value, 2.0);
         assert_eq!(stats.lines.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn new_settings_do_not_cut_the_line_being_read() {
+        let (mut l, stats) = lines(100);
+        assert_eq!(l.feed(b"a=1\nbb=", 1).len(), 1);
+        let cfg = SerialSourceConfig {
+            port: "/dev/null".into(),
+            framing: Framing::Kv,
+            measurement: "n".into(),
+            max_line: 4,
+            ..Default::default()
+        };
+        l.reconfigure(&cfg);
+        let b = l.feed(b"2\n", 2);
+        assert_eq!(b.len(), 1, "the line begun before the change is whole");
+        assert_eq!(b.points[0].value, 2.0);
+        assert!(
+            b.points[0].series.to_string().starts_with("n,"),
+            "parsed under the new settings: {}",
+            b.points[0].series
+        );
+        // The new limit holds from now on.
+        assert!(l.feed(b"a=12345\n", 3).is_empty());
+        assert_eq!(stats.rejects_snapshot().get("too_long"), Some(&1));
     }
 
     #[test]
