@@ -158,9 +158,8 @@ enum FleetCommand {
     },
     /// Publish a signed envelope (retained, QoS 1) to one device or the whole fleet.
     Publish {
-        /// The fleet broker, mqtt://host:1883.
-        #[arg(long)]
-        broker: String,
+        #[command(flatten)]
+        broker: tidegate::fleet::cli::Broker,
         /// The fleet.
         #[arg(long)]
         fleet: String,
@@ -173,11 +172,26 @@ enum FleetCommand {
         /// The envelope from `fleet sign`.
         signed: PathBuf,
     },
+    /// Delete the broker's retained configuration of one device or of the
+    /// whole fleet, so devices that connect later no longer receive it
+    /// (devices running it keep it until a newer version arrives).
+    Clear {
+        #[command(flatten)]
+        broker: tidegate::fleet::cli::Broker,
+        /// The fleet.
+        #[arg(long)]
+        fleet: String,
+        /// One device.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        device: Option<String>,
+        /// Every device of the fleet.
+        #[arg(long)]
+        all: bool,
+    },
     /// Listen to the fleet's status topics for a few seconds and print a table.
     Status {
-        /// The fleet broker, mqtt://host:1883.
-        #[arg(long)]
-        broker: String,
+        #[command(flatten)]
+        broker: tidegate::fleet::cli::Broker,
         /// The fleet.
         #[arg(long)]
         fleet: String,
@@ -608,6 +622,18 @@ fn fleet(what: FleetCommand) -> anyhow::Result<()> {
             let topic = cli::topic_for(&env, &fleet, device.as_deref())?;
             runtime()?.block_on(cli::publish(&broker, &topic, text))?;
             eprintln!("published version {} on {topic} (retained)", env.version);
+            Ok(())
+        }
+        FleetCommand::Clear {
+            broker,
+            fleet,
+            device,
+            all: _,
+        } => {
+            tidegate::install_crypto_provider();
+            let topic = tidegate::fleet::topics::config(&fleet, device.as_deref().unwrap_or("all"));
+            runtime()?.block_on(cli::publish(&broker, &topic, Vec::new()))?;
+            eprintln!("cleared the retained configuration on {topic}");
             Ok(())
         }
         FleetCommand::Status {

@@ -75,21 +75,6 @@ pub fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
 }
 
 impl<'a> Connection<'a> {
-    /// A plain connection: no credentials, no client certificate, keep-alive 30 s.
-    pub fn plain(what: &str, url: &'a str, client_id: String) -> Connection<'a> {
-        Connection {
-            what: what.into(),
-            url,
-            client_id,
-            username: None,
-            password: None,
-            ca_file: None,
-            client_cert: None,
-            client_key: None,
-            keep_alive: Duration::from_secs(30),
-        }
-    }
-
     /// The rumqttc options (TLS files are read here); the caller adds what
     /// is its own (session, acks, packet sizes).
     pub fn options(&self) -> anyhow::Result<MqttOptions> {

@@ -110,7 +110,8 @@ fn publish_raw(broker: &str, target: &str, payload: Vec<u8>) {
         .build()
         .unwrap();
     let topic = tidegate::fleet::topics::config(FLEET, target);
-    rt.block_on(cli::publish(broker, &topic, payload)).unwrap();
+    rt.block_on(cli::publish(&cli::Broker::plain(broker), &topic, payload))
+        .unwrap();
 }
 
 /// Every report so far.
@@ -141,7 +142,7 @@ fn sink_names(a: &Agent) -> Vec<String> {
 #[test]
 fn all_then_one_device() {
     let Setup {
-        broker: _broker,
+        broker,
         url,
         key,
         sub,
@@ -222,8 +223,25 @@ fn all_then_one_device() {
         assert_eq!(sink_names(&agents[i]), ["a"]);
         assert_eq!(agents[i].status().config.version, 1);
     }
+
+    // A newer fleet-wide configuration: applied everywhere, but on gw2 its
+    // own [sinks] still lies over the fleet's.
+    publish(
+        &url,
+        "all",
+        &signed(&key, envelope(3, "all", &influx("c", "fleet"))),
+    );
+    for (a, dev) in agents.iter().zip(devices) {
+        wait_report(&sub, dev, 3, "applied", 10);
+        let want = if dev == "gw2" { "b" } else { "c" };
+        assert_eq!(sink_names(a), [want], "{dev}");
+    }
+    assert_eq!(
+        agents[1].status().config.layers,
+        "local file + all v3 + device v2"
+    );
     for dev in devices {
-        wait_report(&sub, dev, if dev == "gw2" { 2 } else { 1 }, "confirmed", 10);
+        wait_report(&sub, dev, 3, "confirmed", 10);
     }
 
     // `fleet status`: a table of the three, online, with their versions.
@@ -246,6 +264,34 @@ fn all_then_one_device() {
             .unwrap_or_else(|| panic!("{dev} missing from\n{table}"));
         assert!(line.contains("yes"), "{line}");
     }
+
+    // `fleet clear`: gw2's retained envelope is gone from the broker, the
+    // fleet's stays; gw2 keeps running what it took.
+    let out = Command::new(bin("tidegate"))
+        .args([
+            "fleet", "clear", "--broker", &url, "--fleet", FLEET, "--device", "gw2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let retained = Subscriber::start(broker.port(), &format!("tidegate/{FLEET}/+/config"));
+    // Published after the subscription: it arrives after every retained message.
+    publish_raw(&url, "marker", b"end".to_vec());
+    let msgs = wait_until("the marker", Duration::from_secs(10), || {
+        let m = retained.messages();
+        m.iter().any(|x| x == b"end").then_some(m)
+    });
+    let targets: Vec<String> = msgs
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<Envelope>(m).ok())
+        .map(|e| e.target)
+        .collect();
+    assert_eq!(targets, ["all"]);
+    assert_eq!(sink_names(&agents[1]), ["b"]);
     drop(agents);
 }
 
@@ -291,8 +337,8 @@ fn every_rejection_is_reported_and_changes_nothing() {
     ));
     cases.push((
         "replay",
-        signed(&key, envelope(4, "all", &influx("x", "x"))),
-        "all",
+        signed(&key, envelope(4, "gw1", &influx("x", "x"))),
+        "gw1",
     ));
     let mut future = envelope(11, "gw1", &influx("x", "x"));
     future.issued_at += 3_600_000;
@@ -458,8 +504,9 @@ fn ten_changes_under_load_lose_and_duplicate_nothing() {
     influxd.create_db("fleet");
     for v in 1..=10u64 {
         // Every change restarts the sink `up` (to a real InfluxDB; it keeps
-        // its cursor) and swaps a dead one; every other one restarts the
-        // source; the store's limits change live.
+        // its cursor) and swaps a dead one; every other one changes the
+        // serial source's parsing (in place: the port stays open, no line
+        // is cut); the store's limits change live.
         let config = format!(
             "{}{}[[sinks.influx]]\nname = \"up\"\nurl = \"{}\"\ndb = \"fleet\"\nbatch_max_points = {}\n\
              [store]\nflush_interval = \"200ms\"\nseal_interval = \"2s\"\nmax_disk_bytes = \"{}MiB\"\n",

@@ -5,9 +5,10 @@
 //!
 //! State (`<state_dir>/fleet-config.json`, replaced atomically: write,
 //! fsync, rename, fsync the directory):
-//! the overlay running now and whether it is confirmed, the last-known-good
-//! overlay, the highest version ever accepted (the replay floor), and the
-//! reports not yet delivered.
+//! the overlays running now and whether they are confirmed, the
+//! last-known-good overlays, per layer (`all`, the device's own) the highest
+//! version ever accepted (the replay floor), and the reports not yet
+//! delivered.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -23,21 +24,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::envelope::{now_ms, Check, Envelope, Rejection};
-use super::topics;
+#[cfg(test)]
+use super::Applied;
+use super::{topics, Overlays};
 use crate::config::{Config, FleetConfig};
 use crate::ops::{ConfigOrigin, Metrics};
 use crate::run::Pipeline;
-
-/// A fleet configuration as the device keeps it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Applied {
-    /// The envelope's version.
-    pub version: u64,
-    /// The overlay TOML ([`super::sticky_overlay`]).
-    pub overlay: String,
-    /// The envelope's signature: a redelivery of it is not news.
-    pub signature: String,
-}
 
 /// A report on `…/config/status`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -59,21 +51,41 @@ pub struct Report {
     pub ts: u64,
 }
 
+/// The newest envelope a layer ever accepted: older versions are replays.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Floor {
+    /// Its version.
+    pub version: u64,
+    /// Its signature: the same envelope delivered again is not news.
+    pub signature: String,
+}
+
 /// What persists across restarts.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct State {
-    /// The fleet configuration running now (none: the local file alone).
-    pub current: Option<Applied>,
+    /// The fleet configurations running now (none: the local file alone).
+    pub current: Overlays,
     /// `current` passed its health gate.
     pub confirmed: bool,
-    /// The last-known-good fleet configuration (none: the local file alone).
-    pub good: Option<Applied>,
-    /// The highest version ever accepted, and its signature.
-    pub floor: u64,
-    /// Signature of the envelope at `floor`.
-    pub floor_signature: String,
+    /// The last-known-good fleet configurations.
+    pub good: Overlays,
+    /// The replay floor of the `all` layer.
+    pub floor_all: Floor,
+    /// The replay floor of the device's own layer.
+    pub floor_device: Floor,
     /// Reports not yet published (a rollback while the broker was away).
     pub outbox: Vec<Report>,
+}
+
+impl State {
+    /// The replay floor of an envelope addressed to `target`.
+    fn floor(&mut self, target: &str) -> &mut Floor {
+        if target == "all" {
+            &mut self.floor_all
+        } else {
+            &mut self.floor_device
+        }
+    }
 }
 
 /// Where the state lives.
@@ -135,27 +147,29 @@ impl Boot {
         let sp = state_path(&local.agent.state_dir);
         let mut state = State::load(&sp)?;
         let mut config = None;
-        for (which, a) in [
+        for (which, o) in [
             ("current", state.current.clone()),
             ("last-known-good", state.good.clone()),
         ] {
-            let Some(a) = a else { break };
-            match super::overlay(&local_toml, &a.overlay) {
+            if o.is_empty() {
+                break;
+            }
+            match o.compose(&local_toml) {
                 Ok(c) => {
                     config = Some(c);
                     if which != "current" {
-                        state.current = Some(a);
+                        state.current = o;
                         state.confirmed = true;
                     }
                     break;
                 }
-                Err(e) => warn!(version = a.version, "the persisted {which} fleet configuration no longer loads over {origin} ({e}); skipping it"),
+                Err(e) => warn!(layers = o.describe(), "the persisted {which} fleet configuration no longer loads over {origin} ({e}); skipping it"),
             }
         }
         let config = config.unwrap_or_else(|| {
-            // The local file alone (the replay floor stays).
-            state.current = None;
-            state.good = None;
+            // The local file alone (the replay floors stay).
+            state.current = Overlays::default();
+            state.good = Overlays::default();
             state.confirmed = true;
             local
         });
@@ -224,7 +238,7 @@ pub async fn run(
         client: None,
         connected: false,
     };
-    if a.state.current.is_some() && !a.state.confirmed {
+    if !a.state.current.is_empty() && !a.state.confirmed {
         a.deadline = Some(Instant::now() + a.running.fleet.confirm_after);
     }
     a.set_origin();
@@ -347,14 +361,16 @@ fn options(fleet: &FleetConfig, device: &str) -> anyhow::Result<MqttOptions> {
 
 impl Agent {
     fn set_origin(&self) {
+        let current = &self.state.current;
         self.metrics.set_config_origin(ConfigOrigin {
-            source: if self.state.current.is_some() {
-                "fleet".into()
-            } else {
+            source: if current.is_empty() {
                 "local".into()
+            } else {
+                "fleet".into()
             },
-            version: self.state.current.as_ref().map_or(0, |c| c.version),
-            state: if self.state.confirmed || self.state.current.is_none() {
+            version: current.version(),
+            layers: current.describe(),
+            state: if self.state.confirmed || current.is_empty() {
                 "good".into()
             } else {
                 "pending".into()
@@ -445,22 +461,24 @@ impl Agent {
             }
         };
         // The retained envelope we already took, delivered again on reconnect.
-        if env.version == self.state.floor
-            && env.signature.as_deref() == Some(self.state.floor_signature.as_str())
+        let floor = self.state.floor(&env.target).clone();
+        if env.version == floor.version
+            && env.signature.as_deref() == Some(floor.signature.as_str())
         {
             return;
         }
         let check = Check {
             running: &self.running,
-            applied_version: self.state.floor,
+            applied_version: floor.version,
             local_toml: &self.boot.local_toml,
+            overlays: &self.state.current,
             now_ms: now_ms(),
         };
-        let (cfg, overlay) = match check.verify(&env) {
+        let (cfg, overlays) = match check.verify(&env) {
             Ok(x) => x,
             Err(Rejection::Replay { .. }) if retained => {
-                // The other config topic's older envelope, kept by the
-                // broker: not news, and not worth overwriting the last report.
+                // An older envelope the broker still keeps: not news, and
+                // not worth overwriting the last report.
                 return;
             }
             Err(r) => {
@@ -477,20 +495,17 @@ impl Agent {
                 .await;
             return;
         }
-        let applied = Applied {
-            version: env.version,
-            overlay,
-            signature: env.signature.clone().unwrap_or_default(),
-        };
         // Persisted before it is applied: a crash mid-apply comes back under it.
-        if self.state.current.is_none() || self.state.confirmed {
+        if self.state.current.is_empty() || self.state.confirmed {
             // What ran until now was healthy: it is what a rollback returns to.
             self.state.good = self.state.current.clone();
         }
-        self.state.current = Some(applied);
+        self.state.current = overlays;
         self.state.confirmed = false;
-        self.state.floor = env.version;
-        self.state.floor_signature = env.signature.clone().unwrap_or_default();
+        *self.state.floor(&env.target) = Floor {
+            version: env.version,
+            signature: env.signature.clone().unwrap_or_default(),
+        };
         self.save();
         self.report(env.version, "accepted", None, None).await;
         let fleet_changed = cfg.fleet != self.running.fleet;
@@ -529,7 +544,7 @@ impl Agent {
                 self.state.good = self.state.current.clone();
                 self.save();
                 self.set_origin();
-                let v = self.state.current.as_ref().map_or(0, |c| c.version);
+                let v = self.state.current.version();
                 self.report(v, "confirmed", None, None).await;
                 self.birth().await;
             }
@@ -565,16 +580,17 @@ impl Agent {
 
     /// Back to the last-known-good configuration; reported now or on reconnect.
     async fn rollback(&mut self, why: String) {
-        let bad = self.state.current.as_ref().map_or(0, |c| c.version);
+        let bad = self.state.current.version();
         warn!(
             version = bad,
             "rolling back to the last-known-good configuration: {why}"
         );
         self.deadline = None;
         let target = self.state.good.clone();
-        let cfg = match &target {
-            Some(g) => super::overlay(&self.boot.local_toml, &g.overlay),
-            None => Config::from_toml_with_env(&self.boot.local_toml, &self.boot.origin),
+        let cfg = if target.is_empty() {
+            Config::from_toml_with_env(&self.boot.local_toml, &self.boot.origin)
+        } else {
+            target.compose(&self.boot.local_toml)
         };
         let cfg = match cfg {
             Ok(c) => c,
@@ -627,20 +643,26 @@ mod tests {
         )
         .unwrap();
         let boot = Boot::load(&file).unwrap();
-        assert!(boot.enabled() && boot.state.current.is_none());
+        assert!(boot.enabled() && boot.state.current.is_empty());
         assert!(boot.config.sinks.influx.is_empty());
 
-        let applied = |v: u64, sink: &str| Applied {
-            version: v,
-            overlay: format!(
-                "[[sinks.influx]]\nname = \"{sink}\"\nurl = \"http://h:1\"\ndb = \"d\"\n"
-            ),
-            signature: format!("sig{v}"),
+        let applied = |v: u64, sink: &str| Overlays {
+            all: Some(Applied {
+                version: v,
+                overlay: format!(
+                    "[[sinks.influx]]\nname = \"{sink}\"\nurl = \"http://h:1\"\ndb = \"d\"\n"
+                ),
+                signature: format!("sig{v}"),
+            }),
+            ..Overlays::default()
         };
         let state = State {
-            current: Some(applied(3, "three")),
-            good: Some(applied(2, "two")),
-            floor: 3,
+            current: applied(3, "three"),
+            good: applied(2, "two"),
+            floor_all: Floor {
+                version: 3,
+                signature: "sig3".into(),
+            },
             ..State::default()
         };
         let path = state_path(&state_dir);
@@ -652,11 +674,11 @@ mod tests {
 
         // A current overlay that no longer loads: the last-known-good runs.
         let mut broken = state.clone();
-        broken.current.as_mut().unwrap().overlay = "[store]\nflush_intervall = 1\n".into();
+        broken.current.all.as_mut().unwrap().overlay = "[store]\nflush_intervall = 1\n".into();
         broken.save(&path).unwrap();
         let boot = Boot::load(&file).unwrap();
         assert_eq!(boot.config.sinks.influx[0].name, "two");
-        assert_eq!(boot.state.current.as_ref().unwrap().version, 2);
-        assert_eq!(boot.state.floor, 3, "the replay floor stays");
+        assert_eq!(boot.state.current.version(), 2);
+        assert_eq!(boot.state.floor_all.version, 3, "the replay floor stays");
     }
 }

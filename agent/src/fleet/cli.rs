@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -50,18 +50,67 @@ pub fn sign(
     Ok(env)
 }
 
-fn options(broker: &str, client: &str) -> anyhow::Result<MqttOptions> {
-    crate::mqtt::Connection::plain(
-        "fleet broker",
-        broker,
-        format!("{client}-{}", std::process::id()),
-    )
-    .options()
+/// How the operator's commands reach the fleet broker (the same settings as
+/// a device's `[fleet]` section: a managed broker wants TLS and a login).
+#[derive(clap::Args, Clone, Debug)]
+pub struct Broker {
+    /// The fleet broker, `mqtt://host:1883` or `mqtts://host:8883`.
+    #[arg(long = "broker")]
+    pub url: String,
+    /// User name, if the broker asks for one.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Its password (from the environment, so it stays out of `ps` and shell history).
+    #[arg(
+        long = "password-env",
+        env = "TIDEGATE_FLEET_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// PEM CA(s) of the broker's certificate (`mqtts://`); the system's roots if unset.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (with --client-key) for brokers that want one.
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM key of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+impl Broker {
+    /// A broker at `url` with no login and no TLS files.
+    pub fn plain(url: &str) -> Broker {
+        Broker {
+            url: url.into(),
+            username: None,
+            password: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+        }
+    }
+
+    fn options(&self, client: &str) -> anyhow::Result<MqttOptions> {
+        crate::mqtt::Connection {
+            what: "fleet broker".into(),
+            url: &self.url,
+            client_id: format!("{client}-{}", std::process::id()),
+            username: self.username.as_deref(),
+            password: self.password.as_deref(),
+            ca_file: self.ca_file.as_deref(),
+            client_cert: self.client_cert.as_deref(),
+            client_key: self.client_key.as_deref(),
+            keep_alive: Duration::from_secs(30),
+        }
+        .options()
+    }
 }
 
 /// Publishes `payload` retained at QoS 1 on `topic` and waits for the PUBACK.
-pub async fn publish(broker: &str, topic: &str, payload: Vec<u8>) -> anyhow::Result<()> {
-    let mut o = options(broker, "tidegate-fleet-publish")?;
+/// An empty payload deletes the broker's retained message on `topic`.
+pub async fn publish(broker: &Broker, topic: &str, payload: Vec<u8>) -> anyhow::Result<()> {
+    let mut o = broker.options("tidegate-fleet-publish")?;
     o.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut events) = AsyncClient::new(o, 10);
     client
@@ -72,7 +121,7 @@ pub async fn publish(broker: &str, topic: &str, payload: Vec<u8>) -> anyhow::Res
             match events.poll().await {
                 Ok(Event::Incoming(Packet::PubAck(_))) => return Ok(()),
                 Ok(_) => {}
-                Err(e) => anyhow::bail!("fleet broker {broker}: {e}"),
+                Err(e) => anyhow::bail!("fleet broker {}: {e}", broker.url),
             }
         }
     })
@@ -108,11 +157,11 @@ pub struct DeviceRow {
 
 /// Listens to the fleet's status topics for `wait` and returns what each device said.
 pub async fn collect(
-    broker: &str,
+    broker: &Broker,
     fleet: &str,
     wait: Duration,
 ) -> anyhow::Result<BTreeMap<String, DeviceRow>> {
-    let o = options(broker, "tidegate-fleet-status")?;
+    let o = broker.options("tidegate-fleet-status")?;
     let (client, mut events) = AsyncClient::new(o, 100);
     client
         .subscribe(format!("tidegate/{fleet}/+/status"), QoS::AtLeastOnce)
@@ -128,7 +177,7 @@ pub async fn collect(
     loop {
         let ev = match tokio::time::timeout_at(deadline, events.poll()).await {
             Err(_) => break,
-            Ok(Err(e)) => anyhow::bail!("fleet broker {broker}: {e}"),
+            Ok(Err(e)) => anyhow::bail!("fleet broker {}: {e}", broker.url),
             Ok(Ok(ev)) => ev,
         };
         let Event::Incoming(Packet::Publish(p)) = ev else {

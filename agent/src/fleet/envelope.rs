@@ -252,21 +252,23 @@ impl Rejection {
 pub struct Check<'a> {
     /// The configuration running now (its `[fleet]` gives fleet, keys, skew).
     pub running: &'a Config,
-    /// The version of the fleet configuration running now (0: none).
+    /// The highest version accepted so far for the envelope's target (0: none).
     pub applied_version: u64,
-    /// The local file's TOML text, the base under the overlay.
+    /// The local file's TOML text, the base under the overlays.
     pub local_toml: &'a str,
+    /// The fleet overlays running now.
+    pub overlays: &'a super::Overlays,
     /// Now, Unix milliseconds.
     pub now_ms: u64,
 }
 
 impl Check<'_> {
     /// Checks `env` in order (signature, address, freshness, content) and
-    /// returns the effective configuration it would make, with the overlay
-    /// to persist ([`super::sticky_overlay`]).
-    pub fn verify(&self, env: &Envelope) -> Result<(Config, String), Rejection> {
+    /// returns the effective configuration it would make, with the overlays
+    /// to persist.
+    pub fn verify(&self, env: &Envelope) -> Result<(Config, super::Overlays), Rejection> {
         let fleet = &self.running.fleet;
-        let (Some(key_id), Some(sig)) = (&env.key_id, &env.signature) else {
+        let (Some(key_id), Some(sig_text)) = (&env.key_id, &env.signature) else {
             return Err(Rejection::Unsigned);
         };
         let key = fleet
@@ -276,7 +278,7 @@ impl Check<'_> {
             .find(|k| &k.id() == key_id)
             .ok_or_else(|| Rejection::UnknownKey(key_id.clone()))?;
         let sig = B64
-            .decode(sig)
+            .decode(sig_text)
             .ok()
             .and_then(|b| Signature::from_slice(&b).ok())
             .ok_or_else(|| Rejection::BadSignature(key_id.clone()))?;
@@ -310,15 +312,23 @@ impl Check<'_> {
             });
         }
         let invalid = |e: crate::config::ConfigError| Rejection::InvalidConfig(e.to_string());
-        let overlay = super::sticky_overlay(&env.config, fleet).map_err(invalid)?;
-        let cfg = super::overlay(self.local_toml, &overlay).map_err(invalid)?;
+        let applied = super::Applied {
+            version: env.version,
+            overlay: env.config.clone(),
+            signature: sig_text.clone(),
+        };
+        let overlays = self
+            .overlays
+            .with(env.target == "all", applied)
+            .map_err(invalid)?;
+        let cfg = overlays.compose(self.local_toml).map_err(invalid)?;
         if !env.allow_fleet_change {
             if let Some(what) = fleet_change(fleet, &cfg.fleet) {
                 return Err(Rejection::FleetCutOff(what));
             }
         }
         super::not_live(self.running, &cfg).map_err(Rejection::NotLive)?;
-        Ok((cfg, overlay))
+        Ok((cfg, overlays))
     }
 }
 
@@ -381,6 +391,7 @@ mod tests {
             running: &running,
             applied_version: 5,
             local_toml: &text,
+            overlays: &Default::default(),
             now_ms: now_ms(),
         };
         let signed = |mut e: Envelope| {
@@ -445,6 +456,7 @@ mod tests {
             running: &running,
             applied_version: 0,
             local_toml: &text,
+            overlays: &Default::default(),
             now_ms: now_ms(),
         };
         let rotate = format!(
@@ -453,17 +465,23 @@ mod tests {
         );
         let mut e = envelope(1, &rotate);
         e.sign(&old);
-        let (rotated, _) = check.verify(&e).unwrap();
+        let (rotated, overlays) = check.verify(&e).unwrap();
         let check = Check {
             running: &rotated,
             applied_version: 1,
+            overlays: &overlays,
             ..check
         };
         let mut e = envelope(2, SINK);
         e.sign(&old);
         assert_eq!(check.verify(&e).unwrap_err().code(), "unknown_key");
         e.sign(&new);
-        assert!(check.verify(&e).is_ok());
+        let (cfg, _) = check.verify(&e).unwrap();
+        assert_eq!(
+            cfg.fleet.trusted_keys,
+            [new.public().to_text()],
+            "a configuration without [fleet] keeps the rotated key"
+        );
     }
 
     #[test]

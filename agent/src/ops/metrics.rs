@@ -111,8 +111,11 @@ impl ClockStats {
 pub struct ConfigOrigin {
     /// `local` (the file alone) or `fleet` (the file under a fleet overlay).
     pub source: String,
-    /// The fleet configuration's version (0: none).
+    /// The fleet configuration's version (0: none; the higher of its two layers).
     pub version: u64,
+    /// Its layers, e.g. `local file + all v3 + device v5`.
+    #[serde(default)]
+    pub layers: String,
     /// `pending` (applied, health gate running) or `good` (last-known-good).
     pub state: String,
 }
@@ -257,6 +260,7 @@ impl Metrics {
             config: Mutex::new(ConfigOrigin {
                 source: "local".into(),
                 version: 0,
+                layers: "local file".into(),
                 state: "good".into(),
             }),
             ingest_rate: AtomicU64::new(0),

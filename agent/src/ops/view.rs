@@ -25,11 +25,7 @@ pub fn render_status(s: &Status) -> String {
     }
     let c = &s.config;
     if c.source == "fleet" {
-        let _ = writeln!(
-            o,
-            "config: local file under fleet version {} ({})",
-            c.version, c.state
-        );
+        let _ = writeln!(o, "config: {} ({})", c.layers, c.state);
     }
     let _ = writeln!(o, "\nsources");
     for src in &s.sources {
