@@ -128,6 +128,20 @@ enum Command {
     },
 }
 
+/// Which configuration topic: one device's or the whole fleet's.
+#[derive(clap::Args)]
+struct Addressee {
+    /// The fleet.
+    #[arg(long)]
+    fleet: String,
+    /// One device.
+    #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+    device: Option<String>,
+    /// Every device of the fleet.
+    #[arg(long)]
+    all: bool,
+}
+
 #[derive(Subcommand)]
 enum FleetCommand {
     /// Make a signing key: the private key goes to --out (0600), the public key is printed.
@@ -160,15 +174,8 @@ enum FleetCommand {
     Publish {
         #[command(flatten)]
         broker: tidegate::fleet::cli::Broker,
-        /// The fleet.
-        #[arg(long)]
-        fleet: String,
-        /// One device.
-        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
-        device: Option<String>,
-        /// Every device of the fleet.
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        to: Addressee,
         /// The envelope from `fleet sign`.
         signed: PathBuf,
     },
@@ -178,15 +185,8 @@ enum FleetCommand {
     Clear {
         #[command(flatten)]
         broker: tidegate::fleet::cli::Broker,
-        /// The fleet.
-        #[arg(long)]
-        fleet: String,
-        /// One device.
-        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
-        device: Option<String>,
-        /// Every device of the fleet.
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        to: Addressee,
     },
     /// Listen to the fleet's status topics for a few seconds and print a table.
     Status {
@@ -607,31 +607,21 @@ fn fleet(what: FleetCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&env)?);
             Ok(())
         }
-        FleetCommand::Publish {
-            broker,
-            fleet,
-            device,
-            all: _,
-            signed,
-        } => {
+        FleetCommand::Publish { broker, to, signed } => {
             tidegate::install_crypto_provider();
             let text = std::fs::read(&signed)
                 .with_context(|| format!("cannot read {}", signed.display()))?;
             let env: tidegate::fleet::envelope::Envelope = serde_json::from_slice(&text)
                 .with_context(|| format!("{} is not a signed envelope", signed.display()))?;
-            let topic = cli::topic_for(&env, &fleet, device.as_deref())?;
+            let topic = cli::topic_for(&env, &to.fleet, to.device.as_deref())?;
             runtime()?.block_on(cli::publish(&broker, &topic, text))?;
             eprintln!("published version {} on {topic} (retained)", env.version);
             Ok(())
         }
-        FleetCommand::Clear {
-            broker,
-            fleet,
-            device,
-            all: _,
-        } => {
+        FleetCommand::Clear { broker, to } => {
             tidegate::install_crypto_provider();
-            let topic = tidegate::fleet::topics::config(&fleet, device.as_deref().unwrap_or("all"));
+            let target = to.device.as_deref().unwrap_or("all");
+            let topic = tidegate::fleet::topics::config(&to.fleet, target);
             runtime()?.block_on(cli::publish(&broker, &topic, Vec::new()))?;
             eprintln!("cleared the retained configuration on {topic}");
             Ok(())

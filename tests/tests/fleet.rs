@@ -135,6 +135,21 @@ fn wait_report(sub: &Subscriber, device: &str, version: u64, state: &str, secs: 
     )
 }
 
+/// Runs `tidegate fleet ARGS`, which must succeed.
+fn fleet_cli(args: &[&str]) -> std::process::Output {
+    let out = Command::new(bin("tidegate"))
+        .arg("fleet")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tidegate fleet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn sink_names(a: &Agent) -> Vec<String> {
     a.status().sinks.into_iter().map(|s| s.name).collect()
 }
@@ -161,12 +176,8 @@ fn all_then_one_device() {
     let keyfile = work.path().join("fleet.key");
     std::fs::write(&keyfile, "").unwrap();
     std::fs::remove_file(&keyfile).unwrap();
-    let out = Command::new(bin("tidegate"))
-        .args(["fleet", "keygen", "--out"])
-        .arg(&keyfile)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let keyfile_arg = keyfile.to_str().unwrap();
+    let out = fleet_cli(&["keygen", "--out", keyfile_arg]);
     let cli_key = PrivateKey::parse(&std::fs::read_to_string(&keyfile).unwrap()).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -176,32 +187,29 @@ fn all_then_one_device() {
     std::fs::write(&keyfile, key.to_text()).unwrap();
     let conf = work.path().join("c.toml");
     std::fs::write(&conf, influx("a", "fleet")).unwrap();
-    let out = Command::new(bin("tidegate"))
-        .args(["fleet", "sign", "--key"])
-        .arg(&keyfile)
-        .args(["--version", "1", "--fleet", FLEET, "--target", "all"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = fleet_cli(&[
+        "sign",
+        "--key",
+        keyfile_arg,
+        "--version",
+        "1",
+        "--fleet",
+        FLEET,
+        "--target",
+        "all",
+        conf.to_str().unwrap(),
+    ]);
     let signed_file = work.path().join("signed.json");
     std::fs::write(&signed_file, &out.stdout).unwrap();
-    let out = Command::new(bin("tidegate"))
-        .args([
-            "fleet", "publish", "--broker", &url, "--fleet", FLEET, "--all",
-        ])
-        .arg(&signed_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fleet_cli(&[
+        "publish",
+        "--broker",
+        &url,
+        "--fleet",
+        FLEET,
+        "--all",
+        signed_file.to_str().unwrap(),
+    ]);
 
     for (a, dev) in agents.iter().zip(devices) {
         wait_report(&sub, dev, 1, "applied", 10);
@@ -245,17 +253,7 @@ fn all_then_one_device() {
     }
 
     // `fleet status`: a table of the three, online, with their versions.
-    let out = Command::new(bin("tidegate"))
-        .args([
-            "fleet", "status", "--broker", &url, "--fleet", FLEET, "--wait", "2s",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = fleet_cli(&["status", "--broker", &url, "--fleet", FLEET, "--wait", "2s"]);
     let table = String::from_utf8_lossy(&out.stdout);
     for dev in devices {
         let line = table
@@ -267,17 +265,9 @@ fn all_then_one_device() {
 
     // `fleet clear`: gw2's retained envelope is gone from the broker, the
     // fleet's stays; gw2 keeps running what it took.
-    let out = Command::new(bin("tidegate"))
-        .args([
-            "fleet", "clear", "--broker", &url, "--fleet", FLEET, "--device", "gw2",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fleet_cli(&[
+        "clear", "--broker", &url, "--fleet", FLEET, "--device", "gw2",
+    ]);
     let retained = Subscriber::start(broker.port(), &format!("tidegate/{FLEET}/+/config"));
     // Published after the subscription: it arrives after every retained message.
     publish_raw(&url, "marker", b"end".to_vec());
