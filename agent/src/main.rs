@@ -842,8 +842,15 @@ fn parse_format(s: &str) -> Result<Format, String> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // Two by default; TOKIO_WORKER_THREADS (the variable tokio's own default
+    // reads) overrides it, e.g. 1 on a single-core board.
+    let workers = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(2);
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .context("cannot start the async runtime")

@@ -112,10 +112,17 @@ impl Run {
         self.sent as f64 / self.send_secs.max(1e-9)
     }
 
-    /// Whether the system kept up: everything stored, within `LAG_OK` of the
-    /// feed's end, at (nearly) the rate asked for.
+    /// Whether the system kept up with the feed: everything stored, within
+    /// `LAG_OK` of the feed's end. (The feed itself may be slower than
+    /// asked: see [`Run::feed_saturated`].)
     pub fn kept_up(&self) -> bool {
-        self.audit.lost == 0 && self.lag_secs <= LAG_OK && self.send_rate() >= 0.9 * self.rate
+        self.audit.lost == 0 && self.lag_secs <= LAG_OK
+    }
+
+    /// Whether the feeder and broker fell short of the rate asked (< 90%):
+    /// rates above it measure them, not the system.
+    pub fn feed_saturated(&self) -> bool {
+        self.send_rate() < 0.9 * self.rate
     }
 }
 
@@ -180,7 +187,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
                 system.name()
             );
             let r = one(&rt, opts, system, rate, points, &format!("sweep-{rate}"))?;
-            let stop = !r.kept_up();
+            let stop = !r.kept_up() || r.feed_saturated();
             sweep.push((system, r));
             if stop {
                 break;
@@ -394,8 +401,9 @@ fn drain(rt: &tokio::runtime::Runtime, opts: &Options) -> anyhow::Result<Option<
 }
 
 impl Report {
-    /// The highest rate each system kept up with in the sweep; `true` when
-    /// it kept up with every rate tried (the ceiling is higher).
+    /// The highest rate (as sent) each system kept up with in the sweep;
+    /// `true` when it never fell behind (its ceiling is higher: the feed or
+    /// the rates tried ran out first).
     pub fn ceiling(&self, system: System) -> Option<(f64, bool)> {
         let runs: Vec<&Run> = self
             .sweep
@@ -406,7 +414,7 @@ impl Report {
         let best = runs
             .iter()
             .filter(|r| r.kept_up())
-            .map(|r| r.rate)
+            .map(|r| r.send_rate())
             .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))))?;
         Some((best, runs.iter().all(|r| r.kept_up())))
     }
@@ -509,6 +517,12 @@ impl std::fmt::Display for Report {
             1,
         );
         row(
+            "  anonymous at the end (RssAnon), MiB",
+            t.system.anon_kib as f64 / 1024.0,
+            c.system.anon_kib as f64 / 1024.0,
+            1,
+        );
+        row(
             "disk bytes per point (collectd: csv)",
             per_pt(t.disk, t),
             per_pt(c.disk, c),
@@ -529,7 +543,12 @@ impl std::fmt::Display for Report {
         row("lag after the feed's end, s", t.lag_secs, c.lag_secs, 2);
         let ceiling = |s: System| -> (f64, String) {
             match self.ceiling(s) {
-                Some((r, true)) => (r, format!("(>= {r:.0}: kept up with every rate tried)")),
+                Some((r, true)) => (
+                    r,
+                    format!(
+                        "(>= {r:.0}: never fell behind; the feed or the rates tried ran out first)"
+                    ),
+                ),
                 Some((r, false)) => (r, String::new()),
                 None => (0.0, "(none of the rates tried)".into()),
             }
@@ -570,7 +589,7 @@ impl std::fmt::Display for Report {
         if !self.sweep.is_empty() {
             let _ = writeln!(
                 out,
-                "\nsweep ({} s a rate; kept up: nothing lost, stored within {LAG_OK} s of the feed's end, feed at >= 90% of the rate asked)",
+                "\nsweep ({} s a rate; kept up: nothing lost, all stored within {LAG_OK} s of the feed's end; it stops when a system falls behind or the feed reaches < 90% of the rate asked)",
                 o.sweep_seconds
             );
             let _ = writeln!(

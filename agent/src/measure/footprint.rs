@@ -59,6 +59,8 @@ pub struct Tier {
     pub cpu_share: f64,
     /// Peak RSS, KiB.
     pub hwm_kib: u64,
+    /// Anonymous RSS at the end (heap, stacks), KiB.
+    pub anon_kib: u64,
 }
 
 /// The whole report.
@@ -155,7 +157,7 @@ fn tier(rt: &tokio::runtime::Runtime, opts: &Options, rate: f64) -> anyhow::Resu
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let hwm = agent.proc.usage().hwm_kib;
+    let end = agent.proc.usage();
     drop(feeder);
     agent.finish()?;
     let used: Usage = u1.since(u0);
@@ -165,7 +167,8 @@ fn tier(rt: &tokio::runtime::Runtime, opts: &Options, rate: f64) -> anyhow::Resu
         stored: status.store.points_flushed,
         delivered: status.sinks.iter().map(|s| s.points_sent).sum(),
         cpu_share: used.cpu_s / (t1 - t0).as_secs_f64().max(1e-9),
-        hwm_kib: hwm,
+        hwm_kib: end.hwm_kib,
+        anon_kib: end.anon_kib,
     })
 }
 
@@ -205,19 +208,26 @@ impl std::fmt::Display for Report {
         );
         let _ = writeln!(
             out,
-            "{:>12} {:>12} {:>10} {:>10} {:>12} {:>14}",
-            "asked pt/s", "sent pt/s", "stored", "delivered", "CPU % core", "peak RSS MiB"
+            "{:>12} {:>12} {:>10} {:>10} {:>12} {:>14} {:>10}",
+            "asked pt/s",
+            "sent pt/s",
+            "stored",
+            "delivered",
+            "CPU % core",
+            "peak RSS MiB",
+            "anon MiB"
         );
         for t in &self.tiers {
             let _ = writeln!(
                 out,
-                "{:>12.0} {:>12.0} {:>10} {:>10} {:>12.2} {:>14.1}",
+                "{:>12.0} {:>12.0} {:>10} {:>10} {:>12.2} {:>14.1} {:>10.1}",
                 t.rate,
                 t.sent_rate,
                 t.stored,
                 t.delivered,
                 t.cpu_share * 100.0,
-                t.hwm_kib as f64 / 1024.0
+                t.hwm_kib as f64 / 1024.0,
+                t.anon_kib as f64 / 1024.0
             );
         }
         let _ = writeln!(

@@ -22,6 +22,10 @@ pub struct Usage {
     pub cpu_s: f64,
     /// Peak resident set (`VmHWM`), KiB.
     pub hwm_kib: u64,
+    /// Anonymous resident memory now (`RssAnon`: heap, stacks), KiB; the
+    /// rest of the RSS is file pages (the program's text, libraries),
+    /// shared and reclaimable.
+    pub anon_kib: u64,
     /// Bytes the process caused to be written to storage (`write_bytes`,
     /// less `cancelled_write_bytes`: pages truncated before writeback).
     pub write_bytes: u64,
@@ -41,6 +45,8 @@ impl Usage {
             cpu_s: crate::sync::bench::stat_cpu_seconds(Path::new(&format!("/proc/{pid}/stat"))),
             hwm_kib: crate::store::bench::proc_field(&format!("/proc/{pid}/status"), "VmHWM:")
                 .unwrap_or(0),
+            anon_kib: crate::store::bench::proc_field(&format!("/proc/{pid}/status"), "RssAnon:")
+                .unwrap_or(0),
             write_bytes: io_field("write_bytes:")
                 .saturating_sub(io_field("cancelled_write_bytes:")),
         }
@@ -51,6 +57,7 @@ impl Usage {
         Usage {
             cpu_s: (self.cpu_s - earlier.cpu_s).max(0.0),
             hwm_kib: self.hwm_kib,
+            anon_kib: self.anon_kib,
             write_bytes: self.write_bytes.saturating_sub(earlier.write_bytes),
         }
     }
