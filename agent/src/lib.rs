@@ -6,6 +6,7 @@
 pub mod config;
 pub mod demo;
 pub mod fleet;
+pub mod measure;
 pub mod mqtt;
 pub mod ops;
 pub mod point;

@@ -277,6 +277,114 @@ enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Tidegate against collectd on the same MQTT feed (firmware-sim → a
+    /// local mosquitto), each checked against the feed's ledger: points
+    /// stored, lost, reordered; CPU, peak RSS, bytes on disk and written per
+    /// point; the highest rate each keeps up with. Run a release build.
+    Compare {
+        /// Series (devices × 2 fields).
+        #[arg(long, default_value_t = 500)]
+        series: usize,
+        /// Points per second of the main runs.
+        #[arg(long, default_value_t = 10_000.0)]
+        rate: f64,
+        /// Points of each main run (60 s at 10k points/s: long enough for
+        /// the page cache's writeback to show in the written bytes).
+        #[arg(long, default_value_t = 600_000)]
+        points: u64,
+        /// Rates of the sweep, points/s, comma-separated; `none`: no sweep.
+        #[arg(
+            long,
+            default_value = "10000,20000,30000,40000,60000,80000,120000,160000"
+        )]
+        sweep: String,
+        /// Seconds of feed at each rate of the sweep.
+        #[arg(long, default_value_t = 10.0)]
+        sweep_seconds: f64,
+        #[command(flatten)]
+        programs: Programs,
+        /// collectd (5.12, with its mqtt, csv and rrdtool plugins).
+        #[arg(long)]
+        collectd: Option<PathBuf>,
+        /// mosquitto's max_inflight_messages.
+        #[arg(long, default_value_t = 1000)]
+        inflight: usize,
+        /// Where everything goes (default: a temporary directory; give one on
+        /// a real disk, not tmpfs, for the written bytes).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The agent's peak RSS and CPU at 1k, 10k and 100k points/s over 10k
+    /// series with its store and one sink (a local VictoriaMetrics), and the
+    /// gateway binary's size per target. Run a release build.
+    Footprint {
+        /// Points per second, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+        rates: Vec<f64>,
+        /// Series (devices × 2 fields).
+        #[arg(long, default_value_t = 10_000)]
+        series: usize,
+        /// Seconds of feed per rate.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// Seconds of each feed left out of the CPU figure.
+        #[arg(long, default_value_t = 5.0)]
+        warmup: f64,
+        #[command(flatten)]
+        programs: Programs,
+        /// The cargo target directory (default: the one this binary is in).
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+        /// Where everything goes (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// The programs a whole-process bench starts.
+#[derive(clap::Args)]
+struct Programs {
+    /// The tidegate binary to measure (default: this one).
+    #[arg(long)]
+    tidegate: Option<PathBuf>,
+    /// firmware-sim (default: next to this binary).
+    #[arg(long)]
+    firmware_sim: Option<PathBuf>,
+    /// victoria-metrics.
+    #[arg(long, default_value = "victoria-metrics")]
+    victoria: PathBuf,
+}
+
+impl Programs {
+    /// (tidegate, firmware-sim, victoria-metrics).
+    fn resolve(self) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+        let me = std::env::current_exe().context("cannot find this program's path")?;
+        let sim = match self.firmware_sim {
+            Some(p) => p,
+            None => me.with_file_name("firmware-sim"),
+        };
+        anyhow::ensure!(
+            sim.exists(),
+            "{} is missing: cargo build --release --bins, or pass --firmware-sim PATH",
+            sim.display()
+        );
+        Ok((self.tidegate.unwrap_or(me), sim, self.victoria))
+    }
+}
+
+/// A directory for a bench: `dir`, or a fresh temporary one under /var/tmp
+/// (a real disk, so written bytes count; /tmp may be tmpfs).
+fn bench_dir(dir: Option<PathBuf>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    Ok(match dir {
+        Some(d) => (d, None),
+        None => {
+            let tmp = tempfile::Builder::new()
+                .prefix("tidegate-bench-")
+                .tempdir_in("/var/tmp")
+                .or_else(|_| tempfile::tempdir())?;
+            (tmp.path().to_path_buf(), Some(tmp))
+        }
+    })
 }
 
 fn init_logging(filter: &str) {
@@ -451,6 +559,91 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 victoria,
             };
             let report = runtime()?.block_on(sync_bench::run(&opts))?;
+            print!("{report}");
+            report.check()
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Compare {
+                    series,
+                    rate,
+                    points,
+                    sweep,
+                    sweep_seconds,
+                    programs,
+                    collectd,
+                    inflight,
+                    dir,
+                },
+        } => {
+            let (tidegate, firmware_sim, victoria) = programs.resolve()?;
+            let (dir, _tmp) = bench_dir(dir)?;
+            let sweep = match sweep.as_str() {
+                "" | "none" => Vec::new(),
+                list => list
+                    .split(',')
+                    .map(|r| r.trim().parse::<f64>())
+                    .collect::<Result<_, _>>()
+                    .with_context(|| {
+                        format!("--sweep {list:?}: expected rates like 10000,20000, or none")
+                    })?,
+            };
+            let opts = tidegate::measure::compare::Options {
+                series,
+                rate,
+                points,
+                sweep,
+                sweep_seconds,
+                dir,
+                tidegate,
+                firmware_sim,
+                collectd: collectd.unwrap_or_else(|| tidegate::measure::program("collectd")),
+                victoria,
+                inflight,
+            };
+            let report = tidegate::measure::compare::run(&opts)?;
+            print!("{report}");
+            anyhow::ensure!(
+                report.tidegate_exact(),
+                "Tidegate lost, duplicated, reordered or altered points, or the sink holds fewer: see the table"
+            );
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Footprint {
+                    rates,
+                    series,
+                    seconds,
+                    warmup,
+                    programs,
+                    target_dir,
+                    dir,
+                },
+        } => {
+            let (tidegate, firmware_sim, victoria) = programs.resolve()?;
+            let (dir, _tmp) = bench_dir(dir)?;
+            let target_dir = match target_dir {
+                Some(d) => d,
+                // target/<profile>/tidegate → target
+                None => std::env::current_exe()?
+                    .parent()
+                    .and_then(|p| p.parent())
+                    .map(PathBuf::from)
+                    .context("cannot find the target directory; pass --target-dir")?,
+            };
+            let opts = tidegate::measure::footprint::Options {
+                rates,
+                series,
+                seconds,
+                warmup,
+                dir,
+                tidegate,
+                firmware_sim,
+                victoria,
+                target_dir,
+            };
+            let report = tidegate::measure::footprint::run(&opts)?;
             print!("{report}");
             report.check()
         }
@@ -665,8 +858,15 @@ fn parse_format(s: &str) -> Result<Format, String> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // Two by default; TOKIO_WORKER_THREADS (the variable tokio's own default
+    // reads) overrides it, e.g. 1 on a single-core board.
+    let workers = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(2);
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .context("cannot start the async runtime")

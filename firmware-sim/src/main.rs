@@ -54,7 +54,8 @@ struct MqttArgs {
     #[arg(long)]
     count: Option<u64>,
     /// Payload format: number (one message a field, topic .../<field>), json
-    /// or lp (one message a reading).
+    /// or lp (one message a reading), lp-field (one message a field), collectd
+    /// (PUTVAL `epoch:value` on <prefix>/<site>/sensor-<device>/gauge-<field>).
     #[arg(long, value_enum, default_value = "number")]
     format: firmware_sim::mqtt::MqttFormat,
     /// Probability (0..1) that a reading is replaced by a garbage message.

@@ -2,8 +2,10 @@
 //!
 //! Device `sNN` of site `siteK` publishes on `<prefix>/siteK/sNN/<field>`
 //! (bare numbers, one message a field) or `<prefix>/siteK/sNN` (JSON or line
-//! protocol, one message a reading), QoS 1. The ledger holds one entry a
-//! reading (or garbage message), as for the PTY, plus the site.
+//! protocol, one message a reading; `lp-field`: one a field), QoS 1; or, for
+//! collectd's MQTT input, `<prefix>/siteK/sensor-sNN/gauge-<field>` with a
+//! PUTVAL value list. The ledger holds one entry a reading (or garbage
+//! message), as for the PTY, plus the site.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -25,6 +27,14 @@ pub enum MqttFormat {
     Json,
     /// `env temp=21.53,hum=40.2 1764053000123` (ms) on `.../<device>`.
     Lp,
+    /// One message a field, `env temp=21.53 1764053000123` (ms) on
+    /// `.../<device>`: one point a message, as collectd gets them.
+    LpField,
+    /// collectd's MQTT input: one message a field, a PUTVAL value list
+    /// `1764053000.123:21.53` on `<prefix>/<site>/sensor-<device>/gauge-<field>`
+    /// (collectd reads the last three levels as host, plugin-instance and
+    /// type-instance; `gauge` is in its types.db).
+    Collectd,
 }
 
 /// What to publish, where.
@@ -261,7 +271,37 @@ fn valid(format: MqttFormat, base: &str, e: &LedgerEntry) -> Vec<(String, Vec<u8
                 format!("env {} {ts}", set.join(",")).into_bytes(),
             )]
         }
+        MqttFormat::LpField => fields
+            .iter()
+            .map(|(k, v)| (base.to_string(), format!("env {k}={v} {ts}").into_bytes()))
+            .collect(),
+        MqttFormat::Collectd => {
+            let (host, sensor) = collectd_levels(e);
+            let (secs, ms) = (ts.div_euclid(1000), ts.rem_euclid(1000));
+            fields
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        format!("{}/{host}/sensor-{sensor}/gauge-{k}", collectd_prefix(base)),
+                        format!("{secs}.{ms:03}:{v}").into_bytes(),
+                    )
+                })
+                .collect()
+        }
     }
+}
+
+/// The site (collectd's host) and the device of a ledger entry.
+fn collectd_levels(e: &LedgerEntry) -> (&str, &str) {
+    (
+        e.site.as_deref().unwrap_or("site1"),
+        e.sensor.as_deref().unwrap_or("s01"),
+    )
+}
+
+/// The prefix of `base` (`<prefix>/<site>/<device>`).
+fn collectd_prefix(base: &str) -> &str {
+    base.rsplitn(3, '/').last().unwrap_or(base)
 }
 
 /// One message the agent must reject, on the topic a reading would use.
@@ -300,7 +340,18 @@ fn garbage(
             };
             (base.to_string(), p)
         }
-        MqttFormat::Lp => {
+        MqttFormat::Collectd => {
+            let (host, sensor) = collectd_levels(e);
+            let p = pick(rng, &["abc", "1764053000", ":", "N:1:2:3", "1764053000:x"]);
+            (
+                format!(
+                    "{}/{host}/sensor-{sensor}/gauge-temp",
+                    collectd_prefix(base)
+                ),
+                p.into_bytes(),
+            )
+        }
+        MqttFormat::Lp | MqttFormat::LpField => {
             let p = match rng.u8(0..5) {
                 0 => format!("env temp=21.5x {ts}"),
                 1 => format!("env temp=\"hot\" {ts}"),
@@ -310,5 +361,48 @@ fn garbage(
             };
             (base.to_string(), p.into_bytes())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> LedgerEntry {
+        LedgerEntry {
+            seq: 0,
+            valid: true,
+            sensor: Some("s07".into()),
+            site: Some("site2".into()),
+            ts: Some(1_764_053_000_023),
+            fields: Some([("hum".to_string(), 40.5), ("temp".to_string(), 21.53)].into()),
+            line: None,
+        }
+    }
+
+    #[test]
+    fn collectd_messages_are_putval_gauges_under_host_plugin_type() {
+        let m = valid(MqttFormat::Collectd, "bench/c/site2/s07", &entry());
+        assert_eq!(
+            m,
+            vec![
+                (
+                    "bench/c/site2/sensor-s07/gauge-hum".to_string(),
+                    b"1764053000.023:40.5".to_vec()
+                ),
+                (
+                    "bench/c/site2/sensor-s07/gauge-temp".to_string(),
+                    b"1764053000.023:21.53".to_vec()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn lp_field_sends_one_point_a_message() {
+        let m = valid(MqttFormat::LpField, "b/site2/s07", &entry());
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].0, "b/site2/s07");
+        assert_eq!(m[1].1, b"env temp=21.53 1764053000023".to_vec());
     }
 }

@@ -276,7 +276,7 @@ fn thread_cpu_ns() -> u64 {
 }
 
 /// utime + stime of `/proc/<pid>[/task/<tid>]/stat`, seconds.
-fn stat_cpu_seconds(stat: &Path) -> f64 {
+pub(crate) fn stat_cpu_seconds(stat: &Path) -> f64 {
     let Ok(text) = std::fs::read_to_string(stat) else {
         return 0.0;
     };
@@ -484,7 +484,7 @@ impl Drop for ChildGuard {
 
 /// A VictoriaMetrics of our own: a free loopback port, a temporary data
 /// directory, killed when dropped (and when this process dies).
-struct Victoria {
+pub(crate) struct Victoria {
     child: ChildGuard,
     port: u16,
     http: reqwest::Client,
@@ -493,7 +493,7 @@ struct Victoria {
 
 impl Victoria {
     /// Starts it and returns once `GET /health` answers 200.
-    async fn start(program: &Path, under: &Path) -> anyhow::Result<Victoria> {
+    pub(crate) async fn start(program: &Path, under: &Path) -> anyhow::Result<Victoria> {
         let dir = tempfile::Builder::new()
             .prefix("victoria-")
             .tempdir_in(under)
@@ -575,11 +575,11 @@ impl Victoria {
         unreachable!("the loop returns")
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn cpu_seconds(&self) -> f64 {
+    pub(crate) fn cpu_seconds(&self) -> f64 {
         stat_cpu_seconds(&PathBuf::from(format!("/proc/{}/stat", self.child.0.id())))
     }
 
@@ -596,9 +596,21 @@ impl Victoria {
         first_ms: i64,
         last_ms: i64,
     ) -> anyhow::Result<u64> {
+        self.wait_for_count_matching("bench_.*", expected, first_ms, last_ms)
+            .await
+    }
+
+    /// As [`Victoria::wait_for_count`], for the series named by `names`.
+    pub(crate) async fn wait_for_count_matching(
+        &self,
+        names: &str,
+        expected: u64,
+        first_ms: i64,
+        last_ms: i64,
+    ) -> anyhow::Result<u64> {
         let (mut last, mut since) = (u64::MAX, Instant::now());
         loop {
-            let n = self.count(first_ms, last_ms).await?;
+            let n = self.count_matching(names, first_ms, last_ms).await?;
             if n >= expected {
                 return Ok(n);
             }
@@ -611,8 +623,14 @@ impl Victoria {
         }
     }
 
-    /// `sum(count_over_time(...))` over every bench series and the whole range.
-    async fn count(&self, first_ms: i64, last_ms: i64) -> anyhow::Result<u64> {
+    /// Samples of the series whose name matches `names` (a regular
+    /// expression) between `first_ms` and `last_ms`.
+    pub(crate) async fn count_matching(
+        &self,
+        names: &str,
+        first_ms: i64,
+        last_ms: i64,
+    ) -> anyhow::Result<u64> {
         self.http
             .get(format!("{}/internal/force_flush", self.url()))
             .send()
@@ -621,7 +639,7 @@ impl Victoria {
         // The window (at - range, at] holds every timestamp of the backlog.
         let at_s = last_ms / 1000 + 1;
         let range_s = at_s - first_ms / 1000 + 1;
-        let query = format!("sum(count_over_time({{__name__=~\"bench_.*\"}}[{range_s}s]))");
+        let query = format!("sum(count_over_time({{__name__=~\"{names}\"}}[{range_s}s]))");
         let text = self
             .http
             .get(format!("{}/api/v1/query", self.url()))
@@ -648,7 +666,7 @@ fn tail(text: &str, n: usize) -> String {
 }
 
 /// The machine, for the report: CPUs and their model, kernel.
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
