@@ -956,6 +956,28 @@ mod tests {
         assert_eq!(Fault::Exception(2).label(), "exception");
     }
 
+    proptest::proptest! {
+        /// Whatever comes back, checking never panics, an accepted frame
+        /// carries exactly the registers asked for, and a frame built from
+        /// registers reads back as them.
+        #[test]
+        fn any_bytes_are_checked_safely(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            words in proptest::collection::vec(proptest::prelude::any::<u16>(), 1..125),
+            count in 1u16..126,
+        ) {
+            if let Ok(w) = check_response(&raw, raw.first().copied().unwrap_or(0), 3, count) {
+                proptest::prop_assert_eq!(w.len(), usize::from(count));
+            }
+            let _ = classify_timeout(&raw, 1, 4, count);
+            let f = frame(9, 4, &words);
+            proptest::prop_assert_eq!(check_response(&f, 9, 4, words.len() as u16), Ok(words.clone()));
+            let mut cut = f.clone();
+            cut.pop();
+            proptest::prop_assert_eq!(check_response(&cut, 9, 4, words.len() as u16), Err(Fault::Timeout));
+        }
+    }
+
     #[test]
     fn config_parses_and_bad_values_name_their_key() {
         let text = r#"
