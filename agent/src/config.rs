@@ -284,6 +284,8 @@ pub struct SourcesConfig {
     pub serial: Vec<SerialSourceConfig>,
     /// MQTT broker connections (`source/mqtt.rs`).
     pub mqtt: Vec<crate::source::mqtt::MqttSourceConfig>,
+    /// Modbus RTU buses, each polling its devices' register maps (`source/modbus.rs`).
+    pub modbus: Vec<crate::source::modbus::ModbusSourceConfig>,
 }
 
 /// How lines on a serial port are framed.
@@ -809,6 +811,10 @@ impl Config {
                 );
             }
         }
+        for (i, s) in self.sources.modbus.iter().enumerate() {
+            s.validate(&format!("sources.modbus[{i}]"))
+                .or_else(|(key, message)| invalid(key, message))?;
+        }
         let mut mqtt_names = std::collections::HashSet::new();
         for (i, s) in self.sources.mqtt.iter().enumerate() {
             if !mqtt_names.insert(s.name.as_str()) {
@@ -1024,6 +1030,7 @@ mod tests {
         let cfg = Config::from_toml_with_env(text, "example").expect("example must load");
         assert_eq!(cfg.sources.serial.len(), 1);
         assert_eq!(cfg.sources.mqtt.len(), 1);
+        assert_eq!(cfg.sources.modbus.len(), 1);
         assert_eq!(cfg.sinks.influx.len(), 1);
         assert_eq!(cfg.sinks.influx[0].api, InfluxApi::V1);
         assert!(cfg.sinks.influx[0].gzip, "gzip by default");

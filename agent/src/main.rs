@@ -390,7 +390,9 @@ fn bench_dir(dir: Option<PathBuf>) -> anyhow::Result<(PathBuf, Option<tempfile::
 fn init_logging(filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(filter))
+        // tokio-modbus logs every bad frame it skips, unthrottled; the
+        // Modbus source counts and logs them itself, rate-limited.
+        .or_else(|_| EnvFilter::try_new(format!("{filter},tokio_modbus=off")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -191,6 +191,7 @@ fn limits(cfg: &Config) -> store::Limits {
 enum SourceSpec {
     Serial(SerialSourceConfig),
     Mqtt(MqttSourceConfig),
+    Modbus(crate::source::modbus::ModbusSourceConfig),
 }
 
 /// A sink's settings, as the supervisor compares them.
@@ -213,7 +214,12 @@ fn source_specs(cfg: &Config) -> Vec<(String, SourceSpec)> {
         .mqtt
         .iter()
         .map(|s| (s.name.clone(), SourceSpec::Mqtt(s.clone())));
-    serial.chain(mqtt).collect()
+    let modbus = cfg
+        .sources
+        .modbus
+        .iter()
+        .map(|s| (s.display_name(), SourceSpec::Modbus(s.clone())));
+    serial.chain(mqtt).chain(modbus).collect()
 }
 
 /// In configuration order: influx, mqtt, remote write.
@@ -337,6 +343,19 @@ impl Pipeline {
             if !new_sources.contains_key(&name) {
                 self.metrics.forget_source(&name);
             }
+            // A Modbus bus also counts per device; a device gone from the
+            // new map takes its counters with it.
+            if let SourceSpec::Modbus(old) = &r.spec {
+                let keep = match new_sources.get(&name) {
+                    Some(SourceSpec::Modbus(new)) => new.device_stats_names(),
+                    _ => vec![],
+                };
+                for d in old.device_stats_names() {
+                    if !keep.contains(&d) {
+                        self.metrics.forget_source(&d);
+                    }
+                }
+            }
             changes.sources.push(name);
         }
         for (name, spec) in source_order {
@@ -357,6 +376,13 @@ impl Pipeline {
                         stop.clone(),
                     ))
                 }
+                SourceSpec::Modbus(s) => tokio::spawn(crate::source::modbus::run(
+                    s.clone(),
+                    self.store.clone(),
+                    self.metrics.clone(),
+                    stats,
+                    stop.clone(),
+                )),
                 SourceSpec::Mqtt(s) => tokio::spawn(crate::source::mqtt::run(
                     s.clone(),
                     new.agent.device.clone(),

@@ -11,6 +11,7 @@
 
 pub mod frame;
 mod generator;
+pub mod modbus;
 pub mod mqtt;
 mod pty;
 

@@ -31,6 +31,42 @@ enum Command {
     /// `done valid=V garbage=G` once `--count` readings are acknowledged by
     /// the broker, then stays connected until SIGTERM or SIGINT.
     Mqtt(MqttArgs),
+    /// Play a Modbus RTU slave (units answering function codes 3 and 4) on
+    /// a PTY; prints the PTY path first, `done valid=V garbage=G` once
+    /// `--count` requests are handled (then unplugs the port), and exits on
+    /// SIGTERM or SIGINT. Register layout: firmware-sim/src/modbus.rs.
+    Modbus(ModbusArgs),
+}
+
+#[derive(clap::Args)]
+struct ModbusArgs {
+    /// Unit ids that answer, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    units: Vec<u8>,
+    /// Handle this many requests (any fate), print `done ...`, unplug.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Probability (0..1) that an answer has a wrong CRC.
+    #[arg(long, default_value_t = 0.0)]
+    crc_error_rate: f64,
+    /// Probability (0..1) that a request gets no answer.
+    #[arg(long, default_value_t = 0.0)]
+    silence_rate: f64,
+    /// Random seed of the faults.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the ledger (JSON lines, one per request) here.
+    #[arg(long)]
+    ledger: Option<PathBuf>,
+    /// Keep a symlink here pointing at the PTY (like /dev/serial/by-id).
+    #[arg(long)]
+    link: Option<PathBuf>,
+    /// Unplug (close the PTY) once this many requests are handled...
+    #[arg(long)]
+    unplug_after: Option<u64>,
+    /// ...and plug a new one in after this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    replug_after: Duration,
 }
 
 #[derive(clap::Args)]
@@ -126,6 +162,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Mqtt(m)) => mqtt_main(m),
+        Some(Command::Modbus(m)) => modbus_main(m),
         None => pty_main(cli.pty),
     }
 }
@@ -206,7 +243,7 @@ fn pty_main(args: Args) -> anyhow::Result<()> {
     let mut writer = Writer::new(&cfg, ledger, stats.clone(), stop.clone())
         .context("cannot prepare the readings")?;
     writer.follow_reader(!args.no_wait);
-    let mut pty = plug(&args)?;
+    let mut pty = plug(args.path_file.as_deref(), args.link.as_deref())?;
     let mut unplugged = false;
     loop {
         if !args.no_wait && !writer.wait_reader(&pty)? {
@@ -229,7 +266,7 @@ fn pty_main(args: Args) -> anyhow::Result<()> {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                pty = plug(&args)?;
+                pty = plug(args.path_file.as_deref(), args.link.as_deref())?;
             }
             Stopped::Done => {
                 println!(
@@ -256,18 +293,89 @@ fn pty_main(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn modbus_main(args: ModbusArgs) -> anyhow::Result<()> {
+    use firmware_sim::modbus::{ModbusSimConfig, Served, Slave};
+    for (name, p) in [
+        ("--crc-error-rate", args.crc_error_rate),
+        ("--silence-rate", args.silence_rate),
+    ] {
+        anyhow::ensure!((0.0..=1.0).contains(&p), "{name} must be within 0..1");
+    }
+    anyhow::ensure!(
+        args.units.iter().all(|u| (1..=247).contains(u)),
+        "--units must be unit ids within 1..=247"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    on_signals_set(&stop)?;
+    let ledger = match &args.ledger {
+        Some(p) => Some(BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let stats = Arc::new(SimStats::default());
+    let cfg = ModbusSimConfig {
+        units: args.units.clone(),
+        count: args.count,
+        crc_error_rate: args.crc_error_rate,
+        silence_rate: args.silence_rate,
+        seed: args.seed,
+    };
+    let mut slave = Slave::new(cfg, ledger, stats.clone());
+    let link = args.link.as_deref();
+    let mut pty = Some(plug(None, link)?);
+    let mut unplugged = false;
+    while let Some(p) = &pty {
+        let until = match args.unplug_after.filter(|_| !unplugged) {
+            Some(u) => Some(args.count.map_or(u, |c| c.min(u))),
+            None => args.count,
+        };
+        if slave.serve(p, until, &stop)? == Served::Asked {
+            break;
+        }
+        // Unplug (or finish): let the reader take the last answer first
+        // (closing drops unread bytes, and the ledger says it was sent).
+        p.wait_drained(Duration::from_secs(2), &stop)?;
+        slave.flush().context("cannot write the ledger")?;
+        pty = None;
+        slave.forget_input();
+        if let Some(link) = link {
+            let _ = std::fs::remove_file(link);
+        }
+        if slave.finished() {
+            println!(
+                "done valid={} garbage={}",
+                stats.valid.load(Ordering::Relaxed),
+                stats.garbage.load(Ordering::Relaxed)
+            );
+            std::io::stdout().flush()?;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            break;
+        }
+        unplugged = true;
+        sleep_unless(&stop, args.replug_after);
+        if !stop.load(Ordering::Relaxed) {
+            pty = Some(plug(None, link)?);
+        }
+    }
+    slave.flush().context("cannot write the ledger")?;
+    Ok(())
+}
+
 /// Opens a PTY and announces it: stdout, path file, symlink.
-fn plug(args: &Args) -> anyhow::Result<Pty> {
+fn plug(path_file: Option<&Path>, link: Option<&Path>) -> anyhow::Result<Pty> {
     let pty = Pty::open().context("cannot open a pseudo-terminal")?;
     let path = pty.slave_path();
-    if let Some(f) = &args.path_file {
+    if let Some(f) = path_file {
         // Via a rename, so a reader never sees a half-written file.
         let tmp = sibling(f, ".tmp");
         std::fs::write(&tmp, format!("{}\n", path.display()))
             .and_then(|()| std::fs::rename(&tmp, f))
             .with_context(|| format!("cannot write {}", f.display()))?;
     }
-    if let Some(link) = &args.link {
+    if let Some(link) = link {
         relink(path, link).with_context(|| format!("cannot link {}", link.display()))?;
     }
     let mut out = std::io::stdout().lock();

@@ -25,9 +25,16 @@ pub struct Sim {
 impl Sim {
     /// Starts the simulator with extra `args`; returns once its PTY exists.
     pub fn start(dir: &Path, args: &[&str]) -> Sim {
+        Sim::start_as(dir, &[], args)
+    }
+
+    /// [`Sim::start`] for a subcommand that plays on a PTY too
+    /// (`["modbus"]`): `firmware-sim SUBCOMMAND --link <dir>/tty --ledger ... ARGS`.
+    pub fn start_as(dir: &Path, subcommand: &[&str], args: &[&str]) -> Sim {
         let ledger = dir.join("ledger.jsonl");
         let (child, lines) = spawn_with_lines(
             Command::new(bin("firmware-sim"))
+                .args(subcommand)
                 .arg("--link")
                 .arg(dir.join("tty"))
                 .arg("--ledger")

@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod guard;
 pub mod lp;
+pub mod modbus;
 pub mod mqtt;
 pub mod parse;
 pub mod relay;

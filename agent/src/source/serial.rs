@@ -122,7 +122,7 @@ fn same_line(a: &SerialSourceConfig, b: &SerialSourceConfig) -> bool {
 }
 
 /// The port's line settings: baud, data bits, parity, stop bits, flow control.
-fn port_builder(cfg: &SerialSourceConfig) -> tokio_serial::SerialPortBuilder {
+pub(crate) fn port_builder(cfg: &SerialSourceConfig) -> tokio_serial::SerialPortBuilder {
     use crate::config::{FlowControl, Parity};
     use tokio_serial::{DataBits, StopBits};
     let data_bits = match cfg.data_bits {
