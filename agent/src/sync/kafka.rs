@@ -230,7 +230,7 @@ impl KafkaSink {
     /// Produces one partition's records in order: requests up to the size
     /// limit, split further if the broker says they are too large.
     async fn produce(&self, pc: &PartitionClient, recs: Vec<Rec<'_>>) -> Result<(), SinkError> {
-        let mut todo: Vec<Vec<Rec>> = pack(self.fit(recs)?, self.max_message_bytes);
+        let mut todo: Vec<Vec<Rec>> = pack(self.fit(recs)?, self.max_message_bytes, self.format);
         todo.reverse();
         while let Some(request) = todo.pop() {
             let records: Vec<Record> = request.iter().map(|r| self.record(r)).collect();
@@ -506,11 +506,11 @@ impl Rec<'_> {
 }
 
 /// Records in order, grouped into requests of at most `max` bytes.
-fn pack(recs: Vec<Rec<'_>>, max: usize) -> Vec<Vec<Rec<'_>>> {
+fn pack(recs: Vec<Rec<'_>>, max: usize, format: UplinkFormat) -> Vec<Vec<Rec<'_>>> {
     let mut out: Vec<Vec<Rec>> = Vec::new();
     let mut size = 0;
     for r in recs {
-        let s = r.size(UplinkFormat::Json);
+        let s = r.size(format);
         match out.last_mut() {
             Some(req) if size + s <= max => {
                 size += s;
@@ -839,14 +839,12 @@ mod tests {
         pts.iter().for_each(|p| write_line(&mut expected, p));
         assert_eq!(all, expected.as_bytes());
         assert!(s.splits() > 0);
-        let requests = pack(recs, 1024);
-        assert!(requests.iter().all(|r| r
+        let requests = pack(recs, 1024, UplinkFormat::Lp);
+        assert!(requests
             .iter()
-            .map(|r| r.size(UplinkFormat::Json))
-            .sum::<usize>()
-            <= 1024));
+            .all(|r| r.iter().map(|r| r.size(UplinkFormat::Lp)).sum::<usize>() <= 1024));
         // The broker's own refusal halves a request, then a record.
-        let big = pack(requests.concat(), 4096);
+        let big = pack(requests.concat(), 4096, UplinkFormat::Lp);
         assert!(big[0].len() > 1);
         let (a, b) = halve_request(big[0].clone()).unwrap();
         assert_eq!(a.len() + b.len(), big[0].len());
