@@ -572,6 +572,8 @@ pub struct SinksConfig {
     pub remote_write: Vec<RemoteWriteSinkConfig>,
     /// MQTT brokers to publish batches to (QoS 1; sent once PUBACKed).
     pub mqtt: Vec<MqttSinkConfig>,
+    /// Kafka topics to produce to (`acks = all`; sent once every partition acknowledged).
+    pub kafka: Vec<KafkaSinkConfig>,
 }
 
 /// Which InfluxDB HTTP write API a sink speaks.
@@ -687,6 +689,183 @@ sink_config! {
         #[serde(default = "default_keep_alive", with = "humantime_serde")]
         pub keep_alive: Duration,
     }
+}
+
+/// What a Kafka sink keys its messages by (the key picks the partition).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaKey {
+    /// The series key (`measurement,tags field`): one series stays in one
+    /// partition, in order.
+    #[default]
+    Series,
+    /// `agent.device`: all of a gateway's points in one partition.
+    Device,
+}
+
+/// How a Kafka sink compresses its record batches.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaCompression {
+    /// Uncompressed.
+    None,
+    /// gzip.
+    Gzip,
+    /// LZ4 (frame format).
+    Lz4,
+    /// Snappy (xerial framing, as Kafka writes it).
+    Snappy,
+    /// Zstandard: the fewest bytes on the wire.
+    #[default]
+    Zstd,
+}
+
+/// SASL mechanism of a Kafka sink.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub enum SaslMechanism {
+    /// `PLAIN` (use it with TLS only: the password travels as is).
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// `SCRAM-SHA-256`.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// `SCRAM-SHA-512`.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+sink_config! {
+    /// A Kafka topic to produce to: each point (or each group of up to
+    /// `points_per_message` points of one key) is one record, sent with
+    /// `acks = all`; a batch counts as sent once every partition it touched
+    /// acknowledged it.
+    pub struct KafkaSinkConfig {
+        /// Bootstrap brokers, `host:port` each, e.g. `["kafka1:9092", "kafka2:9092"]`.
+        pub brokers: Vec<String>,
+        /// Topic to produce to (it must exist; `{device}` is replaced by `agent.device`).
+        pub topic: String,
+        /// `lp` (line protocol, one line per point) or `json` (an array of rows).
+        #[serde(default)]
+        pub format: UplinkFormat,
+        /// Points per record (all of one key, in time order); 1 = one point per message.
+        #[serde(default = "default_points_per_message")]
+        pub points_per_message: usize,
+        /// `series` (order per series, spread over partitions) or `device`.
+        #[serde(default)]
+        pub key: KafkaKey,
+        /// `zstd`, `lz4`, `gzip`, `snappy` or `none`.
+        #[serde(default)]
+        pub compression: KafkaCompression,
+        /// Largest produce request per partition (uncompressed record bytes), like
+        /// the broker's `message.max.bytes`; larger ones are split, and so are records.
+        #[serde(default = "default_max_message_bytes")]
+        pub max_message_bytes: ByteSize,
+        /// Keep each series in order across retries: one request in flight (overrides `max_in_flight`).
+        #[serde(default = "default_true")]
+        pub ordered: bool,
+        /// Disable Nagle's algorithm on the broker connections (saves ~40 ms per request).
+        #[serde(default = "default_true")]
+        pub nodelay: bool,
+        /// Connect with TLS (the system's roots, or `ca_file`).
+        #[serde(default)]
+        pub tls: bool,
+        /// PEM CA(s) of the brokers' certificates; implies `tls`.
+        #[serde(default)]
+        pub ca_file: Option<PathBuf>,
+        /// PEM client certificate (mutual TLS).
+        #[serde(default)]
+        pub client_cert: Option<PathBuf>,
+        /// PEM key of `client_cert`.
+        #[serde(default)]
+        pub client_key: Option<PathBuf>,
+        /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; needs `username` and `password`.
+        #[serde(default)]
+        pub sasl_mechanism: Option<SaslMechanism>,
+        /// SASL user name.
+        #[serde(default)]
+        pub username: Option<String>,
+        /// SASL password (may be `credential:NAME`).
+        #[serde(default)]
+        pub password: Option<String>,
+        /// Client id the brokers see; default `tidegate-<device>-<name>`.
+        #[serde(default)]
+        pub client_id: Option<String>,
+    }
+}
+
+impl KafkaSinkConfig {
+    /// The engine's settings: as [`KafkaSinkConfig::delivery`], with one
+    /// request in flight when `ordered` (so a retried batch cannot fall behind
+    /// the next one within a partition).
+    pub fn engine(&self) -> DeliveryConfig {
+        let mut d = self.delivery();
+        if self.ordered {
+            d.max_in_flight = 1;
+        }
+        d
+    }
+
+    /// Checks what the sink's own fields need; `Err((key, message))`.
+    fn validate(&self, key: &str) -> Result<(), (String, String)> {
+        let err = |field: &str, msg: &str| Err((format!("{key}.{field}"), msg.to_string()));
+        if self.brokers.is_empty() {
+            return err(
+                "brokers",
+                "needs at least one broker, e.g. [\"kafka1:9092\"]",
+            );
+        }
+        for (i, b) in self.brokers.iter().enumerate() {
+            let ok = b
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok || b.contains("://") {
+                return Err((
+                    format!("{key}.brokers[{i}]"),
+                    format!("`{b}` is not host:port, e.g. \"kafka1:9092\" (no scheme; set tls = true for TLS)"),
+                ));
+            }
+        }
+        let topic = self.topic.replace("{device}", "d");
+        if topic.is_empty()
+            || topic.len() > 249
+            || !topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return err(
+                "topic",
+                "must be a Kafka topic name: letters, digits, `.`, `_`, `-` (and `{device}`), at most 249",
+            );
+        }
+        if self.points_per_message == 0 {
+            return err("points_per_message", "must be at least 1");
+        }
+        if self.max_message_bytes.0 < 1024 {
+            return err(
+                "max_message_bytes",
+                "must be at least 1 KiB, e.g. \"1MiB\" (Kafka's default)",
+            );
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return err("client_cert", "client_cert and client_key go together");
+        }
+        match (self.sasl_mechanism, &self.username, &self.password) {
+            (Some(_), Some(_), Some(_)) | (None, None, None) => Ok(()),
+            (Some(_), _, _) => err("username", "SASL needs username and password"),
+            (None, _, _) => err(
+                "sasl_mechanism",
+                "username/password need a SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+            ),
+        }
+    }
+}
+
+fn default_points_per_message() -> usize {
+    1
+}
+
+fn default_max_message_bytes() -> ByteSize {
+    ByteSize(1 << 20)
 }
 
 fn default_keep_alive() -> Duration {
@@ -839,7 +1018,9 @@ impl Config {
                     format!("`{}` is used twice; every sink needs its own name because its cursor is stored under it", d.name),
                 );
             }
-            if example.starts_with("mqtt") {
+            if example.starts_with("kafka") {
+                // Checked by the sink's own validation.
+            } else if example.starts_with("mqtt") {
                 if let Err(message) = crate::mqtt::parse_url(url) {
                     return invalid(format!("{key}.url"), message);
                 }
@@ -898,6 +1079,13 @@ impl Config {
                     "must be a topic to publish to, without wildcards, e.g. \"tidegate/{device}/points\"".into(),
                 );
             }
+        }
+        for (i, s) in self.sinks.kafka.iter().enumerate() {
+            let key = format!("sinks.kafka[{i}]");
+            // Brokers are host:port, not URLs: the shared check is of name and delivery only.
+            sink(&key, s.delivery(), "kafka://", "kafka://")?;
+            s.validate(&key)
+                .or_else(|(key, message)| invalid(key, message))?;
         }
         for (i, s) in self.sinks.remote_write.iter().enumerate() {
             let key = format!("sinks.remote_write[{i}]");
@@ -1166,5 +1354,54 @@ mod tests {
                 .to_string();
             assert!(err.contains(&format!("sources.serial[0].{key}")), "{err}");
         }
+    }
+
+    #[test]
+    fn kafka_sinks_check_brokers_topic_and_sasl() {
+        let base =
+            "[[sinks.kafka]]\nname = \"k\"\nbrokers = [\"k1:9092\"]\ntopic = \"tg.{device}\"\n";
+        let cfg = Config::from_toml_with_env(base, "t").unwrap();
+        let k = &cfg.sinks.kafka[0];
+        assert_eq!(k.compression, KafkaCompression::Zstd);
+        assert_eq!(k.key, KafkaKey::Series);
+        assert_eq!(k.engine().max_in_flight, 1, "ordered by default");
+        for (toml, key) in [
+            (
+                "[[sinks.kafka]]\nname = \"k\"\nbrokers = [\"kafka://k1:9092\"]\ntopic = \"t\"\n",
+                "brokers[0]",
+            ),
+            (
+                "[[sinks.kafka]]\nname = \"k\"\nbrokers = []\ntopic = \"t\"\n",
+                "brokers",
+            ),
+            (
+                "[[sinks.kafka]]\nname = \"k\"\nbrokers = [\"k1:9092\"]\ntopic = \"a/b\"\n",
+                "topic",
+            ),
+            (
+                &format!("{base}username = \"u\"\npassword = \"p\"\n"),
+                "sasl_mechanism",
+            ),
+            (&format!("{base}sasl_mechanism = \"PLAIN\"\n"), "username"),
+            (
+                &format!("{base}points_per_message = 0\n"),
+                "points_per_message",
+            ),
+        ] {
+            let err = Config::from_toml_with_env(toml, "t")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("sinks.kafka[0].{key}")), "{err}");
+        }
+        let cfg = Config::from_toml_with_env(
+            &format!("{base}sasl_mechanism = \"SCRAM-SHA-512\"\nusername = \"u\"\npassword = \"p\"\nordered = false\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.sinks.kafka[0].sasl_mechanism,
+            Some(SaslMechanism::ScramSha512)
+        );
+        assert_eq!(cfg.sinks.kafka[0].engine().max_in_flight, 8);
     }
 }

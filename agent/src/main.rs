@@ -252,8 +252,9 @@ enum BenchCommand {
     /// Drain a backlog from a fresh store into a local database with the real
     /// sync engine: points/s, bytes on the wire per point, CPU, RSS.
     Sync {
-        /// The database, started here on a free loopback port.
-        #[arg(long, default_value = "victoria-metrics", value_parser = ["victoria-metrics"])]
+        /// The database, started here on a free loopback port; or `kafka`:
+        /// the running broker given by --kafka.
+        #[arg(long, default_value = "victoria-metrics", value_parser = ["victoria-metrics", "kafka"])]
         to: String,
         /// Points in the backlog.
         #[arg(long, default_value_t = 10_000_000)]
@@ -261,8 +262,10 @@ enum BenchCommand {
         /// Series they are spread over, one point a second each.
         #[arg(long, default_value_t = 1000)]
         series: usize,
-        /// lp (InfluxDB line protocol, gzip), remote-write, or both.
-        #[arg(long, default_value = "both", value_parser = ["lp", "remote-write", "both"])]
+        /// lp (InfluxDB line protocol, gzip), remote-write, or both; with
+        /// --to kafka: kafka (every compression) or kafka-none, kafka-gzip,
+        /// kafka-lz4, kafka-snappy, kafka-zstd.
+        #[arg(long, default_value = "both")]
         protocol: String,
         /// Points per request (the sinks' batch_max_points).
         #[arg(long, default_value_t = 10_000)]
@@ -273,6 +276,15 @@ enum BenchCommand {
         /// The victoria-metrics program.
         #[arg(long, default_value = "victoria-metrics")]
         victoria: PathBuf,
+        /// The Kafka broker (`host:port`) of --to kafka; a topic is created per drain.
+        #[arg(long)]
+        kafka: Option<String>,
+        /// Partitions of each Kafka topic the bench creates.
+        #[arg(long, default_value_t = 4)]
+        kafka_partitions: i32,
+        /// Leave Nagle's algorithm on for the Kafka connections (the sink's nodelay = false).
+        #[arg(long)]
+        kafka_nagle: bool,
         /// Where the store and the database's data go (default: a temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -538,27 +550,44 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             what:
                 BenchCommand::Sync {
-                    to: _,
+                    to,
                     points,
                     series,
                     protocol,
                     batch,
                     max_in_flight,
                     victoria,
+                    kafka,
+                    kafka_partitions,
+                    kafka_nagle,
                     dir,
                 },
         } => {
             init_logging("warn");
             let tmp = tempfile::tempdir()?;
+            let to_kafka = to == "kafka";
+            anyhow::ensure!(
+                !to_kafka || kafka.is_some(),
+                "--to kafka needs the broker: --kafka HOST:PORT (e.g. a local tansu)"
+            );
+            let protocol = if to_kafka && protocol == "both" {
+                "kafka".to_string()
+            } else {
+                protocol
+            };
+            let protocols =
+                sync_bench::Protocol::parse_list(&protocol).map_err(anyhow::Error::msg)?;
             let opts = sync_bench::Options {
                 points,
                 series,
-                protocols: sync_bench::Protocol::parse_list(&protocol)
-                    .map_err(anyhow::Error::msg)?,
+                protocols,
                 dir: dir.unwrap_or_else(|| tmp.path().to_path_buf()),
                 batch,
                 max_in_flight,
                 victoria,
+                kafka,
+                kafka_partitions,
+                kafka_nagle,
             };
             let report = runtime()?.block_on(sync_bench::run(&opts))?;
             print!("{report}");

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{
-    Config, DeliveryConfig, InfluxSinkConfig, MqttSinkConfig, RemoteWriteSinkConfig,
-    SerialSourceConfig,
+    Config, DeliveryConfig, InfluxSinkConfig, KafkaSinkConfig, MqttSinkConfig,
+    RemoteWriteSinkConfig, SerialSourceConfig,
 };
 use crate::ops::health::Health;
 use crate::ops::{control, notify, Metrics, Status};
@@ -200,6 +200,7 @@ enum SinkSpec {
     Influx(InfluxSinkConfig),
     RemoteWrite(RemoteWriteSinkConfig),
     Mqtt(MqttSinkConfig),
+    Kafka(KafkaSinkConfig),
 }
 
 /// In configuration order (the order `status` lists them in).
@@ -222,7 +223,7 @@ fn source_specs(cfg: &Config) -> Vec<(String, SourceSpec)> {
     serial.chain(mqtt).chain(modbus).collect()
 }
 
-/// In configuration order: influx, mqtt, remote write.
+/// In configuration order: influx, mqtt, kafka, remote write.
 fn sink_specs(cfg: &Config) -> Vec<(String, SinkSpec)> {
     let influx = cfg
         .sinks
@@ -239,7 +240,12 @@ fn sink_specs(cfg: &Config) -> Vec<(String, SinkSpec)> {
         .mqtt
         .iter()
         .map(|s| (s.name.clone(), SinkSpec::Mqtt(s.clone())));
-    influx.chain(mqtt).chain(rw).collect()
+    let kafka = cfg
+        .sinks
+        .kafka
+        .iter()
+        .map(|s| (s.name.clone(), SinkSpec::Kafka(s.clone())));
+    influx.chain(mqtt).chain(kafka).chain(rw).collect()
 }
 
 struct RunningSource {
@@ -507,6 +513,7 @@ fn starter(spec: &SinkSpec, device: &str) -> anyhow::Result<Starter> {
         SinkSpec::Influx(s) => boxed(InfluxSink::new(s)?, s.delivery()),
         SinkSpec::RemoteWrite(s) => boxed(RemoteWriteSink::new(s)?, s.delivery()),
         SinkSpec::Mqtt(s) => boxed(crate::sync::mqtt::MqttSink::new(s, device)?, s.delivery()),
+        SinkSpec::Kafka(s) => boxed(crate::sync::kafka::KafkaSink::new(s, device)?, s.engine()),
     })
 }
 

@@ -1,6 +1,6 @@
 //! End-to-end harness: the workspace's binaries and real servers from Debian's
 //! packages (`influxdb` 1.6, `victoria-metrics` 1.79, `prometheus` 2.42,
-//! `mosquitto` 2.0), each started on free loopback ports with a temporary
+//! `mosquitto` 2.0; `tansu` 0.6 from crates.io), each started on free loopback ports with a temporary
 //! data directory, and killed when dropped (also when a test panics).
 //!
 //! Nothing here sleeps to synchronise: readiness is polled with a deadline
@@ -14,6 +14,7 @@ mod process;
 mod prometheus;
 pub mod receiver;
 pub mod subscriber;
+mod tansu;
 mod victoria;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ pub use mosquitto::Mosquitto;
 pub use nix::sys::signal::Signal;
 pub use process::{program, tail, ChildGuard};
 pub use prometheus::Prometheus;
+pub use tansu::{Consumer, Message, Tansu};
 pub use victoria::Victoria;
 
 /// One sample as a Prometheus-style database holds it: the series' labels

@@ -70,6 +70,9 @@ impl Config {
         for (i, s) in self.sinks.mqtt.iter_mut().enumerate() {
             resolve(&mut s.password, &format!("sinks.mqtt[{i}].password"), dir)?;
         }
+        for (i, s) in self.sinks.kafka.iter_mut().enumerate() {
+            resolve(&mut s.password, &format!("sinks.kafka[{i}].password"), dir)?;
+        }
         for (i, s) in self.sinks.influx.iter_mut().enumerate() {
             resolve(&mut s.password, &format!("sinks.influx[{i}].password"), dir)?;
             resolve(&mut s.token, &format!("sinks.influx[{i}].token"), dir)?;

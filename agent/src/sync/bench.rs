@@ -10,6 +10,12 @@
 //! encoders; `/proc/PID/stat` for VictoriaMetrics), peak RSS (`VmHWM`). At the
 //! end VictoriaMetrics is asked how many samples it holds, which must be
 //! every point sent.
+//!
+//! With `--to kafka --kafka HOST:PORT` the drains go into a Kafka broker
+//! that is already running (one fresh topic per drain, one drain per
+//! compression); bytes on the wire are the TCP payload the broker
+//! acknowledged on the producer's connections (`tcpi_bytes_acked`), and what
+//! the broker holds is what it acknowledged with `acks = all`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -21,9 +27,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::influx::InfluxSink;
+use super::kafka::{self, KafkaSink};
 use super::remote_write::RemoteWriteSink;
 use super::{run_sink, Sink, SinkError, Stopping};
-use crate::config::{Config, DeliveryConfig, StoreConfig};
+use crate::config::{Config, DeliveryConfig, KafkaCompression, StoreConfig};
 use crate::ops::metrics::SinkStats;
 use crate::ops::Metrics;
 use crate::point::{Batch, Point, SeriesKey};
@@ -40,7 +47,18 @@ pub enum Protocol {
     LineProtocol,
     /// Prometheus remote write 1.0, `/api/v1/write`.
     RemoteWrite,
+    /// Kafka records (line protocol, one point each), with this compression.
+    Kafka(KafkaCompression),
 }
+
+/// Every Kafka compression, in the order the bench runs them.
+const KAFKA_COMPRESSIONS: [KafkaCompression; 5] = [
+    KafkaCompression::None,
+    KafkaCompression::Gzip,
+    KafkaCompression::Lz4,
+    KafkaCompression::Snappy,
+    KafkaCompression::Zstd,
+];
 
 impl Protocol {
     /// `lp`, `remote-write` or `both`.
@@ -49,7 +67,18 @@ impl Protocol {
             "lp" => Ok(vec![Protocol::LineProtocol]),
             "remote-write" => Ok(vec![Protocol::RemoteWrite]),
             "both" => Ok(vec![Protocol::LineProtocol, Protocol::RemoteWrite]),
-            other => Err(format!("`{other}`: expected lp, remote-write or both")),
+            "kafka" => Ok(KAFKA_COMPRESSIONS.map(Protocol::Kafka).to_vec()),
+            other => match other.strip_prefix("kafka-") {
+                Some(c) => {
+                    let c: KafkaCompression = serde_json::from_value(c.into()).map_err(|_| {
+                        format!("`{other}`: expected kafka-none, -gzip, -lz4, -snappy or -zstd")
+                    })?;
+                    Ok(vec![Protocol::Kafka(c)])
+                }
+                None => Err(format!(
+                    "`{other}`: expected lp, remote-write, both, kafka (every compression) or kafka-<compression>"
+                )),
+            },
         }
     }
 
@@ -57,7 +86,19 @@ impl Protocol {
         match self {
             Protocol::LineProtocol => "line protocol",
             Protocol::RemoteWrite => "remote write",
+            Protocol::Kafka(KafkaCompression::None) => "kafka none",
+            Protocol::Kafka(KafkaCompression::Gzip) => "kafka gzip",
+            Protocol::Kafka(KafkaCompression::Lz4) => "kafka lz4",
+            Protocol::Kafka(KafkaCompression::Snappy) => "kafka snappy",
+            Protocol::Kafka(KafkaCompression::Zstd) => "kafka zstd",
         }
+    }
+
+    fn compression_name(c: KafkaCompression) -> String {
+        serde_json::to_value(c)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
     }
 }
 
@@ -78,6 +119,12 @@ pub struct Options {
     pub max_in_flight: usize,
     /// The `victoria-metrics` program.
     pub victoria: PathBuf,
+    /// The Kafka broker (`host:port`, already running) of the Kafka drains.
+    pub kafka: Option<String>,
+    /// Partitions of each Kafka drain's topic.
+    pub kafka_partitions: i32,
+    /// Leave Nagle's algorithm on for the Kafka connections (to measure its cost).
+    pub kafka_nagle: bool,
 }
 
 /// One protocol's drain, measured.
@@ -150,8 +197,21 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let store_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let mut drains = Vec::new();
     for &protocol in &opts.protocols {
+        if let Protocol::Kafka(_) = protocol {
+            let broker = opts
+                .kafka
+                .as_deref()
+                .context("the Kafka drains need a broker: --kafka HOST:PORT")?;
+            let drain = drain(opts, protocol, &path, Target::Kafka(broker)).await?;
+            // What the broker acknowledged with acks = all is what it holds.
+            drains.push(Drain {
+                stored: drain.points,
+                ..drain
+            });
+            continue;
+        }
         let vm = Victoria::start(&opts.victoria, &opts.dir).await?;
-        let drain = drain(opts, protocol, &path, &vm).await?;
+        let drain = drain(opts, protocol, &path, Target::Victoria(&vm)).await?;
         let stored = vm.wait_for_count(opts.points, first_ms, last_ms).await?;
         drains.push(Drain {
             stored,
@@ -244,10 +304,13 @@ fn fill(path: &Path, points: u64, series: usize) -> anyhow::Result<(i64, i64)> {
     Ok((first / 1_000_000, last / 1_000_000))
 }
 
-/// A sink that counts the CPU time of its encoder.
+/// A sink that counts the CPU time of its encoder (and, for Kafka, the
+/// bytes its connections carried).
 struct Timed<S> {
     inner: S,
     encode_ns: Arc<AtomicU64>,
+    /// Broker ports and the highest byte count seen on their connections.
+    wire: Option<(Vec<u16>, Arc<AtomicU64>)>,
 }
 
 impl<S: Sink> Sink for Timed<S> {
@@ -260,7 +323,12 @@ impl<S: Sink> Sink for Timed<S> {
     }
 
     async fn send(&self, body: Vec<u8>) -> Result<(), SinkError> {
-        self.inner.send(body).await
+        let r = self.inner.send(body).await;
+        if let Some((ports, bytes)) = &self.wire {
+            // Read while the connections are open (they close with the sink).
+            bytes.fetch_max(kafka::tcp::scan(ports, false), Relaxed);
+        }
+        r
     }
 }
 
@@ -309,6 +377,14 @@ fn threads_cpu_seconds(name: &str) -> f64 {
         .sum()
 }
 
+/// Where a drain goes.
+enum Target<'a> {
+    /// A VictoriaMetrics started here.
+    Victoria(&'a Victoria),
+    /// A Kafka broker, `host:port`.
+    Kafka(&'a str),
+}
+
 /// The sink's settings, read as a configuration file would be (so every
 /// default applies).
 fn sink_toml(protocol: Protocol, url: &str, opts: &Options) -> String {
@@ -323,7 +399,36 @@ fn sink_toml(protocol: Protocol, url: &str, opts: &Options) -> String {
         Protocol::RemoteWrite => format!(
             "[[sinks.remote_write]]\nname = \"bench-rw\"\nurl = \"{url}/api/v1/write\"\n{common}"
         ),
+        Protocol::Kafka(c) => {
+            let c = Protocol::compression_name(c);
+            // A fresh topic per drain: the broker may hold earlier runs.
+            let nanos = crate::point::now_ns();
+            format!(
+                "[[sinks.kafka]]\nname = \"bench-kafka-{c}\"\nbrokers = [\"{url}\"]\n\
+                 topic = \"tidegate-bench-{c}-{nanos}\"\ncompression = \"{c}\"\nnodelay = {}\n{common}",
+                !opts.kafka_nagle
+            )
+        }
     }
+}
+
+/// Creates the topic of a Kafka drain (brokers do not create topics on
+/// produce unless configured to).
+async fn create_topic(broker: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let client = rskafka::client::ClientBuilder::new(vec![broker.to_string()])
+        .backoff_config(rskafka::BackoffConfig {
+            deadline: Some(Duration::from_secs(10)),
+            ..Default::default()
+        })
+        .build()
+        .await
+        .with_context(|| format!("cannot reach the Kafka broker {broker}"))?;
+    client
+        .controller_client()?
+        .create_topic(topic, partitions, 1, 5_000)
+        .await
+        .with_context(|| format!("cannot create topic {topic} on {broker}"))?;
+    Ok(())
 }
 
 /// Drains the whole store at `path` into `vm` with the engine; the figures
@@ -332,22 +437,31 @@ async fn drain(
     opts: &Options,
     protocol: Protocol,
     path: &Path,
-    vm: &Victoria,
+    target: Target<'_>,
 ) -> anyhow::Result<Drain> {
-    let cfg: Config = toml::from_str(&sink_toml(protocol, &vm.url(), opts))
-        .context("the bench's sink settings")?;
+    let url = match &target {
+        Target::Victoria(vm) => vm.url(),
+        Target::Kafka(broker) => broker.to_string(),
+    };
+    let vm = match target {
+        Target::Victoria(vm) => Some(vm),
+        Target::Kafka(_) => None,
+    };
+    let vm_cpu = || vm.map_or(0.0, |vm| vm.cpu_seconds());
+    let cfg: Config =
+        toml::from_str(&sink_toml(protocol, &url, opts)).context("the bench's sink settings")?;
+    if let Some(k) = cfg.sinks.kafka.first() {
+        create_topic(&url, &k.topic, opts.kafka_partitions).await?;
+    }
     let encode_ns = Arc::new(AtomicU64::new(0));
     let store_cfg = StoreConfig::default();
     let store = Store::open(path, Metrics::new("bench"))?;
     let (handle, task) = store::spawn(store, &store_cfg);
     // Peak RSS from here on (Linux ≥ 4.0 resets VmHWM on "5").
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let (cpu0, store0, vm0) = (
-        cpu_seconds(),
-        threads_cpu_seconds(STORE_THREAD),
-        vm.cpu_seconds(),
-    );
+    let (cpu0, store0, vm0) = (cpu_seconds(), threads_cpu_seconds(STORE_THREAD), vm_cpu());
     let stats = Arc::new(SinkStats::default());
+    let wire = Arc::new(AtomicU64::new(0));
     // Drain: finish what is in the store, then stop.
     let stopping = Stopping::default();
     stopping.drain.cancel();
@@ -357,6 +471,15 @@ async fn drain(
         stats: &stats,
         stopping: &stopping,
         encode_ns: &encode_ns,
+        wire: &wire,
+        ports: match protocol {
+            Protocol::Kafka(_) => url
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        },
     };
     let engine = match protocol {
         Protocol::LineProtocol => {
@@ -367,6 +490,10 @@ async fn drain(
             let sink = &cfg.sinks.remote_write[0];
             run.spawn(RemoteWriteSink::new(sink)?, sink.delivery())
         }
+        Protocol::Kafka(_) => {
+            let sink = &cfg.sinks.kafka[0];
+            run.spawn(KafkaSink::new(sink, "bench")?, sink.engine())
+        }
     };
     watch_progress(engine, &stats, &stopping, opts.points).await?;
     let wall = started.elapsed();
@@ -374,13 +501,16 @@ async fn drain(
         protocol,
         points: stats.points_sent.load(Relaxed),
         wall,
-        bytes: stats.bytes_sent.load(Relaxed),
+        bytes: match protocol {
+            Protocol::Kafka(_) => wire.load(Relaxed),
+            _ => stats.bytes_sent.load(Relaxed),
+        },
         requests: stats.requests.load(Relaxed),
         failures: stats.failures.load(Relaxed),
         agent_cpu: cpu_seconds() - cpu0,
         store_cpu: threads_cpu_seconds(STORE_THREAD) - store0,
         encode_cpu: encode_ns.load(Relaxed) as f64 / 1e9,
-        victoria_cpu: vm.cpu_seconds() - vm0,
+        victoria_cpu: vm_cpu() - vm0,
         agent_rss_kib: proc_field("/proc/self/status", "VmHWM:").unwrap_or(0),
         victoria_rss_kib: 0,
         stored: 0,
@@ -390,7 +520,7 @@ async fn drain(
     let dead = stats.dead_letters.load(Relaxed);
     if dead > 0 {
         bail!(
-            "{}: VictoriaMetrics refused {dead} points ({})",
+            "{}: the endpoint refused {dead} points ({})",
             protocol.title(),
             stats.error().unwrap_or_default()
         );
@@ -415,6 +545,9 @@ struct Running<'a> {
     stats: &'a Arc<SinkStats>,
     stopping: &'a Stopping,
     encode_ns: &'a Arc<AtomicU64>,
+    wire: &'a Arc<AtomicU64>,
+    /// The Kafka broker's ports (empty for the databases).
+    ports: Vec<u16>,
 }
 
 impl Running<'_> {
@@ -424,9 +557,11 @@ impl Running<'_> {
         sink: S,
         delivery: DeliveryConfig,
     ) -> tokio::task::JoinHandle<Result<(), store::StoreError>> {
+        let ports = self.ports.clone();
         let sink = Timed {
             inner: sink,
             encode_ns: self.encode_ns.clone(),
+            wire: (!ports.is_empty()).then(|| (ports, self.wire.clone())),
         };
         tokio::spawn(run_sink(
             sink,
@@ -697,8 +832,17 @@ impl std::fmt::Display for Report {
         );
         let _ = writeln!(
             out,
-            "engine                  run_sink, batch_max_points {}, max_in_flight {} (adaptive), victoria-metrics on loopback",
-            o.batch, o.max_in_flight
+            "engine                  run_sink, batch_max_points {}, max_in_flight {} (adaptive; 1 for ordered kafka), {}",
+            o.batch,
+            o.max_in_flight,
+            match &o.kafka {
+                Some(k) => format!(
+                    "kafka broker {k} ({} partitions, one point per record, TCP_NODELAY {}); victoria-metrics on loopback",
+                    o.kafka_partitions,
+                    if o.kafka_nagle { "off" } else { "on" }
+                ),
+                None => "victoria-metrics on loopback".into(),
+            }
         );
         let _ = writeln!(out, "machine                 {}", machine());
         let _ = writeln!(out);

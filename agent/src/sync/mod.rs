@@ -10,6 +10,7 @@ mod backoff;
 pub mod bench;
 pub mod http;
 pub mod influx;
+pub mod kafka;
 pub mod meter;
 pub mod mqtt;
 pub mod remote_write;

@@ -118,6 +118,20 @@ async fn drive(mut eventloop: EventLoop, waiters: Arc<Mutex<Waiters>>, backoff_m
     }
 }
 
+/// One point as a JSON row: `{"measurement":..,"tags":{..},"field":..,"ts":ns,"value":..}`.
+pub(crate) fn json_row(p: &Point) -> serde_json::Value {
+    let parts = p.series.parts();
+    let tags: serde_json::Map<String, serde_json::Value> =
+        parts.tags.into_iter().map(|(k, v)| (k, v.into())).collect();
+    serde_json::json!({
+        "measurement": parts.measurement,
+        "tags": tags,
+        "field": parts.field,
+        "ts": p.ts_ns,
+        "value": p.value,
+    })
+}
+
 impl Sink for MqttSink {
     fn encode(&self, points: &[Point]) -> Vec<u8> {
         match self.format {
@@ -129,21 +143,7 @@ impl Sink for MqttSink {
                 s.into_bytes()
             }
             UplinkFormat::Json => {
-                let rows: Vec<serde_json::Value> = points
-                    .iter()
-                    .map(|p| {
-                        let parts = p.series.parts();
-                        let tags: serde_json::Map<String, serde_json::Value> =
-                            parts.tags.into_iter().map(|(k, v)| (k, v.into())).collect();
-                        serde_json::json!({
-                            "measurement": parts.measurement,
-                            "tags": tags,
-                            "field": parts.field,
-                            "ts": p.ts_ns,
-                            "value": p.value,
-                        })
-                    })
-                    .collect();
+                let rows: Vec<serde_json::Value> = points.iter().map(json_row).collect();
                 serde_json::to_vec(&rows).expect("JSON of numbers and strings")
             }
         }
