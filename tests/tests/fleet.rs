@@ -226,7 +226,6 @@ fn all_then_one_device() {
     );
     wait_report(&sub, "gw2", 2, "applied", 10);
     assert_eq!(sink_names(&agents[1]), ["b"]);
-    std::thread::sleep(Duration::from_millis(500));
     for i in [0, 2] {
         assert_eq!(sink_names(&agents[i]), ["a"]);
         assert_eq!(agents[i].status().config.version, 1);
@@ -251,6 +250,14 @@ fn all_then_one_device() {
     for dev in devices {
         wait_report(&sub, dev, 3, "confirmed", 10);
     }
+    // Each device's reports arrive in order: had gw1 or gw3 taken gw2's
+    // version 2, its report would be here, before their version 3.
+    assert!(
+        reports(&sub)
+            .iter()
+            .all(|r| r.version != 2 || r.device == "gw2"),
+        "only gw2 saw version 2"
+    );
 
     // `fleet status`: a table of the three, online, with their versions.
     let out = fleet_cli(&["status", "--broker", &url, "--fleet", FLEET, "--wait", "2s"]);
