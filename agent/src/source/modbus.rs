@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_modbus::prelude::{Reader, Slave, SlaveContext};
 use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::config::{Parity, SerialSourceConfig};
 use crate::ops::metrics::SourceStats;
@@ -32,6 +32,8 @@ use crate::ops::{Metrics, RateLimit};
 use crate::point::{now_ns, Batch, DeadLetter, Point, SeriesKey};
 use crate::store::StoreHandle;
 use crate::sync::Backoff;
+
+use super::serial::PortLog;
 
 /// Most registers one read request may ask for (Modbus: 125).
 pub const MAX_REGISTERS: u16 = 125;
@@ -493,18 +495,11 @@ pub async fn run(
     let name = cfg.display_name();
     let mut bus = Bus::new(&cfg, &metrics);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut down_since: Option<Instant> = None;
+    let mut log = PortLog::new(&name);
     while !shutdown.is_cancelled() {
         match port_builder(&cfg).open_native_async() {
             Ok(port) => {
-                match down_since.take() {
-                    Some(t) => {
-                        info!(source = %name, port = %cfg.port.display(), "port back after {:.1}s", t.elapsed().as_secs_f64())
-                    }
-                    None => {
-                        info!(source = %name, port = %cfg.port.display(), baud = cfg.baud, devices = cfg.devices.len(), "modbus port opened")
-                    }
-                }
+                log.opened(&cfg.port, cfg.baud);
                 backoff.reset();
                 stats.connected.store(true, Relaxed);
                 let seen = Arc::new(Mutex::new(Vec::new()));
@@ -520,18 +515,10 @@ pub async fn run(
                     // The client gave up on the stream (garbage it could
                     // not resynchronise on): start it afresh at once.
                     End::Reset => continue,
-                    End::Lost(e) => {
-                        warn!(source = %name, port = %cfg.port.display(), "port lost ({e}); reopening with backoff");
-                        down_since = Some(Instant::now());
-                    }
+                    End::Lost(e) => log.lost(&cfg.port, &e),
                 }
             }
-            Err(e) => {
-                if down_since.is_none() {
-                    warn!(source = %name, port = %cfg.port.display(), "cannot open the port ({e}); check the path, the adapter and that the user is in group dialout; retrying with backoff");
-                    down_since = Some(Instant::now());
-                }
-            }
+            Err(e) => log.cannot_open(&cfg.port, &e),
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,

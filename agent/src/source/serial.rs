@@ -9,6 +9,7 @@
 //! reopen the port. Closing a port loses what the wire carries meanwhile,
 //! so a configuration change must not close it for nothing.
 
+use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,18 +46,11 @@ pub async fn run(
         name.clone(),
     );
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut down_since: Option<Instant> = None;
+    let mut log = PortLog::new(&name);
     while !shutdown.is_cancelled() {
         match port_builder(&cfg).open_native_async() {
             Ok(mut port) => {
-                match down_since.take() {
-                    Some(t) => {
-                        info!(source = %name, port = %cfg.port.display(), "port back after {:.1}s", t.elapsed().as_secs_f64())
-                    }
-                    None => {
-                        info!(source = %name, port = %cfg.port.display(), baud = cfg.baud, "port opened")
-                    }
-                }
+                log.opened(&cfg.port, cfg.baud);
                 backoff.reset();
                 stats.connected.store(true, Relaxed);
                 let mut session = Session {
@@ -77,17 +71,11 @@ pub async fn run(
                     }
                     End::Lost(e) => {
                         lines.cut();
-                        warn!(source = %name, port = %cfg.port.display(), "port lost ({e}); reopening with backoff");
-                        down_since = Some(Instant::now());
+                        log.lost(&cfg.port, &e);
                     }
                 }
             }
-            Err(e) => {
-                if down_since.is_none() {
-                    warn!(source = %name, port = %cfg.port.display(), "cannot open the port ({e}); check the path, the adapter and that the user is in group dialout; retrying with backoff");
-                    down_since = Some(Instant::now());
-                }
-            }
+            Err(e) => log.cannot_open(&cfg.port, &e),
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -98,6 +86,47 @@ pub async fn run(
                 lines.cut();
             }
             _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// A port's ups and downs, each logged once rather than on every retry.
+pub(crate) struct PortLog {
+    source: String,
+    down_since: Option<Instant>,
+}
+
+impl PortLog {
+    /// For the source named `source`.
+    pub(crate) fn new(source: &str) -> PortLog {
+        PortLog {
+            source: source.into(),
+            down_since: None,
+        }
+    }
+
+    /// The port is open (at last).
+    pub(crate) fn opened(&mut self, port: &Path, baud: u32) {
+        let (source, port) = (&self.source, port.display());
+        match self.down_since.take() {
+            Some(t) => {
+                info!(%source, %port, "port back after {:.1}s", t.elapsed().as_secs_f64())
+            }
+            None => info!(%source, %port, baud, "port opened"),
+        }
+    }
+
+    /// The open port failed.
+    pub(crate) fn lost(&mut self, port: &Path, e: &dyn std::fmt::Display) {
+        warn!(source = %self.source, port = %port.display(), "port lost ({e}); reopening with backoff");
+        self.down_since = Some(Instant::now());
+    }
+
+    /// The port cannot be opened (logged the first time).
+    pub(crate) fn cannot_open(&mut self, port: &Path, e: &dyn std::fmt::Display) {
+        if self.down_since.is_none() {
+            warn!(source = %self.source, port = %port.display(), "cannot open the port ({e}); check the path, the adapter and that the user is in group dialout; retrying with backoff");
+            self.down_since = Some(Instant::now());
         }
     }
 }
