@@ -25,6 +25,8 @@ struct Shared {
     points: Mutex<BTreeSet<(String, i64, u64)>>,
     /// Points received, duplicates included.
     received: AtomicUsize,
+    /// Requests answered, of any kind.
+    answered: AtomicUsize,
     /// Requests being served now, and the most since the last reset.
     current: AtomicUsize,
     peak: AtomicUsize,
@@ -80,7 +82,12 @@ impl Receiver {
         self.shared.points.lock().unwrap().clone()
     }
 
-    /// Points accepted, duplicates included.
+    /// Requests answered so far, accepted or throttled.
+    pub fn answered(&self) -> usize {
+        self.shared.answered.load(SeqCst)
+    }
+
+    /// Points received, duplicates included.
     pub fn received(&self) -> usize {
         self.shared.received.load(SeqCst)
     }
@@ -146,6 +153,7 @@ fn serve(conn: TcpStream, s: &Shared) {
             ),
         };
         s.current.fetch_sub(1, SeqCst);
+        s.answered.fetch_add(1, SeqCst);
         if out.write_all(answer.as_bytes()).is_err() {
             return;
         }

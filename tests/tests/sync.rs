@@ -209,8 +209,18 @@ backoff_max = "1s"
         Duration::from_secs(30),
         || (limit() == 1).then_some(()),
     );
+    // Requests sent under the old limit are answered within 40 ms; past
+    // them (the throttled ones come a second apart), measure a window of
+    // five throttled requests.
+    let after = |n: usize| {
+        let start = receiver.answered();
+        wait_until("throttled requests", Duration::from_secs(30), || {
+            (receiver.answered() >= start + n).then_some(())
+        });
+    };
+    after(2);
     receiver.take_peak();
-    std::thread::sleep(Duration::from_secs(2)); // a window of throttled traffic to measure
+    after(5);
     assert!(
         receiver.take_peak() <= 1,
         "one request at a time while throttled"

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -28,6 +29,8 @@ pub struct Requester<S> {
     backoff_max: Duration,
     max_bytes: u64,
     state: Mutex<State>,
+    /// Woken when a request leaves the wire, so a waiting retry looks again.
+    turn: Notify,
 }
 
 struct State {
@@ -38,6 +41,10 @@ struct State {
     down_since: Option<Instant>,
     dead_letter_log: RateLimit,
     meter: Meter,
+    /// Requests on the wire now. The feed's slots bound the batches taken
+    /// out; this bounds the sends, so a batch's retry waits its turn under
+    /// the limit as it stands then, not as it stood when the batch left.
+    sending: usize,
 }
 
 impl<S: Sink> Requester<S> {
@@ -59,7 +66,9 @@ impl<S: Sink> Requester<S> {
                 down_since: None,
                 dead_letter_log: RateLimit::new(Duration::from_secs(10)),
                 meter: Meter::new(cfg.schedule.clone(), cfg.daily_budget.map(|b| b.0)),
+                sending: 0,
             }),
+            turn: Notify::new(),
         }
     }
 
@@ -123,31 +132,59 @@ impl<S: Sink> Requester<S> {
                 todo.push(range.start..mid);
                 continue;
             }
+            if !self.wait_turn(abort).await {
+                return false;
+            }
             self.stats.requests.fetch_add(1, Relaxed);
             let started = Instant::now();
             let result = tokio::select! {
-                _ = abort.cancelled() => return false,
-                r = self.sink.send(body) => r,
+                _ = abort.cancelled() => None,
+                r = self.sink.send(body) => Some(r),
             };
+            self.state().sending -= 1;
+            self.turn.notify_waiters();
+            let Some(result) = result else { return false };
             let rtt = started.elapsed();
-            let retry_in = self.settle(result, &points[range.clone()], len, rtt, &mut backoff);
-            match retry_in {
+            match self.settle(result, &points[range.clone()], len, rtt, &mut backoff) {
                 Settled::Done => {}
                 Settled::Split => {
                     let mid = range.start + range.len() / 2;
                     todo.push(mid..range.end);
                     todo.push(range.start..mid);
                 }
-                Settled::RetryIn(delay) => {
-                    todo.push(range);
-                    tokio::select! {
-                        _ = abort.cancelled() => return false,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
+                // `settle` set the pause; `wait_turn` keeps it.
+                Settled::Retry => todo.push(range),
             }
         }
         true
+    }
+
+    /// Waits until a request may go on the wire: no pause in force and
+    /// fewer than the limit sending; then counts it as sending. False if
+    /// aborted first.
+    async fn wait_turn(&self, abort: &CancellationToken) -> bool {
+        loop {
+            // Registered before looking, so a request that ends in between
+            // still wakes us.
+            let turn = self.turn.notified();
+            let pause = {
+                let mut st = self.state();
+                let now = Instant::now();
+                match st.pause_until {
+                    Some(until) if until > now => Some(until - now),
+                    _ if st.sending < st.arc.limit() => {
+                        st.sending += 1;
+                        return true;
+                    }
+                    _ => None,
+                }
+            };
+            tokio::select! {
+                _ = abort.cancelled() => return false,
+                _ = turn => {}
+                _ = tokio::time::sleep(pause.unwrap_or_default()), if pause.is_some() => {}
+            }
+        }
     }
 
     /// Books one response: counters, the concurrency limit, the outage log;
@@ -217,7 +254,7 @@ impl<S: Sink> Requester<S> {
                 // No new request starts before this one may retry.
                 let until = Instant::now() + delay;
                 st.pause_until = Some(st.pause_until.map_or(until, |u| u.max(until)));
-                Settled::RetryIn(delay)
+                Settled::Retry
             }
         }
     }
@@ -229,8 +266,8 @@ enum Settled {
     Done,
     /// Refused as a whole: send each half alone.
     Split,
-    /// Send them again after this long.
-    RetryIn(Duration),
+    /// Send them again once the pause `settle` set is over.
+    Retry,
 }
 
 #[cfg(test)]
