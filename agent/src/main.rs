@@ -400,22 +400,31 @@ fn bench_dir(dir: Option<PathBuf>) -> anyhow::Result<(PathBuf, Option<tempfile::
 }
 
 fn init_logging(filter: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    // `target=level,...` directives as RUST_LOG takes them. Not EnvFilter:
+    // its span and field matching brings a regex engine, a large share of
+    // a gateway binary that must stay small.
+    let targets: Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|s| s.parse().ok())
         // tokio-modbus logs every bad frame it skips, unthrottled; the
         // Modbus source counts and logs them itself, rate-limited.
-        .or_else(|_| EnvFilter::try_new(format!("{filter},tokio_modbus=off")))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .or_else(|| format!("{filter},tokio_modbus=off").parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // journald stamps every line itself.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().init();
+    let fmt = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        fmt.without_time().boxed()
     } else {
-        builder.init();
-    }
+        fmt.boxed()
+    };
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(targets)
+        .init();
 }
 
 fn main() -> std::process::ExitCode {
