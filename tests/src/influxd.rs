@@ -99,6 +99,14 @@ impl Influxd {
         }
     }
 
+    /// Stops the server as an operator would (SIGTERM) and waits for it to
+    /// exit, keeping its data.
+    pub fn shutdown(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            crate::process::shut_down(&mut c, &self.log_file());
+        }
+    }
+
     /// Whether the server process is running (it was started and has not exited).
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().is_none())

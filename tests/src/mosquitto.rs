@@ -14,22 +14,31 @@ use crate::{free_port, poll_until};
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A `mosquitto` broker on free loopback ports with its own temporary
-/// directory (config, log, certificates). Anonymous clients, no persistence,
-/// unlimited queues, 1000 unacknowledged QoS 1 messages in flight per client
-/// (the default 20 throttles an agent that acks after its group commit), and
-/// subscriptions logged (tests wait for them). Killed when dropped.
+/// directory (config, log, certificates). Anonymous clients, no persistence
+/// (unless [`Mosquitto::start_persistent`]), unlimited queues, 1000
+/// unacknowledged QoS 1 messages in flight per client (the default 20
+/// throttles an agent that acks after its group commit), and subscriptions
+/// logged (tests wait for them). Killed when dropped.
 pub struct Mosquitto {
     child: Option<ChildGuard>,
     dir: TempDir,
     port: u16,
     tls_port: Option<u16>,
+    persistent: bool,
 }
 
 impl Mosquitto {
     /// Starts a broker with one plain MQTT listener; returns once it accepts
     /// TCP connections.
     pub fn start() -> Mosquitto {
-        Mosquitto::start_with(false)
+        Mosquitto::start_with(false, false)
+    }
+
+    /// Like [`Mosquitto::start`], with persistence on (`mosquitto.db` in its
+    /// directory): sessions and their queued QoS 1 messages survive a
+    /// [`Mosquitto::restart`], as on a production broker.
+    pub fn start_persistent() -> Mosquitto {
+        Mosquitto::start_with(false, true)
     }
 
     /// Starts a broker with a plain listener ([`Mosquitto::port`]) and a TLS
@@ -37,10 +46,10 @@ impl Mosquitto {
     /// and `localhost`, is signed by a fresh CA ([`Mosquitto::ca_file`]),
     /// generated with the `openssl` command.
     pub fn start_tls() -> Mosquitto {
-        Mosquitto::start_with(true)
+        Mosquitto::start_with(true, false)
     }
 
-    fn start_with(tls: bool) -> Mosquitto {
+    fn start_with(tls: bool, persistent: bool) -> Mosquitto {
         let dir = tempfile::Builder::new()
             .prefix("mosquitto-")
             .tempdir()
@@ -53,6 +62,7 @@ impl Mosquitto {
             dir,
             port: 0,
             tls_port: None,
+            persistent,
         };
         for attempt in 1.. {
             broker.port = free_port();
@@ -77,11 +87,36 @@ impl Mosquitto {
         }
     }
 
+    /// Stops the broker as an operator would (SIGTERM: a persistent broker
+    /// saves its sessions and queues), waits for it to exit, and starts it
+    /// again on the same ports; returns once it accepts connections.
+    pub fn restart(&mut self) {
+        let mut c = self.child.take().expect("mosquitto is running");
+        crate::process::shut_down(&mut c, &self.log_file());
+        self.start_again();
+    }
+
     /// Kills the broker (SIGKILL) and reaps it. Does nothing if it is not running.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill();
         }
+    }
+
+    /// Waits until the broker's log shows a subscription of a client whose id
+    /// contains `client` to `filter`: from then on its session gets (or, if
+    /// persistent, queues) everything published there.
+    pub fn wait_subscribed(&self, client: &str, filter: &str) {
+        crate::wait_until(
+            &format!("{client}'s subscription to {filter} in mosquitto's log"),
+            START_TIMEOUT,
+            || {
+                let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+                log.lines()
+                    .any(|l| l.contains(client) && l.contains(filter))
+                    .then_some(())
+            },
+        );
     }
 
     /// The broker process, while it runs (e.g. to send it a signal).
@@ -142,10 +177,15 @@ impl Mosquitto {
             // certificates in a root-owned temporary directory.
             conf.push_str("user root\n");
         }
+        let persistence = if self.persistent {
+            format!("persistence true\npersistence_location {d}/\n")
+        } else {
+            "persistence false\n".to_string()
+        };
+        conf.push_str(&persistence);
         conf.push_str(&format!(
             "per_listener_settings false
 allow_anonymous true
-persistence false
 max_queued_messages 0
 max_inflight_messages 1000
 log_dest file {d}/mosquitto.log

@@ -179,6 +179,15 @@ pub(crate) fn launch_http(
     }
 }
 
+/// SIGTERM to a server and wait for it to exit; panics with its log if it
+/// does not within [`START_TIMEOUT`].
+pub(crate) fn shut_down(child: &mut ChildGuard, log: &Path) {
+    child.signal(Signal::SIGTERM);
+    if child.wait_timeout(START_TIMEOUT).is_none() {
+        fail(&format!("{} did not exit on SIGTERM", child.what()), log);
+    }
+}
+
 /// Whether the server whose log is `log` failed because its port was taken
 /// (between [`crate::free_port`] and its bind).
 pub(crate) fn port_taken(log: &Path) -> bool {

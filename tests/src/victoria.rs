@@ -18,11 +18,19 @@ pub struct Victoria {
     dir: TempDir,
     port: u16,
     http: reqwest::blocking::Client,
+    /// Extra command-line flags, kept for [`Victoria::start_again`].
+    args: Vec<String>,
 }
 
 impl Victoria {
     /// Starts a fresh instance and returns once `GET /health` answers 200.
     pub fn start() -> Victoria {
+        Victoria::start_with(&[])
+    }
+
+    /// [`Victoria::start`] with extra command-line flags (e.g.
+    /// `-dedup.minScrapeInterval=1ms`), also used by [`Victoria::start_again`].
+    pub fn start_with(args: &[&str]) -> Victoria {
         let dir = tempfile::Builder::new()
             .prefix("victoria-")
             .tempdir()
@@ -32,6 +40,7 @@ impl Victoria {
             dir,
             port: 0,
             http: crate::http_client(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         let log = vm.log_file();
         let (child, port) = start_on_free_port("victoria-metrics", &log, |port| {
@@ -49,6 +58,14 @@ impl Victoria {
         match self.launch() {
             Ok(c) => self.child = Some(c),
             Err(e) => crate::process::fail(&e, &self.log_file()),
+        }
+    }
+
+    /// Stops the server as an operator would (SIGTERM: it flushes what it
+    /// acknowledged) and waits for it to exit, keeping its data.
+    pub fn shutdown(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            crate::process::shut_down(&mut c, &self.log_file());
         }
     }
 
@@ -124,7 +141,8 @@ impl Victoria {
                 .arg("-retentionPeriod=100y")
                 // Fresh samples are visible to queries at once.
                 .arg("-search.latencyOffset=0s")
-                .arg("-loggerLevel=WARN"),
+                .arg("-loggerLevel=WARN")
+                .args(&self.args),
             &self.log_file(),
             &self.http,
             &format!("{}/health", self.url()),

@@ -27,7 +27,7 @@ mod dead;
 pub use dead::DeadLetterRow;
 mod uplink;
 use crate::point::{Batch, Point, SeriesKey};
-pub use uplink::DegradedRange;
+pub use uplink::{DegradedPending, DegradedRange};
 
 /// Bits of a chunk key given to the series id: at most about a million series.
 pub const SERIES_BITS: u32 = 20;
@@ -1584,11 +1584,12 @@ mod tests {
                 points: vec![point("m a", i * 1_000_000_000, v)],
             })
             .unwrap();
-            if i % 1000 == 999 {
+            if i % 997 == 996 {
                 st.flush().unwrap();
                 st.seal().unwrap();
             }
         }
+        st.flush().unwrap();
         let before = st.used_bytes().unwrap();
         let windows_before = st
             .read_rollup(&SeriesKey::from_canonical("m a"), 60, 0, i64::MAX)
@@ -1620,8 +1621,27 @@ mod tests {
             "windows changed by eviction"
         );
         // What the sink is sent instead: windows standing for exactly the
-        // evicted points, each window once.
+        // evicted points, each window once. The newest range's last window
+        // goes on into a chunk the sink has still to be sent (a chunk every
+        // 997 s, windows at multiples of 60 s): it waits, so that it goes
+        // upstream once, whole.
         let pending = st.degraded_pending("cloud", 60, 10_000).unwrap();
+        assert_eq!(
+            pending.held, 1,
+            "the range whose window the kept chunk continues"
+        );
+        let early: u64 = pending.ranges.iter().map(|r| r.points).sum();
+        assert!(early < ev.raw_points);
+        let ids: Vec<i64> = pending.ranges.iter().map(|r| r.id).collect();
+        st.degraded_sent("cloud", &ids, 0).unwrap();
+        // The sink gets the oldest raw chunk left: now that window is final.
+        let (chunk, next) = st.after("cloud", Cursor::default(), None, 997).unwrap();
+        assert_eq!(chunk.len(), 997);
+        st.ack("cloud", next).unwrap();
+        let rest = st.degraded_pending("cloud", 60, 10_000).unwrap();
+        assert_eq!(rest.held, 0);
+        assert_eq!(rest.ranges.len(), 1);
+        let pending: Vec<DegradedRange> = pending.ranges.into_iter().chain(rest.ranges).collect();
         let standing: u64 = pending
             .iter()
             .flat_map(|r| r.windows.iter().map(|w| w.1.count))
@@ -1633,8 +1653,7 @@ mod tests {
         let n = starts.len();
         starts.sort();
         starts.dedup();
-        // A window split across two evicted chunks appears in both ranges,
-        // merged (so the later send overwrites the earlier one upstream).
+        // A window split across two evicted chunks appears in both ranges, merged.
         assert!(starts.len() <= n);
         let whole: u64 = starts.len() as u64;
         assert!(whole > 0);
@@ -1652,8 +1671,12 @@ mod tests {
             "all windows before the last evicted one are whole"
         );
         let ids: Vec<i64> = pending.iter().map(|r| r.id).collect();
-        st.degraded_sent("cloud", &ids, 0).unwrap();
-        assert!(st.degraded_pending("cloud", 60, 10).unwrap().is_empty());
+        st.degraded_sent("cloud", &ids[ids.len() - 1..], 0).unwrap();
+        assert!(st
+            .degraded_pending("cloud", 60, 10)
+            .unwrap()
+            .ranges
+            .is_empty());
         assert_eq!(st.counter("degraded_sent:cloud").unwrap(), ev.raw_points);
         // The rollup tier over all time counts every point once.
         let all: u64 = st

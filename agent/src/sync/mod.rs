@@ -178,8 +178,8 @@ enum Done {
         points: usize,
         ok: bool,
     },
-    /// The rollups and gap report for degraded ranges (false if aborted).
-    Degraded(Result<bool, StoreError>),
+    /// The rollups and gap report for degraded ranges.
+    Degraded(Result<rollup::DegradedRun, StoreError>),
 }
 
 type InFlight<'a> = FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send + 'a>>>;
@@ -220,8 +220,9 @@ impl<'a, S: Sink> RawFeed<'a, S> {
         let mut in_flight: InFlight<'a> = FuturesUnordered::new();
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Degraded ranges are looked for when the store's count moves (and
-        // once at start); one replacement send runs at a time.
+        // Degraded ranges are looked for when the store's count moves, once
+        // at start, and each tick while some are held back; one replacement
+        // send runs at a time.
         let mut degraded_seen = u64::MAX;
         let mut degraded_running = false;
         loop {
@@ -267,13 +268,18 @@ impl<'a, S: Sink> RawFeed<'a, S> {
             };
             tokio::select! {
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => match done {
-                    Done::Batch { ok: false, .. } | Done::Degraded(Ok(false)) => return Ok(()), // aborted
+                    Done::Batch { ok: false, .. } | Done::Degraded(Ok(rollup::DegradedRun::Aborted)) => return Ok(()),
                     Done::Batch { lane, id, points, ok: true } => self.on_acked(lane, id, points).await?,
                     Done::Degraded(result) => {
                         degraded_running = false;
-                        if let Err(e) = result {
-                            warn!(sink = self.cfg.name, "cannot send the rollups of degraded ranges, will retry: {e}");
-                            degraded_seen = u64::MAX;
+                        match result {
+                            Err(e) => {
+                                warn!(sink = self.cfg.name, "cannot send the rollups of degraded ranges, will retry: {e}");
+                                degraded_seen = u64::MAX;
+                            }
+                            // Look again at the next tick, when the cursor may have moved.
+                            Ok(rollup::DegradedRun::Held) => degraded_seen = u64::MAX,
+                            Ok(_) => {}
                         }
                     }
                 },

@@ -96,30 +96,51 @@ pub fn gap_points(sink: &str, range: &DegradedRange, label: &str, out: &mut Vec<
     }
 }
 
+/// How a run of [`send_degraded`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DegradedRun {
+    /// Every degraded range was sent.
+    Done,
+    /// Some wait for the sink to get past raw points of their windows: run
+    /// again later.
+    Held,
+    /// The sink is stopping.
+    Aborted,
+}
+
 /// Sends what eviction took from `sink` before it had it: the rollups in its
-/// place and (if on) the gap report. Returns false if aborted.
+/// place and (if on) the gap report, for the ranges whose windows are final.
 pub async fn send_degraded<S: Sink>(
     req: &Requester<S>,
     cfg: &DeliveryConfig,
     store: &StoreHandle,
     stopping: &Stopping,
-) -> Result<bool, StoreError> {
+) -> Result<DegradedRun, StoreError> {
     let Some(tier) = store.with(|st| Ok(st.tiers().first().copied())).await? else {
-        return Ok(true);
+        return Ok(DegradedRun::Done);
     };
     let label = width_label(tier);
     loop {
         let name = cfg.name.clone();
-        let ranges = store
+        let pending = store
             .with(move |st| st.degraded_pending(&name, tier, 256))
             .await?;
+        let ranges = pending.ranges;
         if ranges.is_empty() {
-            return Ok(true);
+            return Ok(match pending.held {
+                0 => DegradedRun::Done,
+                _ => DegradedRun::Held,
+            });
         }
         let mut points = Vec::new();
         let (mut replaced, mut windows, mut lost) = (0u64, 0u64, 0u64);
+        // Two ranges sharing a window carry it merged, the same in both.
+        let mut sent_windows = std::collections::HashSet::new();
         for r in &ranges {
             for (start, agg) in &r.windows {
+                if !sent_windows.insert((&r.series, *start)) {
+                    continue;
+                }
                 window_points(
                     &r.series,
                     *start,
@@ -141,7 +162,7 @@ pub async fn send_degraded<S: Sink>(
         }
         for part in points.chunks(cfg.batch_max_points) {
             if !req.deliver(part, &stopping.abort).await {
-                return Ok(false);
+                return Ok(DegradedRun::Aborted);
             }
         }
         let s = &req.stats;

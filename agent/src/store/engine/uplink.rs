@@ -3,7 +3,7 @@
 //! (for sinks that send a rollup tier), and the ranges eviction degraded before
 //! a sink had them (sent from the rollups instead, with a gap report).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -27,6 +27,17 @@ pub struct DegradedRange {
     /// The windows (start, aggregate) that replace them; empty when the rollup
     /// itself was evicted too, so the points are lost for this sink.
     pub windows: Vec<(i64, Agg)>,
+}
+
+/// What [`Store::degraded_pending`] found for a sink.
+#[derive(Debug, Default)]
+pub struct DegradedPending {
+    /// Ranges whose windows are final, oldest first.
+    pub ranges: Vec<DegradedRange>,
+    /// Ranges held back: a window of theirs still has raw points the sink
+    /// has not had, which eviction could add to it. Sent once the sink's
+    /// cursor is past them.
+    pub held: usize,
 }
 
 /// Columns added after the first release, added in place to older files.
@@ -104,20 +115,26 @@ impl Store {
 
     /// Up to `max` degraded ranges `sink` has not been sent yet, oldest first,
     /// each with its windows of the `tier` (seconds). A window shared with
-    /// ranges sent earlier is merged with them, so re-sending it upstream
-    /// overwrites the earlier partial window with the whole.
+    /// other ranges of the sink is merged with them.
+    ///
+    /// A range is returned only once its windows are final: no chunk the
+    /// sink has still to be sent holds a point of the series before the end
+    /// of its last window. Otherwise eviction could still take more of that
+    /// window, and the window would have to go upstream twice, and a
+    /// database that keeps either of two samples at one timestamp
+    /// (VictoriaMetrics' deduplication) could keep the partial one.
     pub fn degraded_pending(
         &self,
         sink: &str,
         tier: i64,
         max: usize,
-    ) -> Result<Vec<DegradedRange>, StoreError> {
+    ) -> Result<DegradedPending, StoreError> {
         let rows: Vec<(i64, u32, i64, i64, i64, Option<i64>)> = {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT rowid, series, ts_min, ts_max, points, chunk FROM degraded
-                 WHERE sink = ?1 AND sent = 0 ORDER BY rowid LIMIT ?2",
+                 WHERE sink = ?1 AND sent = 0 ORDER BY rowid",
             )?;
-            let rows = stmt.query_map(params![sink, max as i64], |r| {
+            let rows = stmt.query_map(params![sink], |r| {
                 Ok((
                     r.get(0)?,
                     r.get(1)?,
@@ -129,9 +146,16 @@ impl Store {
             })?;
             rows.collect::<Result<_, _>>()?
         };
+        let mut found = DegradedPending::default();
+        if rows.is_empty() {
+            return Ok(found);
+        }
+        let unsent = self.unsent_from(sink)?;
         let width = tier * 1_000_000_000;
-        let mut out = Vec::with_capacity(rows.len());
         for (id, sid, lo, hi, points, chunk) in rows {
+            if found.ranges.len() == max {
+                break;
+            }
             let own = match chunk {
                 Some(chunk) => self.chunk_windows(chunk, tier)?,
                 None => None,
@@ -139,20 +163,28 @@ impl Store {
             let windows = match own {
                 None => Vec::new(),
                 Some(own) => {
-                    // Everything this sink lost of the series in those windows.
-                    let mut merged: BTreeMap<i64, Agg> = BTreeMap::new();
                     let (first, last) = (
                         own.first().map_or(lo, |w| w.0),
                         own.last().map_or(hi, |w| w.0),
                     );
+                    let end = last.saturating_add(width);
+                    let still_unsent = [sid, 0]
+                        .iter()
+                        .filter_map(|s| unsent.get(s))
+                        .any(|from| *from < end);
+                    if still_unsent {
+                        found.held += 1;
+                        continue;
+                    }
+                    // Everything this sink lost of the series in those windows.
+                    let mut merged: BTreeMap<i64, Agg> = BTreeMap::new();
                     let mut stmt = self.conn.prepare_cached(
                         "SELECT r.data FROM degraded d JOIN rollup_chunks r
                          ON r.chunk = d.chunk AND r.tier = ?3
                          WHERE d.sink = ?1 AND d.series = ?2
                          AND d.ts_max >= ?4 AND d.ts_min < ?5 ORDER BY d.rowid",
                     )?;
-                    let mut q =
-                        stmt.query(params![sink, sid, tier, first, last.saturating_add(width)])?;
+                    let mut q = stmt.query(params![sink, sid, tier, first, end])?;
                     while let Some(row) = q.next()? {
                         let data: Vec<u8> = row.get(0)?;
                         for (start, agg) in decode_windows(&data)? {
@@ -167,7 +199,7 @@ impl Store {
                     merged.into_iter().collect()
                 }
             };
-            out.push(DegradedRange {
+            found.ranges.push(DegradedRange {
                 id,
                 series: self.keys[sid as usize].clone(),
                 ts_min: lo,
@@ -176,7 +208,21 @@ impl Store {
                 windows,
             });
         }
-        Ok(out)
+        Ok(found)
+    }
+
+    /// Per series, the oldest timestamp in the chunks `sink` has not
+    /// acknowledged (series 0: the journal's chunks, which hold every
+    /// series). Empty for a reader the store does not know.
+    fn unsent_from(&self, sink: &str) -> Result<HashMap<u32, i64>, StoreError> {
+        let Some(pos) = self.sinks.get(sink) else {
+            return Ok(HashMap::new());
+        };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT series, MIN(ts_min) FROM chunks WHERE id >= ?1 GROUP BY series",
+        )?;
+        let rows = stmt.query_map([pos.acked.key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn chunk_windows(&self, chunk: i64, tier: i64) -> Result<Option<Vec<(i64, Agg)>>, StoreError> {
