@@ -387,3 +387,23 @@ fn columns(s: &Value) -> Vec<&str> {
         .map(|c| c.as_str().expect("a column name"))
         .collect()
 }
+
+/// The raw series a rollup row (of InfluxDB) stands for, and its field suffix:
+/// `sim,sensor=s01,site=lab,tidegate_resolution=10s temp_count` →
+/// (`sim,sensor=s01,site=lab temp`, `_count`).
+pub fn rollup_of(series: &str) -> (String, &'static str) {
+    let (head, field) = series.rsplit_once(' ').unwrap();
+    let mut parts = head.split(',');
+    let measurement = parts.next().unwrap();
+    let mut tags: Vec<&str> = parts
+        .filter(|t| !t.starts_with("tidegate_resolution="))
+        .collect();
+    tags.sort();
+    tags.insert(0, measurement);
+    for suffix in ["_count", "_min", "_max"] {
+        if let Some(f) = field.strip_suffix(suffix) {
+            return (format!("{} {f}", tags.join(",")), suffix);
+        }
+    }
+    (format!("{} {field}", tags.join(",")), "")
+}

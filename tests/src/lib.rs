@@ -22,7 +22,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use influxd::{Influxd, Row};
+pub use influxd::{rollup_of, Influxd, Row};
 pub use mosquitto::Mosquitto;
 pub use nix::sys::signal::Signal;
 pub use process::{program, tail, ChildGuard};

@@ -40,7 +40,7 @@ use firmware_sim::LedgerEntry;
 use tidegate::ops::Status;
 use tidegate::point::SeriesKey;
 use tidegate_e2e::agent::{dead_letters, expected_points, Agent, MqttSim, Sim};
-use tidegate_e2e::{poll_until, wait_until, Influxd, Mosquitto, Victoria};
+use tidegate_e2e::{poll_until, rollup_of, wait_until, Influxd, Mosquitto, Victoria};
 
 /// Serial lines per second (10 sensors, 2 fields a line).
 const SERIAL_RATE: f64 = 500.0;
@@ -159,26 +159,6 @@ struct Held {
     /// The gap report: raw points degraded, and lost.
     gaps_degraded: u64,
     gaps_lost: u64,
-}
-
-/// The raw series a rollup row of InfluxDB stands for, and its field suffix:
-/// `sim,sensor=s01,site=lab,tidegate_resolution=10s temp_count` →
-/// (`sim,sensor=s01,site=lab temp`, `_count`).
-fn rollup_of(series: &str) -> (String, &'static str) {
-    let (head, field) = series.rsplit_once(' ').unwrap();
-    let mut parts = head.split(',');
-    let measurement = parts.next().unwrap();
-    let mut tags: Vec<&str> = parts
-        .filter(|t| !t.starts_with("tidegate_resolution="))
-        .collect();
-    tags.sort();
-    tags.insert(0, measurement);
-    for suffix in ["_count", "_min", "_max"] {
-        if let Some(f) = field.strip_suffix(suffix) {
-            return (format!("{} {f}", tags.join(",")), suffix);
-        }
-    }
-    (format!("{} {field}", tags.join(",")), "")
 }
 
 fn influx_held(influx: &Influxd) -> Held {

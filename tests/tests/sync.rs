@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tidegate_e2e::agent::{expected_points, expected_samples, sim_config_with, Agent, Sim};
 use tidegate_e2e::receiver::{Mode, Receiver};
-use tidegate_e2e::{poll_until, wait_until, Influxd, Row, Victoria};
+use tidegate_e2e::{poll_until, rollup_of, wait_until, Influxd, Row, Victoria};
 
 const DB: &str = "e2e";
 
@@ -49,26 +49,6 @@ fn raw_and_rollups(rows: Vec<Row>) -> (BTreeSet<(String, i64, u64)>, Vec<Row>) {
         .map(|r| (r.series, r.ts_ns, r.value.to_bits()))
         .collect();
     (raw, rollups)
-}
-
-/// The raw series a rollup row stands for, and its field suffix:
-/// `sim,sensor=s01,site=lab,tidegate_resolution=10s temp_count` →
-/// (`sim,sensor=s01,site=lab temp`, `_count`).
-fn rollup_of(series: &str) -> (String, &'static str) {
-    let (head, field) = series.rsplit_once(' ').unwrap();
-    let mut parts = head.split(',');
-    let measurement = parts.next().unwrap();
-    let mut tags: Vec<&str> = parts
-        .filter(|t| !t.starts_with("tidegate_resolution="))
-        .collect();
-    tags.sort();
-    tags.insert(0, measurement);
-    for suffix in ["_count", "_min", "_max"] {
-        if let Some(f) = field.strip_suffix(suffix) {
-            return (format!("{} {f}", tags.join(",")), suffix);
-        }
-    }
-    (format!("{} {field}", tags.join(",")), "")
 }
 
 #[test]
