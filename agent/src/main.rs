@@ -716,6 +716,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let from = query::parse_time(&from, now).map_err(anyhow::Error::msg)?;
             let to = query::parse_time(&to, now).map_err(anyhow::Error::msg)?;
             print!("{}", query::run(&store, &series, from, to, tier, format)?);
+            eprint!(
+                "{}",
+                query::render_corrections(&store.clock_corrections()?, from, to)
+            );
             Ok(())
         }
         Command::Status {

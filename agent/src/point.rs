@@ -162,11 +162,36 @@ impl fmt::Debug for SeriesKey {
 }
 
 /// The wall clock now, in nanoseconds since the Unix epoch (0 before 1970).
+///
+/// Every arrival stamp and the clock watch read this, so a test can play a
+/// board whose clock is wrong until NTP steps it: see [`test_clock_lag`].
 pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    now - test_clock_lag()
+}
+
+/// Test hook `TIDEGATE_TEST_CLOCK_STEP=AFTER:BY` (humantime durations, e.g.
+/// `3s:1day`): the agent's wall clock runs `BY` behind for the first `AFTER`
+/// of the process, then steps forward to the true time, as a Raspberry Pi's
+/// clock does when NTP corrects the time restored at boot.
+fn test_clock_lag() -> i64 {
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+    static LAG: OnceLock<Option<(Instant, i64)>> = OnceLock::new();
+    let lag = LAG.get_or_init(|| {
+        let v = std::env::var("TIDEGATE_TEST_CLOCK_STEP").ok()?;
+        let (after, by) = v.split_once(':')?;
+        let after: Duration = humantime::parse_duration(after).ok()?;
+        let by: Duration = humantime::parse_duration(by).ok()?;
+        Some((Instant::now() + after, by.as_nanos() as i64))
+    });
+    match lag {
+        Some((until, by)) if Instant::now() < *until => *by,
+        _ => 0,
+    }
 }
 
 /// One reading: a value of a series at an instant (nanoseconds since the Unix epoch).

@@ -83,6 +83,7 @@ pub async fn run_with(
     // The clock watch stops with the inputs.
     listener.spawn(crate::ops::clock::run(
         metrics.clone(),
+        handle.clone(),
         stop_listener.clone(),
     ));
 

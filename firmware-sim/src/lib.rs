@@ -28,7 +28,7 @@ pub use pty::{PartialWrite, Pty};
 use serde::{Deserialize, Serialize};
 
 /// How readings are written on the line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Framing {
     /// `sensor=s01 ts=1764053000123 temp=21.53 hum=40.2`

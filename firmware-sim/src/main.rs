@@ -2,6 +2,7 @@
 //!
 //! Prints the PTY's path first, then `done valid=V garbage=G` once `--count`
 //! lines are sent, and keeps the PTY open until SIGTERM or SIGINT (exit 0).
+//! `firmware-sim fleet` runs many devices (serial, Modbus, MQTT) in one process.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -36,6 +37,52 @@ enum Command {
     /// `--count` requests are handled (then unplugs the port), and exits on
     /// SIGTERM or SIGINT. Register layout: firmware-sim/src/modbus.rs.
     Modbus(ModbusArgs),
+    /// Play many devices at once, each on its own thread: a PTY per
+    /// `--serial` framing (linked at DIR/<name>, ledger DIR/<name>.jsonl,
+    /// names `kv`, `json`, ... and `kv-2` for a repeat), a Modbus slave
+    /// (DIR/modbus) and MQTT publishers (ledger DIR/mqtt.jsonl). Prints
+    /// `<name> <pty path>` for each PTY, `<name> done valid=V garbage=G` for
+    /// each device that reaches `--count`, then `done valid=V garbage=G`
+    /// (totals) once all have; runs until SIGTERM or SIGINT.
+    Fleet(FleetArgs),
+}
+
+#[derive(clap::Args)]
+struct FleetArgs {
+    /// Directory for the PTY links and the ledgers.
+    #[arg(long)]
+    dir: PathBuf,
+    /// One serial device per framing listed (comma-separated; may repeat).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    serial: Vec<Framing>,
+    /// Sensors per serial device.
+    #[arg(long, default_value_t = 3)]
+    sensors: usize,
+    /// Unit ids of a Modbus slave (comma-separated; none: no slave).
+    #[arg(long, value_delimiter = ',')]
+    modbus: Vec<u8>,
+    /// Broker for the MQTT devices (mqtt://host:port; none: no MQTT).
+    #[arg(long)]
+    mqtt: Option<String>,
+    /// MQTT devices.
+    #[arg(long, default_value_t = 20)]
+    mqtt_devices: usize,
+    /// MQTT payload format.
+    #[arg(long, value_enum, default_value = "number")]
+    mqtt_format: firmware_sim::mqtt::MqttFormat,
+    /// Readings per second over all serial and MQTT devices, shared evenly
+    /// between the serial devices and the MQTT publisher.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Lines (serial) or readings (MQTT) per device, valid and garbage.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Probability (0..1) that a line or reading is garbage.
+    #[arg(long, default_value_t = 0.02)]
+    garbage_rate: f64,
+    /// Random seed (each device derives its own).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(clap::Args)]
@@ -160,21 +207,174 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let stop = Arc::new(AtomicBool::new(false));
+    on_signals_set(&stop)?;
+    let alone = Announce::default();
     match cli.command {
-        Some(Command::Mqtt(m)) => mqtt_main(m),
-        Some(Command::Modbus(m)) => modbus_main(m),
-        None => pty_main(cli.pty),
+        Some(Command::Mqtt(m)) => mqtt_main(m, stop, alone),
+        Some(Command::Modbus(m)) => modbus_main(m, stop, alone),
+        Some(Command::Fleet(f)) => fleet_main(f, stop),
+        None => pty_main(cli.pty, stop, alone),
     }
 }
 
-fn mqtt_main(args: MqttArgs) -> anyhow::Result<()> {
+/// How a device tells what it does on stdout: alone, or as one of a fleet
+/// (its lines prefixed by its name, its `done` also sent to the fleet).
+#[derive(Clone, Default)]
+struct Announce {
+    name: Option<String>,
+    done: Option<std::sync::mpsc::Sender<(u64, u64)>>,
+}
+
+impl Announce {
+    fn line(&self, text: std::fmt::Arguments) -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        match &self.name {
+            Some(n) => writeln!(out, "{n} {text}")?,
+            None => writeln!(out, "{text}")?,
+        }
+        out.flush()
+    }
+
+    /// `done valid=V garbage=G`: every line is sent and in the ledger.
+    fn done(&self, stats: &SimStats) -> std::io::Result<()> {
+        let (v, g) = (
+            stats.valid.load(Ordering::Relaxed),
+            stats.garbage.load(Ordering::Relaxed),
+        );
+        if let Some(tx) = &self.done {
+            let _ = tx.send((v, g));
+        }
+        self.line(format_args!("done valid={v} garbage={g}"))
+    }
+}
+
+fn fleet_main(args: FleetArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let publishers = args.serial.len() + usize::from(args.mqtt.is_some());
+    anyhow::ensure!(
+        publishers > 0 || !args.modbus.is_empty(),
+        "give --serial, --modbus or --mqtt: a fleet of nothing"
+    );
+    let rate = args.rate / publishers.max(1) as f64;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut threads = Vec::new();
+    let mut spawn = |name: String, run: Box<dyn FnOnce(Announce) -> anyhow::Result<()> + Send>| {
+        let announce = Announce {
+            name: Some(name.clone()),
+            done: Some(tx.clone()),
+        };
+        threads.push((
+            name.clone(),
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || run(announce)),
+        ));
+    };
+    let mut seen: std::collections::HashMap<Framing, usize> = Default::default();
+    for (i, &framing) in args.serial.iter().enumerate() {
+        let n = seen.entry(framing).or_default();
+        *n += 1;
+        let base = format!("{framing:?}").to_lowercase();
+        let name = if *n == 1 { base } else { format!("{base}-{n}") };
+        let pty = Args {
+            sensors: args.sensors,
+            rate,
+            count: args.count,
+            framing,
+            garbage_rate: args.garbage_rate,
+            seed: args.seed.wrapping_add(i as u64 * 7919),
+            replay: None,
+            speedup: 1.0,
+            ledger: Some(args.dir.join(format!("{name}.jsonl"))),
+            path_file: None,
+            link: Some(args.dir.join(&name)),
+            no_wait: false,
+            unplug_after: None,
+            replug_after: Duration::from_secs(2),
+        };
+        let stop = stop.clone();
+        spawn(name, Box::new(move |a| pty_main(pty, stop, a)));
+    }
+    if !args.modbus.is_empty() {
+        let slave = ModbusArgs {
+            units: args.modbus.clone(),
+            count: None,
+            crc_error_rate: args.garbage_rate,
+            silence_rate: 0.0,
+            seed: args.seed,
+            ledger: Some(args.dir.join("modbus.jsonl")),
+            link: Some(args.dir.join("modbus")),
+            unplug_after: None,
+            replug_after: Duration::from_secs(1),
+        };
+        let stop = stop.clone();
+        spawn(
+            "modbus".into(),
+            Box::new(move |a| modbus_main(slave, stop, a)),
+        );
+    }
+    if let Some(url) = &args.mqtt {
+        let publisher = MqttArgs {
+            url: url.clone(),
+            ca_file: None,
+            devices: args.mqtt_devices,
+            sites: 2,
+            rate,
+            count: args.count,
+            format: args.mqtt_format,
+            garbage_rate: args.garbage_rate,
+            seed: args.seed,
+            prefix: "sensors".into(),
+            client_id: format!("firmware-sim-fleet-{}", std::process::id()),
+            ledger: Some(args.dir.join("mqtt.jsonl")),
+        };
+        let stop = stop.clone();
+        spawn(
+            "mqtt".into(),
+            Box::new(move |a| mqtt_main(publisher, stop, a)),
+        );
+    }
+    drop(tx);
+    // Totals once every counted device is done (the Modbus slave answers
+    // as long as it is polled: it has no count here).
+    if args.count.is_some() {
+        let (mut valid, mut garbage) = (0, 0);
+        for _ in 0..publishers {
+            let Ok((v, g)) = rx.recv() else { break };
+            valid += v;
+            garbage += g;
+        }
+        if !stop.load(Ordering::Relaxed) {
+            Announce::default().line(format_args!("done valid={valid} garbage={garbage}"))?;
+        }
+    }
+    let mut failed = None;
+    for (name, t) in threads {
+        match t.map_err(anyhow::Error::from).and_then(|t| {
+            t.join()
+                .map_err(|_| anyhow::anyhow!("the thread panicked"))?
+        }) {
+            Ok(()) => {}
+            Err(e) => {
+                eprintln!("firmware-sim: {name}: {e:#}");
+                failed = Some(name);
+            }
+        }
+    }
+    match failed {
+        Some(name) => anyhow::bail!("device {name} failed"),
+        None => Ok(()),
+    }
+}
+
+fn mqtt_main(args: MqttArgs, stop: Arc<AtomicBool>, announce: Announce) -> anyhow::Result<()> {
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.garbage_rate),
         "--garbage-rate must be within 0..1"
     );
     anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
-    let stop = Arc::new(AtomicBool::new(false));
-    on_signals_set(&stop)?;
     let ledger = match &args.ledger {
         Some(p) => Some(BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
@@ -200,12 +400,7 @@ fn mqtt_main(args: MqttArgs) -> anyhow::Result<()> {
         while !done.done.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        println!(
-            "done valid={} garbage={}",
-            done.valid.load(Ordering::Relaxed),
-            done.garbage.load(Ordering::Relaxed)
-        );
-        let _ = std::io::stdout().flush();
+        let _ = announce.done(&done);
     });
     firmware_sim::mqtt::run(&cfg, ledger, stats.clone(), stop).context("MQTT publisher")?;
     if stats.done.load(Ordering::SeqCst) {
@@ -214,15 +409,13 @@ fn mqtt_main(args: MqttArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pty_main(args: Args) -> anyhow::Result<()> {
+fn pty_main(args: Args, stop: Arc<AtomicBool>, announce: Announce) -> anyhow::Result<()> {
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.garbage_rate),
         "--garbage-rate must be within 0..1"
     );
     anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
     anyhow::ensure!(args.speedup > 0.0, "--speedup must be positive");
-    let stop = Arc::new(AtomicBool::new(false));
-    on_signals_set(&stop)?;
     let cfg = SimConfig {
         sensors: args.sensors,
         rate: args.rate,
@@ -243,7 +436,7 @@ fn pty_main(args: Args) -> anyhow::Result<()> {
     let mut writer = Writer::new(&cfg, ledger, stats.clone(), stop.clone())
         .context("cannot prepare the readings")?;
     writer.follow_reader(!args.no_wait);
-    let mut pty = plug(args.path_file.as_deref(), args.link.as_deref())?;
+    let mut pty = plug(args.path_file.as_deref(), args.link.as_deref(), &announce)?;
     let mut unplugged = false;
     loop {
         if !args.no_wait && !writer.wait_reader(&pty)? {
@@ -266,15 +459,10 @@ fn pty_main(args: Args) -> anyhow::Result<()> {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                pty = plug(args.path_file.as_deref(), args.link.as_deref())?;
+                pty = plug(args.path_file.as_deref(), args.link.as_deref(), &announce)?;
             }
             Stopped::Done => {
-                println!(
-                    "done valid={} garbage={}",
-                    stats.valid.load(Ordering::Relaxed),
-                    stats.garbage.load(Ordering::Relaxed)
-                );
-                std::io::stdout().flush()?;
+                announce.done(&stats)?;
                 // Closing the master would drop what the reader has not read
                 // yet: keep the port open until told to stop.
                 writer.idle(&pty);
@@ -293,7 +481,7 @@ fn pty_main(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn modbus_main(args: ModbusArgs) -> anyhow::Result<()> {
+fn modbus_main(args: ModbusArgs, stop: Arc<AtomicBool>, announce: Announce) -> anyhow::Result<()> {
     use firmware_sim::modbus::{ModbusSimConfig, Served, Slave};
     for (name, p) in [
         ("--crc-error-rate", args.crc_error_rate),
@@ -305,8 +493,6 @@ fn modbus_main(args: ModbusArgs) -> anyhow::Result<()> {
         args.units.iter().all(|u| (1..=247).contains(u)),
         "--units must be unit ids within 1..=247"
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    on_signals_set(&stop)?;
     let ledger = match &args.ledger {
         Some(p) => Some(BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
@@ -323,7 +509,7 @@ fn modbus_main(args: ModbusArgs) -> anyhow::Result<()> {
     };
     let mut slave = Slave::new(cfg, ledger, stats.clone());
     let link = args.link.as_deref();
-    let mut pty = Some(plug(None, link)?);
+    let mut pty = Some(plug(None, link, &announce)?);
     let mut unplugged = false;
     while let Some(p) = &pty {
         let until = match args.unplug_after.filter(|_| !unplugged) {
@@ -343,12 +529,7 @@ fn modbus_main(args: ModbusArgs) -> anyhow::Result<()> {
             let _ = std::fs::remove_file(link);
         }
         if slave.finished() {
-            println!(
-                "done valid={} garbage={}",
-                stats.valid.load(Ordering::Relaxed),
-                stats.garbage.load(Ordering::Relaxed)
-            );
-            std::io::stdout().flush()?;
+            announce.done(&stats)?;
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -357,7 +538,7 @@ fn modbus_main(args: ModbusArgs) -> anyhow::Result<()> {
         unplugged = true;
         sleep_unless(&stop, args.replug_after);
         if !stop.load(Ordering::Relaxed) {
-            pty = Some(plug(None, link)?);
+            pty = Some(plug(None, link, &announce)?);
         }
     }
     slave.flush().context("cannot write the ledger")?;
@@ -365,7 +546,7 @@ fn modbus_main(args: ModbusArgs) -> anyhow::Result<()> {
 }
 
 /// Opens a PTY and announces it: stdout, path file, symlink.
-fn plug(path_file: Option<&Path>, link: Option<&Path>) -> anyhow::Result<Pty> {
+fn plug(path_file: Option<&Path>, link: Option<&Path>, announce: &Announce) -> anyhow::Result<Pty> {
     let pty = Pty::open().context("cannot open a pseudo-terminal")?;
     let path = pty.slave_path();
     if let Some(f) = path_file {
@@ -378,9 +559,7 @@ fn plug(path_file: Option<&Path>, link: Option<&Path>) -> anyhow::Result<Pty> {
     if let Some(link) = link {
         relink(path, link).with_context(|| format!("cannot link {}", link.display()))?;
     }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", path.display())?;
-    out.flush()?;
+    announce.line(format_args!("{}", path.display()))?;
     Ok(pty)
 }
 

@@ -6,12 +6,14 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::Metrics;
+use crate::point::now_ns;
+use crate::store::{ClockStep, StoreHandle};
 
 /// A wall-clock jump larger than this, against the monotonic clock, is a step.
 pub const STEP_THRESHOLD: Duration = Duration::from_secs(2);
@@ -64,18 +66,30 @@ pub fn synchronised() -> Option<bool> {
     }
 }
 
-fn wall_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+/// Time since boot, suspend included (CLOCK_BOOTTIME); `None` off Linux.
+fn since_boot() -> Option<Duration> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime only writes into `ts`.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
 }
 
 /// Watches the clock once a second until `shutdown`: counts and logs steps,
-/// keeps the kernel's sync state in the metrics.
-pub async fn run(metrics: Arc<Metrics>, shutdown: CancellationToken) {
+/// keeps the kernel's sync state in the metrics, and after a forward step
+/// has the store re-stamp what the sources stamped on arrival since boot.
+pub async fn run(metrics: Arc<Metrics>, store: StoreHandle, shutdown: CancellationToken) {
     let start = Instant::now();
-    let mut watch = ClockWatch::new(wall_ns(), start.elapsed(), STEP_THRESHOLD);
+    let mut watch = ClockWatch::new(now_ns(), start.elapsed(), STEP_THRESHOLD);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -83,15 +97,60 @@ pub async fn run(metrics: Arc<Metrics>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         metrics.clock.set_synchronised(synchronised());
-        if let Some(step) = watch.observe(wall_ns(), start.elapsed()) {
-            metrics.clock.steps.fetch_add(1, Relaxed);
+        let wall = now_ns();
+        let Some(step) = watch.observe(wall, start.elapsed()) else {
+            continue;
+        };
+        // A step counts in status once its correction is done, so a reader
+        // that sees the step sees what it moved.
+        let counted = || {
             metrics.clock.last_step_ns.store(step, Relaxed);
+            metrics.clock.steps.fetch_add(1, Relaxed);
+        };
+        if step < 0 {
+            counted();
             warn!(
                 step_s = step as f64 / 1e9,
                 synchronised = ?synchronised(),
-                "the wall clock stepped by {:.1}s (NTP after a boot without RTC?); points stamped on arrival before it carry the old time",
-                step as f64 / 1e9
+                "the wall clock stepped back by {:.1}s; points stamped on arrival before it keep their time (only forward steps, as after a boot without RTC, are corrected)",
+                -step as f64 / 1e9
             );
+            continue;
+        }
+        // The old clock read `to` now; the boot was `since_boot` before.
+        let to_ns = wall - step;
+        let from_ns = since_boot().map_or(i64::MIN, |d| to_ns - d.as_nanos() as i64);
+        let fix = ClockStep {
+            step_ns: step,
+            from_ns,
+            to_ns,
+            series: metrics.arrival_series(),
+        };
+        let result = store.with(move |s| s.correct_clock(&fix, wall)).await;
+        if let Ok(done) = &result {
+            metrics.clock.corrected.fetch_add(done.moved, Relaxed);
+            metrics
+                .clock
+                .sent_uncorrected
+                .fetch_add(done.sent_before, Relaxed);
+        }
+        counted();
+        match result {
+            Ok(done) => {
+                warn!(
+                    step_s = step as f64 / 1e9,
+                    corrected = done.moved,
+                    sent_before = done.sent_before,
+                    "the wall clock stepped forward by {:.1}s (NTP after a boot without RTC?): {} points stamped on arrival since boot were moved by the step; {} already sent upstream keep the old time",
+                    step as f64 / 1e9,
+                    done.moved,
+                    done.sent_before
+                );
+            }
+            Err(e) => warn!(
+                "the wall clock stepped forward by {:.1}s but the points stamped before it could not be corrected: {e}",
+                step as f64 / 1e9
+            ),
         }
     }
 }

@@ -1,12 +1,14 @@
 //! Counters every task updates and every view reads: the status socket, the
 //! demo's live line and the shutdown summary all show the same numbers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+
+use crate::point::SeriesKey;
 
 /// All counters of one running agent.
 #[derive(Debug)]
@@ -80,6 +82,11 @@ pub struct ClockStats {
     pub steps: AtomicU64,
     /// The last step, ns (negative: backwards).
     pub last_step_ns: AtomicI64,
+    /// Points re-stamped after forward steps (stamped on arrival before it).
+    pub corrected: AtomicU64,
+    /// Points stamped before a step that a sink had already been handed:
+    /// they went upstream with the old time.
+    pub sent_uncorrected: AtomicU64,
     /// 0 unknown, 1 not synchronised, 2 synchronised.
     synchronised: AtomicU8,
 }
@@ -136,9 +143,17 @@ pub struct SourceStats {
     /// Points per second, an EWMA updated by [`Metrics::tick`] (f64 bits).
     rate: AtomicU64,
     rejects: Mutex<BTreeMap<&'static str, u64>>,
+    /// Series this source stamps with the arrival time: after a clock step
+    /// their points are re-stamped (`ops/clock.rs`).
+    arrival: Mutex<HashSet<SeriesKey>>,
 }
 
 impl SourceStats {
+    /// Notes that the points of `series` carry the agent's arrival time.
+    pub fn stamped_on_arrival(&self, series: SeriesKey) {
+        self.arrival.lock().unwrap().insert(series);
+    }
+
     /// Counts one rejected input under `reason`.
     pub fn reject(&self, reason: &'static str) {
         *self.rejects.lock().unwrap().entry(reason).or_default() += 1;
@@ -335,6 +350,15 @@ impl Metrics {
         s
     }
 
+    /// Every series a source stamps with the arrival time.
+    pub fn arrival_series(&self) -> Vec<SeriesKey> {
+        let mut all = HashSet::new();
+        for src in self.sources.lock().unwrap().iter() {
+            all.extend(src.arrival.lock().unwrap().iter().cloned());
+        }
+        all.into_iter().collect()
+    }
+
     /// Registers a sink and returns its counters.
     /// A sink restarted under the same name keeps its counters.
     pub fn sink(&self, name: &str) -> Arc<SinkStats> {
@@ -433,6 +457,8 @@ impl Metrics {
                 synchronised: self.clock.synchronised(),
                 steps: self.clock.steps.load(Relaxed),
                 last_step_ms: self.clock.last_step_ns.load(Relaxed) / 1_000_000,
+                corrected: self.clock.corrected.load(Relaxed),
+                sent_uncorrected: self.clock.sent_uncorrected.load(Relaxed),
             },
             config: self.config.lock().unwrap().clone(),
         }
@@ -482,6 +508,12 @@ pub struct ClockStatus {
     pub steps: u64,
     /// The last step, ms (negative: backwards).
     pub last_step_ms: i64,
+    /// Points re-stamped after forward steps.
+    #[serde(default)]
+    pub corrected: u64,
+    /// Points a sink already had when the step came: upstream with the old time.
+    #[serde(default)]
+    pub sent_uncorrected: u64,
 }
 
 /// One source in [`Status`].

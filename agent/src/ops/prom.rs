@@ -117,6 +117,16 @@ fn encode_status(f: &mut Family, s: &Status, healthy: Option<bool>) -> std::fmt:
             one(sync as u8 as f64),
         )?;
     }
+    f.counter(
+        "tidegate_clock_steps_total",
+        "Wall-clock steps of more than 2 s against the monotonic clock.",
+        one(s.clock.steps),
+    )?;
+    f.counter(
+        "tidegate_clock_corrected_points_total",
+        "Points stamped on arrival before a forward clock step, re-stamped by it.",
+        one(s.clock.corrected),
+    )?;
     if let Some(h) = healthy {
         f.gauge(
             "tidegate_healthy",

@@ -20,6 +20,16 @@ pub fn render_status(s: &Status) -> String {
         s.device,
         duration(s.uptime_s)
     );
+    if s.clock.steps > 0 {
+        let _ = writeln!(
+            o,
+            "clock stepped {} times (last {:+.1}s): {} points stamped on arrival re-stamped, {} sent before a step kept the old time",
+            s.clock.steps,
+            s.clock.last_step_ms as f64 / 1e3,
+            s.clock.corrected,
+            s.clock.sent_uncorrected
+        );
+    }
     if let Some(f) = &s.config_file {
         let _ = writeln!(o, "config {} (hash {})", f.path, &f.hash);
     }

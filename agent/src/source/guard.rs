@@ -3,7 +3,7 @@
 //! (`max_future_skew`) or past (`max_past_age`). A message is taken or
 //! rejected whole.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use super::parse::Reject;
@@ -14,7 +14,8 @@ pub struct Guard {
     max_series: usize,
     max_future_ns: Option<i64>,
     max_past_ns: Option<i64>,
-    seen: HashSet<SeriesKey>,
+    /// Series let through, and whether one was seen stamped on arrival.
+    seen: HashMap<SeriesKey, bool>,
 }
 
 impl Guard {
@@ -29,7 +30,7 @@ impl Guard {
             max_series,
             max_future_ns: max_future_skew.map(ns),
             max_past_ns: max_past_age.map(ns),
-            seen: HashSet::new(),
+            seen: HashMap::new(),
         }
     }
 
@@ -57,7 +58,9 @@ impl Guard {
         }
         let mut new = 0;
         for (i, p) in points.iter().enumerate() {
-            if !self.seen.contains(&p.series) && !points[..i].iter().any(|q| q.series == p.series) {
+            if !self.seen.contains_key(&p.series)
+                && !points[..i].iter().any(|q| q.series == p.series)
+            {
                 new += 1;
             }
         }
@@ -65,9 +68,32 @@ impl Guard {
             if self.seen.len() + new > self.max_series {
                 return Err(Reject::TooManySeries(self.max_series));
             }
-            self.seen.extend(points.iter().map(|p| p.series.clone()));
+            for p in points {
+                self.seen.entry(p.series.clone()).or_insert(false);
+            }
         }
         Ok(())
+    }
+
+    /// The series of `points` (a message [`Guard::check`] took, received at
+    /// `now_ns`) seen stamped with the arrival time for the first time.
+    ///
+    /// A point carries the arrival time when its timestamp is that very
+    /// nanosecond: parsers stamp a reading without a time with the same
+    /// `now_ns` the guard gets, and a device's own clock agreeing to the
+    /// nanosecond is out of reach.
+    pub fn newly_stamped<'a>(
+        &'a mut self,
+        points: &'a [Point],
+        now_ns: i64,
+    ) -> impl Iterator<Item = &'a SeriesKey> + 'a {
+        points.iter().filter_map(move |p| {
+            if p.ts_ns != now_ns {
+                return None;
+            }
+            let stamped = self.seen.get_mut(&p.series)?;
+            (!std::mem::replace(stamped, true)).then_some(&p.series)
+        })
     }
 }
 
@@ -94,6 +120,20 @@ mod tests {
         assert_eq!(g.check(&[pt("m b", 0)], 0), Ok(()));
         assert_eq!(g.check(&[pt("m c", 0)], 0), Err(Reject::TooManySeries(2)));
         assert_eq!(g.check(&[pt("m a", 5), pt("m b", 5)], 0), Ok(()));
+    }
+
+    #[test]
+    fn series_stamped_on_arrival_are_told_once() {
+        let mut g = Guard::new(10, None, None);
+        let msg = [pt("m a", 7), pt("m b", 3), pt("m a", 7)];
+        g.check(&msg, 7).unwrap();
+        let first: Vec<_> = g.newly_stamped(&msg, 7).cloned().collect();
+        assert_eq!(first, [SeriesKey::from_canonical("m a")]);
+        // Known by now; "m b" carries its device's time.
+        assert_eq!(g.newly_stamped(&msg, 7).count(), 0);
+        let later = [pt("m b", 9)];
+        g.check(&later, 9).unwrap();
+        assert_eq!(g.newly_stamped(&later, 9).count(), 1);
     }
 
     #[test]

@@ -602,12 +602,17 @@ impl Bus {
                             &r.field,
                         )
                     })
-                    .collect();
+                    .collect::<Vec<_>>();
+                // A poll's answer carries no time: every point is stamped on arrival.
+                let stats = metrics.source(&stats_name);
+                for key in &series {
+                    stats.stamped_on_arrival(key.clone());
+                }
                 Device {
                     blocks: plan(&d.registers),
                     series,
                     timeout: d.timeout.unwrap_or(cfg.timeout),
-                    stats: metrics.source(&stats_name),
+                    stats,
                     name: stats_name.into(),
                     next: now,
                     log: RateLimit::new(Duration::from_secs(10)),

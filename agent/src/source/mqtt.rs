@@ -687,6 +687,9 @@ pub async fn run(
                     match decoded {
                         Ok(n) => {
                             stats.points.fetch_add(n as u64, Relaxed);
+                            for key in guard.newly_stamped(&batch.points[start..], now) {
+                                stats.stamped_on_arrival(key.clone());
+                            }
                         }
                         Err(reason) => {
                             batch.points.truncate(start);

@@ -340,6 +340,9 @@ impl Lines {
         match parsed {
             Ok(n) => {
                 self.stats.points.fetch_add(n as u64, Relaxed);
+                for key in self.guard.newly_stamped(&batch.points[start..], arrival_ns) {
+                    self.stats.stamped_on_arrival(key.clone());
+                }
             }
             Err(reason) => {
                 batch.points.truncate(start);

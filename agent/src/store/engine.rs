@@ -23,6 +23,8 @@ use super::rollup::{window_start, Agg};
 use super::{Cursor, StoreError};
 use crate::ops::Metrics;
 
+mod clock;
+pub use clock::{ClockStep, Correction, CorrectionRow};
 mod dead;
 pub use dead::DeadLetterRow;
 mod uplink;
@@ -162,6 +164,8 @@ pub struct Store {
     /// Rejected input waiting for the next flush.
     pending_dead: Vec<crate::point::DeadLetter>,
     next_seq: i64,
+    /// First journal sequence number of this boot (see `engine/clock.rs`).
+    boot_seq: i64,
     sinks: HashMap<String, SinkPos>,
     /// Rollup window widths, seconds, finest first.
     tiers: Vec<i64>,
@@ -224,7 +228,9 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
         uplink::migrate(&conn)?;
-        Self::with_connection(conn, path, metrics)
+        let mut store = Self::with_connection(conn, path, metrics)?;
+        store.note_boot()?;
+        Ok(store)
     }
 
     /// Opens the store; if it is corrupt or unreadable, moves it aside under a
@@ -324,6 +330,7 @@ impl Store {
             pending: Pending::default(),
             pending_dead: Vec::new(),
             next_seq: max_seq.unwrap_or(0) + 1,
+            boot_seq: 0,
             sinks: HashMap::new(),
             tiers: vec![60, 3600],
             limits: Limits::default(),
@@ -718,14 +725,21 @@ impl Store {
         self.metrics.store.bytes_on_disk.store(total, Relaxed);
     }
 
+    /// Where sealing and compaction must not join chunks: every sink's
+    /// positions, and the start of this boot (a clock step may move this
+    /// boot's points, and only them).
+    fn boundaries(&self) -> Vec<Cursor> {
+        self.sinks
+            .values()
+            .flat_map(|p| [p.acked, p.read])
+            .chain([self.boot_cursor()])
+            .collect()
+    }
+
     /// Seals journal chunks into per-series chunks, in runs that no sink cursor
     /// splits. Returns the number of journal chunks sealed.
     pub fn seal(&mut self) -> Result<usize, StoreError> {
-        let cursors: Vec<Cursor> = self
-            .sinks
-            .values()
-            .flat_map(|p| [p.acked, p.read])
-            .collect();
+        let cursors = self.boundaries();
         let journal: Vec<(i64, i64)> = {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT id, count FROM chunks WHERE id >= ?1 AND series = 0 ORDER BY id",
@@ -751,11 +765,7 @@ impl Store {
     /// an LSM tree does), so slow series reach the ratio of large blocks.
     /// Never merges across a sink's cursor. Returns the merges done, at most `max_merges`.
     pub fn compact(&mut self, max_merges: usize) -> Result<usize, StoreError> {
-        let cursors: Vec<Cursor> = self
-            .sinks
-            .values()
-            .flat_map(|p| [p.acked, p.read])
-            .collect();
+        let cursors = self.boundaries();
         // "Now" is the newest point stored, not the wall clock: a replay or a
         // gateway whose clock is wrong still compacts by the data's own time.
         let now: i64 =
@@ -1175,6 +1185,16 @@ impl Store {
     pub fn series(&self) -> impl Iterator<Item = &SeriesKey> {
         self.keys.iter().skip(1)
     }
+}
+
+/// Whether the store has table `name` (some are created on first use).
+fn table_exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
 }
 
 fn bump(tx: &rusqlite::Transaction<'_>, name: &str, by: i64) -> Result<(), StoreError> {

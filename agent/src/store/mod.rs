@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 pub use actor::{spawn, Durable, StoreHandle, StoreTask, Tap, TapReceiver};
 use engine::SERIES_BITS;
 pub use engine::{
-    DeadLetterRow, DegradedPending, DegradedRange, Evicted, JournalMode, Limits, Store,
+    ClockStep, Correction, CorrectionRow, DeadLetterRow, DegradedPending, DegradedRange, Evicted,
+    JournalMode, Limits, Store,
 };
 
 /// A position in the store's chunk order: everything before `key`, and the first

@@ -273,6 +273,28 @@ pub fn render_dead_letters(
     Ok(out)
 }
 
+/// Notes on the clock corrections that moved points into `[from, to]`: one
+/// line each, for stderr beside a query's output.
+pub fn render_corrections(rows: &[super::CorrectionRow], from: i64, to: i64) -> String {
+    let time = |ns: i64| {
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64))
+    };
+    let mut out = String::new();
+    for r in rows.iter().filter(|r| r.to_ns >= from && r.from_ns <= to) {
+        let _ = writeln!(
+            out,
+            "note: the clock stepped forward by {:.1}s at {}: {} points stamped on arrival, now between {} and {}, were moved by the step; {} sent before it keep the old time",
+            r.step_ns as f64 / 1e9,
+            time(r.at_ns),
+            r.moved,
+            time(r.from_ns),
+            time(r.to_ns),
+            r.sent_before
+        );
+    }
+    out
+}
+
 /// Rollup windows: one row (or line-protocol line, tagged with the resolution) a window.
 fn render_windows(
     out: &mut String,

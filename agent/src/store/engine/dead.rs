@@ -51,12 +51,7 @@ impl Store {
         source: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<DeadLetterRow>, u64), StoreError> {
-        let exists: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'dead_letters'",
-            [],
-            |r| r.get(0),
-        )?;
-        if exists == 0 {
+        if !super::table_exists(&self.conn, "dead_letters")? {
             return Ok((Vec::new(), 0));
         }
         let total: i64 = self.conn.query_row(
