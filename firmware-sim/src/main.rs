@@ -74,10 +74,12 @@ struct FleetArgs {
     /// between the serial devices and the MQTT publisher.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
-    /// Lines (serial) or readings (MQTT) per device, valid and garbage.
+    /// Lines (serial), readings (MQTT) or requests answered (Modbus) per
+    /// device, valid and garbage.
     #[arg(long)]
     count: Option<u64>,
-    /// Probability (0..1) that a line or reading is garbage.
+    /// Probability (0..1) that a line or reading is garbage (Modbus: an
+    /// answer with a wrong CRC).
     #[arg(long, default_value_t = 0.02)]
     garbage_rate: f64,
     /// Random seed (each device derives its own).
@@ -253,8 +255,9 @@ fn fleet_main(args: FleetArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
     let publishers = args.serial.len() + usize::from(args.mqtt.is_some());
+    let devices = publishers + usize::from(!args.modbus.is_empty());
     anyhow::ensure!(
-        publishers > 0 || !args.modbus.is_empty(),
+        devices > 0,
         "give --serial, --modbus or --mqtt: a fleet of nothing"
     );
     let rate = args.rate / publishers.max(1) as f64;
@@ -300,7 +303,7 @@ fn fleet_main(args: FleetArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     if !args.modbus.is_empty() {
         let slave = ModbusArgs {
             units: args.modbus.clone(),
-            count: None,
+            count: args.count,
             crc_error_rate: args.garbage_rate,
             silence_rate: 0.0,
             seed: args.seed,
@@ -337,11 +340,11 @@ fn fleet_main(args: FleetArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         );
     }
     drop(tx);
-    // Totals once every counted device is done (the Modbus slave answers
-    // as long as it is polled: it has no count here).
+    // Totals once every device is done (the Modbus slave counts requests
+    // answered, at whatever pace the agent polls).
     if args.count.is_some() {
         let (mut valid, mut garbage) = (0, 0);
-        for _ in 0..publishers {
+        for _ in 0..devices {
             let Ok((v, g)) = rx.recv() else { break };
             valid += v;
             garbage += g;

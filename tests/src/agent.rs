@@ -131,6 +131,47 @@ fn terminate(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// A running `firmware-sim fleet`: devices on PTYs linked at `<dir>/<name>`,
+/// MQTT publishers, each with its ledger `<dir>/<name>.jsonl`.
+pub struct FleetSim {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    dir: PathBuf,
+}
+
+impl FleetSim {
+    /// Starts `firmware-sim fleet --dir DIR ARGS`.
+    pub fn start(dir: &Path, args: &[&str]) -> FleetSim {
+        let (child, lines) = spawn_with_lines(
+            Command::new(bin("firmware-sim"))
+                .args(["fleet", "--dir"])
+                .arg(dir)
+                .args(args),
+        );
+        FleetSim {
+            child,
+            lines,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Waits until every device has sent its count (the totals line).
+    pub fn wait_done(&self, timeout: Duration) -> String {
+        wait_done(&self.lines, timeout)
+    }
+
+    /// The ledger of device `name` (`kv`, `modbus`, `mqtt`, ...).
+    pub fn ledger(&self, name: &str) -> Vec<LedgerEntry> {
+        firmware_sim::read_ledger(&self.dir.join(format!("{name}.jsonl"))).expect("read the ledger")
+    }
+}
+
+impl Drop for FleetSim {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
 /// A running `firmware-sim mqtt` publishing to a broker, its ledger in
 /// `<dir>/mqtt-ledger.jsonl`.
 pub struct MqttSim {

@@ -40,23 +40,8 @@ backoff_max = "1s"
         state = dir.join("state").display(),
     );
     let agent = Agent::start(dir, &cfg);
-    wait_subscribed(broker, filter);
+    broker.wait_subscribed("tidegate-gw-broker", filter);
     (agent, cfg)
-}
-
-/// Waits until mosquitto logs the agent's subscription to `filter`, so that
-/// nothing published afterwards can miss the session.
-fn wait_subscribed(broker: &Mosquitto, filter: &str) {
-    wait_until(
-        "the agent's subscription in mosquitto's log",
-        Duration::from_secs(30),
-        || {
-            let log = std::fs::read_to_string(broker.log_file()).unwrap_or_default();
-            log.lines()
-                .any(|l| l.contains("tidegate-gw-broker") && l.contains(filter))
-                .then_some(())
-        },
-    );
 }
 
 /// The exact points of the ledger's valid readings (they carry their time).
@@ -293,7 +278,7 @@ fn broker_restart_reconnects_and_resubscribes() {
     // A fresh broker (no persistence): the agent subscribes again by itself.
     std::fs::write(broker.log_file(), "").unwrap();
     broker.start_again();
-    wait_subscribed(&broker, "sensors/+/+");
+    broker.wait_subscribed("tidegate-gw-broker", "sensors/+/+");
     assert!(agent.status().sources[0].connected);
     let sim = MqttSim::start(
         dir.path(),

@@ -1,22 +1,27 @@
-//! Serial sources end to end: one simulated device per framing (kv, json,
-//! line protocol, csv, binary frames) on its own PTY at once, with garbage,
-//! into one agent; and a binary device unplugged and plugged in again.
+//! A gateway's whole input side at once: one `firmware-sim fleet` plays
+//! five serial devices (one per framing: kv, json, line protocol, csv,
+//! binary frames) on PTYs, a Modbus RTU slave on another, and 20 MQTT
+//! devices through a real mosquitto, all with garbage, into one agent; and
+//! a binary device unplugged and plugged in again.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use tidegate_e2e::agent::{dead_letters, expected_points, sim_config, stored_raw, Agent, Sim};
-use tidegate_e2e::wait_until;
+use firmware_sim::LedgerEntry;
+use tidegate::point::SeriesKey;
+use tidegate_e2e::agent::{
+    dead_letters, expected_points, sim_config, stored_raw, Agent, FleetSim, Sim,
+};
+use tidegate_e2e::{wait_until, Mosquitto};
 
 const FRAMINGS: [&str; 5] = ["kv", "json", "lp", "csv", "binary"];
 
-/// The agent's configuration: one serial source per framing in `framings`,
-/// named after it, reading `<dir>/<framing>/tty`, tagged `device=<framing>`.
-fn config(dir: &Path, framings: &[&str]) -> String {
-    // The agent and store settings of the harness, without its sim source.
-    let mut c = sim_config(dir, None, "");
-    for f in framings {
+/// One serial source per framing in `framings`, named after it, reading
+/// `port(framing)`, tagged `device=<framing>`.
+fn serial_sources(framings: &[&str], port: impl Fn(&str) -> PathBuf) -> String {
+    let mut c = String::new();
+    for &f in framings {
         c += &format!(
             r#"
 [[sources.serial]]
@@ -29,15 +34,14 @@ device = "{f}"
 required_keys = ["sensor", "ts"]
 csv_header = ["sensor", "ts", "temp", "hum"]
 "#,
-            tty = dir.join(f).join("tty").display(),
+            tty = port(f).display(),
         );
     }
     c
 }
 
 /// The store holds every valid reading exactly once and nothing else.
-fn assert_stored_exactly(dir: &Path, want: &BTreeSet<(String, i64, u64)>) {
-    let got = stored_raw(dir);
+fn assert_stored_exactly(got: &[(String, i64, u64)], want: &BTreeSet<(String, i64, u64)>) {
     let set: BTreeSet<_> = got.iter().cloned().collect();
     assert_eq!(set.len(), got.len(), "a point stored twice");
     let missing: Vec<_> = want.difference(&set).take(5).collect();
@@ -48,65 +52,166 @@ fn assert_stored_exactly(dir: &Path, want: &BTreeSet<(String, i64, u64)>) {
     );
 }
 
+/// Series key of an MQTT device's field (`sensors/+site/+device/#field`).
+fn mqtt_key(e: &LedgerEntry, field: &str) -> String {
+    let site = e.site.as_deref().expect("the MQTT ledger names the site");
+    let device = e.sensor.as_deref().expect("and the device");
+    SeriesKey::new("env", [("site", site), ("device", device)], field)
+        .as_str()
+        .to_string()
+}
+
+/// Series key of the Modbus slave's register `field`.
+fn modbus_key(field: &str) -> String {
+    SeriesKey::new("modbus", [("device", "d1"), ("port", "modbus")], field)
+        .as_str()
+        .to_string()
+}
+
+const LINES: u64 = 1200;
+
 #[test]
-fn every_framing_at_once_readings_stored_once_garbage_dead_lettered() {
+fn serial_modbus_and_mqtt_devices_at_once_readings_stored_once_garbage_dead_lettered() {
+    let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let sims: Vec<Sim> = FRAMINGS
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let d = dir.path().join(f);
-            std::fs::create_dir_all(&d).unwrap();
-            let seed = (i + 11).to_string();
-            Sim::start(
-                &d,
-                &[
-                    "--framing",
-                    f,
-                    "--sensors",
-                    "3",
-                    "--rate",
-                    "300",
-                    "--count",
-                    "1200",
-                    "--garbage-rate",
-                    "0.05",
-                    "--seed",
-                    &seed,
-                ],
-            )
-        })
-        .collect();
-    let agent = Agent::start(dir.path(), &config(dir.path(), &FRAMINGS));
-    for s in &sims {
-        s.wait_done(Duration::from_secs(60));
-    }
+    let ports = dir.path().join("fleet");
+    let mut config = sim_config(dir.path(), None, "");
+    config = config.replacen("[agent]", "[agent]\ndevice = \"gw\"", 1);
+    config += &serial_sources(&FRAMINGS, |f| ports.join(f));
+    config += &format!(
+        r#"
+[[sources.mqtt]]
+name = "broker"
+url = "{url}"
+[[sources.mqtt.subscriptions]]
+topic = "sensors/+site/+device/#field"
+measurement = "env"
+
+[[sources.modbus]]
+name = "bus"
+port = "{modbus}"
+baud = 19200
+timeout = "300ms"
+[[sources.modbus.devices]]
+name = "d1"
+unit = 1
+poll_interval = "10ms"
+registers = [{{ field = "temp", address = 0, type = "i16", scale = 0.1 }}, {{ field = "status", kind = "input", address = 2 }}]
+"#,
+        url = broker.url(),
+        modbus = ports.join("modbus").display(),
+    );
+    let agent = Agent::start(dir.path(), &config);
+    // MQTT has no ledger replay: subscribe before the devices publish.
+    broker.wait_subscribed("tidegate-gw-broker", "sensors/+/+/#");
+    let count = LINES.to_string();
+    let fleet = FleetSim::start(
+        &ports,
+        &[
+            "--serial",
+            "kv,json,lp,csv,binary",
+            "--sensors",
+            "3",
+            "--modbus",
+            "1",
+            "--mqtt",
+            &broker.url(),
+            "--mqtt-devices",
+            "20",
+            "--rate",
+            "3000",
+            "--count",
+            &count,
+            "--garbage-rate",
+            "0.05",
+            "--seed",
+            "11",
+        ],
+    );
+    fleet.wait_done(Duration::from_secs(120));
+
+    // Serial: exact points (the devices send their time), one reject and
+    // one dead letter per garbage line.
     let mut want = BTreeSet::new();
     let mut garbage = BTreeMap::new();
-    for (f, s) in FRAMINGS.iter().zip(&sims) {
-        let ledger = s.ledger();
-        assert_eq!(ledger.len(), 1200);
+    for f in FRAMINGS {
+        let ledger = fleet.ledger(f);
+        assert_eq!(ledger.len() as u64, LINES);
         want.extend(expected_points(
             &ledger,
             "sim",
-            &[("site", "lab"), ("device", f), ("port", "tty")],
+            &[("site", "lab"), ("device", f), ("port", f)],
         ));
         let g = ledger.iter().filter(|e| !e.valid).count() as u64;
         assert!(g > 0, "{f}: the sim was asked for 5% garbage");
         garbage.insert(f.to_string(), g);
     }
+    // MQTT: bare numbers carry no time (stamped on arrival): series and
+    // values, as a multiset.
+    let mqtt = fleet.ledger("mqtt");
+    let mqtt_garbage = mqtt.iter().filter(|e| !e.valid).count() as u64;
+    assert!(mqtt_garbage > 0);
+    garbage.insert("broker".into(), mqtt_garbage);
+    let mut mqtt_want: BTreeMap<(String, u64), u64> = BTreeMap::new();
+    let mut messages = mqtt_garbage;
+    for e in mqtt.iter().filter(|e| e.valid) {
+        for (field, v) in e.fields.iter().flatten() {
+            *mqtt_want
+                .entry((mqtt_key(e, field), v.to_bits()))
+                .or_default() += 1;
+            messages += 1;
+        }
+    }
+    // Modbus: every answer with a good CRC stored (scaled), every bad CRC
+    // counted against the device.
+    let modbus = fleet.ledger("modbus");
+    assert_eq!(modbus.len() as u64, LINES, "one entry a request");
+    let mut modbus_want: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for e in modbus.iter().filter(|e| e.valid) {
+        let fields = e.fields.as_ref().unwrap();
+        for (field, scale) in [("temp", 0.1), ("status", 1.0)] {
+            if let Some(raw) = fields.get(field) {
+                modbus_want
+                    .entry(modbus_key(field))
+                    .or_default()
+                    // As the agent computes it: raw * scale + offset.
+                    .push((raw * scale + 0.0).to_bits());
+            }
+        }
+    }
+    let crc = modbus
+        .iter()
+        .filter(|e| e.line.as_deref() == Some("crc"))
+        .count() as u64;
+    assert!(crc > 0, "the slave was asked for 5% bad CRCs");
+    let modbus_points: usize = modbus_want.values().map(Vec::len).sum();
+
+    let mqtt_points: u64 = mqtt_want.values().sum();
+    let total = want.len() as u64 + mqtt_points + modbus_points as u64;
     let status = wait_until(
-        "every line read and every point flushed",
+        "every line, message and answer read and flushed",
         Duration::from_secs(60),
         || {
             let s = agent.status();
-            (s.sources.iter().all(|src| src.lines >= 1200)
-                && s.store.points_flushed >= want.len() as u64)
-                .then_some(s)
+            (s.store.points_flushed >= total).then_some(s)
         },
     );
     for src in &status.sources {
-        assert_eq!(src.lines, 1200, "{}: every line read once", src.name);
+        match src.name.as_str() {
+            "broker" => assert_eq!(src.lines, messages, "every MQTT message read once"),
+            // The bus's own counters (port open or not); its device's below.
+            "bus" => continue,
+            "bus/d1" => {
+                assert_eq!(
+                    src.rejects.get("crc").copied().unwrap_or(0),
+                    crc,
+                    "bad CRCs counted: {:?}",
+                    src.rejects
+                );
+                continue;
+            }
+            f => assert_eq!(src.lines, LINES, "{f}: every line read once"),
+        }
         assert_eq!(
             src.rejected(),
             garbage[&src.name],
@@ -115,18 +220,40 @@ fn every_framing_at_once_readings_stored_once_garbage_dead_lettered() {
             src.rejects
         );
     }
-    assert_eq!(status.store.points_flushed, want.len() as u64);
+    assert_eq!(status.store.points_flushed, total, "nothing else stored");
     let summary = agent.terminate();
-    assert_eq!(summary.store.points_flushed, want.len() as u64);
+    assert_eq!(summary.store.points_flushed, total);
+
+    let stored = stored_raw(dir.path());
+    let (serial, rest): (Vec<_>, Vec<_>) =
+        stored.into_iter().partition(|p| p.0.starts_with("sim,"));
+    assert_stored_exactly(&serial, &want);
+    let mut mqtt_got: BTreeMap<(String, u64), u64> = BTreeMap::new();
+    let mut modbus_got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (series, _, v) in rest {
+        if series.starts_with("modbus,") {
+            modbus_got.entry(series).or_default().push(v);
+        } else {
+            *mqtt_got.entry((series, v)).or_default() += 1;
+        }
+    }
     assert!(
-        summary.clock.synchronised.is_some(),
-        "the kernel's clock state in status"
+        mqtt_got == mqtt_want,
+        "the store holds exactly the MQTT ledger's readings"
     );
-    assert_stored_exactly(dir.path(), &want);
+    for v in modbus_got.values_mut().chain(modbus_want.values_mut()) {
+        v.sort_unstable();
+    }
+    assert_eq!(modbus_got, modbus_want, "stored == answered, scaled");
+    let mut letters = dead_letters(dir.path());
     assert_eq!(
-        dead_letters(dir.path()),
-        garbage,
-        "one dead letter a garbage line"
+        letters.remove("bus/d1").unwrap_or(0),
+        crc,
+        "one dead letter a bad CRC"
+    );
+    assert_eq!(
+        letters, garbage,
+        "one dead letter a garbage line or message"
     );
 }
 
@@ -154,7 +281,8 @@ fn binary_device_unplugged_and_replugged_recovers_by_itself() {
             "1s",
         ],
     );
-    let agent = Agent::start(dir.path(), &config(dir.path(), &["binary"]));
+    let config = sim_config(dir.path(), None, "") + &serial_sources(&["binary"], |_| d.join("tty"));
+    let agent = Agent::start(dir.path(), &config);
     sim.wait_done(Duration::from_secs(60));
     let ledger = sim.ledger();
     assert_eq!(ledger.len(), 800);
@@ -183,7 +311,7 @@ fn binary_device_unplugged_and_replugged_recovers_by_itself() {
     let summary = agent.terminate();
     assert_eq!(summary.store.points_flushed, want.len() as u64);
     assert_eq!(summary.sources[0].rejected(), garbage);
-    assert_stored_exactly(dir.path(), &want);
+    assert_stored_exactly(&stored_raw(dir.path()), &want);
     assert_eq!(
         dead_letters(dir.path()),
         BTreeMap::from([("binary".to_string(), garbage)])
