@@ -8,7 +8,7 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::{Framing, LedgerEntry, SimConfig};
+use crate::{Faults, Framing, LedgerEntry, SimConfig};
 
 /// One line to send and its ledger entry.
 #[derive(Debug, Clone)]
@@ -29,6 +29,11 @@ pub struct Generator {
     next_sensor: usize,
     /// Replay rows and the speed-up, instead of synthetic signals.
     replay: Option<Replay>,
+    faults: Faults,
+    /// The last reading sent, for a duplicate.
+    last_valid: Option<Emitted>,
+    /// A reading held back (reordered) and the line number from which it goes.
+    held: Option<(u64, Emitted)>,
 }
 
 struct Replay {
@@ -87,6 +92,9 @@ impl Generator {
             sensors,
             next_sensor: 0,
             replay,
+            faults: cfg.faults.clone(),
+            last_valid: None,
+            held: None,
         })
     }
 
@@ -100,7 +108,16 @@ impl Generator {
                 let due = r.rows.partition_point(|row| row.0 <= horizon) as u64;
                 due.saturating_sub(sent)
             }
-            None => ((elapsed.as_secs_f64() * self.rate) as u64).saturating_sub(sent),
+            None => {
+                let bursts = match self.faults.burst_every {
+                    Some(every) if !every.is_zero() => {
+                        (elapsed.as_secs_f64() / every.as_secs_f64()) as u64
+                            * self.faults.burst_lines
+                    }
+                    _ => 0,
+                };
+                ((elapsed.as_secs_f64() * self.rate) as u64 + bursts).saturating_sub(sent)
+            }
         }
     }
 
@@ -140,19 +157,79 @@ impl Generator {
 
     /// The line number `seq` (replay: the CSV row `seq`), at wall time `now_ms`.
     pub fn next(&mut self, now_ms: i64, seq: u64) -> Emitted {
+        if self.held.as_ref().is_some_and(|(due, _)| seq >= *due) {
+            let (_, mut e) = self.held.take().expect("checked");
+            e.entry.seq = seq;
+            return e;
+        }
         if self.garbage_rate > 0.0 && self.rng.f64() < self.garbage_rate {
             let line = self.garbage(now_ms, seq);
-            let entry = LedgerEntry {
-                seq,
-                valid: false,
-                sensor: None,
-                site: None,
-                ts: None,
-                fields: None,
-                line: Some(String::from_utf8_lossy(&line).into_owned()),
-            };
-            return Emitted { line, entry };
+            return Self::invalid(seq, line);
         }
+        if let Some(e) = self.fault(now_ms, seq) {
+            return e;
+        }
+        let e = self.valid(now_ms, seq);
+        self.last_valid = Some(e.clone());
+        e
+    }
+
+    /// A fault instead of the next plain reading, if one is due (a roll of
+    /// the dice for each kind configured).
+    fn fault(&mut self, now_ms: i64, seq: u64) -> Option<Emitted> {
+        let f = self.faults.clone();
+        if self.roll(f.baud_mismatch) {
+            let line = if self.framing == Framing::Binary {
+                self.frame_garbage(now_ms, seq)
+            } else {
+                // Bits shifted as by a wrong baud rate; 0xff first: never UTF-8.
+                let good = self.valid(now_ms, seq).line;
+                let mut bytes: Vec<u8> = good.iter().map(|b| b.rotate_left(3) | 0x80).collect();
+                bytes[0] = 0xff;
+                bytes
+            };
+            return Some(Self::invalid(seq, line));
+        }
+        if self.roll(f.clock_jump) {
+            let mut r = self.reading(now_ms, seq);
+            r.ts += 3_600_000;
+            let line = self.format(&r);
+            return Some(Self::invalid(seq, line));
+        }
+        if self.roll(f.duplicate) {
+            if let Some(mut e) = self.last_valid.clone() {
+                e.entry.seq = seq;
+                return Some(e);
+            }
+        }
+        if self.held.is_none() && self.roll(f.reorder) {
+            // Goes out after the sensor's next reading (round-robin).
+            let held = self.valid(now_ms, seq);
+            self.held = Some((seq + self.sensors.len() as u64 + 1, held));
+        }
+        None
+    }
+
+    /// True with probability `p` (no draw at all when `p` is 0, so a
+    /// stream without faults is the same as before they existed).
+    fn roll(&mut self, p: f64) -> bool {
+        p > 0.0 && self.rng.f64() < p
+    }
+
+    fn invalid(seq: u64, line: Vec<u8>) -> Emitted {
+        let entry = LedgerEntry {
+            seq,
+            valid: false,
+            sensor: None,
+            site: None,
+            ts: None,
+            fields: None,
+            line: Some(String::from_utf8_lossy(&line).into_owned()),
+        };
+        Emitted { line, entry }
+    }
+
+    fn valid(&mut self, now_ms: i64, seq: u64) -> Emitted {
         let r = self.reading(now_ms, seq);
         let line = self.format(&r);
         let fields: BTreeMap<String, f64> =
@@ -754,5 +831,81 @@ mod tests {
         .unwrap();
         std::fs::remove_file(&path).unwrap();
         assert!(err.to_string().contains("not a finite number"), "{err}");
+    }
+
+    #[test]
+    fn faults_keep_their_ledger_promises() {
+        let faults = Faults {
+            duplicate: 0.05,
+            reorder: 0.05,
+            clock_jump: 0.05,
+            baud_mismatch: 0.05,
+            ..Faults::default()
+        };
+        for framing in [Framing::Kv, Framing::Lp, Framing::Binary] {
+            let mut g = Generator::new(&SimConfig {
+                faults: faults.clone(),
+                ..cfg(framing, 0.0)
+            })
+            .unwrap();
+            let now = 1_764_053_000_000;
+            let lines: Vec<Emitted> = (0..4000).map(|i| g.next(now + i as i64, i)).collect();
+            let (mut dups, mut backwards, mut jumps, mut noise) = (0, 0, 0, 0);
+            let mut seen = std::collections::HashMap::new();
+            let mut last: BTreeMap<String, i64> = BTreeMap::new();
+            for (i, e) in lines.iter().enumerate() {
+                assert_eq!(e.entry.seq, i as u64, "seq is the line's position");
+                if !e.entry.valid {
+                    // No garbage asked for: a wrong baud rate (never
+                    // text) or a clock jump (a reading an hour ahead).
+                    if e.line.first() == Some(&0xff) {
+                        noise += 1;
+                    } else {
+                        jumps += 1;
+                    }
+                    continue;
+                }
+                let sensor = e.entry.sensor.clone().unwrap();
+                let ts = e.entry.ts.unwrap();
+                if let Some(&first) = seen.get(&(sensor.clone(), ts)) {
+                    dups += 1;
+                    let first: &Emitted = &lines[first];
+                    assert_eq!(e.line, first.line, "a duplicate repeats a reading");
+                    continue;
+                }
+                seen.insert((sensor.clone(), ts), i);
+                if last.get(&sensor).is_some_and(|&t| ts < t) {
+                    backwards += 1;
+                }
+                let t = last.entry(sensor).or_insert(ts);
+                *t = (*t).max(ts);
+            }
+            assert!(dups > 50, "{framing:?}: duplicates {dups}");
+            assert!(backwards > 50, "{framing:?}: out of order {backwards}");
+            if framing == Framing::Binary {
+                // Both are frames the agent refuses (a CRC, a time).
+                assert!(noise + jumps > 100, "{framing:?}: {noise} + {jumps}");
+            } else {
+                assert!(noise > 50, "{framing:?}: baud mismatch {noise}");
+                assert!(jumps > 50, "{framing:?}: clock jumps {jumps}");
+            }
+        }
+    }
+
+    #[test]
+    fn bursts_add_lines_at_once_on_top_of_the_rate() {
+        let g = Generator::new(&SimConfig {
+            rate: 100.0,
+            faults: Faults {
+                burst_lines: 500,
+                burst_every: Some(Duration::from_secs(2)),
+                ..Faults::default()
+            },
+            ..cfg(Framing::Kv, 0.0)
+        })
+        .unwrap();
+        assert_eq!(g.due_lines(Duration::from_millis(1990), 0), 199);
+        assert_eq!(g.due_lines(Duration::from_millis(2000), 0), 700);
+        assert_eq!(g.due_lines(Duration::from_millis(2020), 700), 2);
     }
 }

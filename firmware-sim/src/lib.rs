@@ -74,6 +74,30 @@ pub struct SimConfig {
     pub replay: Option<PathBuf>,
     /// Replay speed-up: 3600 plays an hour of the CSV per second.
     pub speedup: f64,
+    /// Faults beyond garbage (none by default).
+    pub faults: Faults,
+}
+
+/// Faults a real serial device shows besides garbage. Each is a probability
+/// per line (0: never), except bursts.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// The previous reading sent again, unchanged (a retransmission): a
+    /// valid ledger entry of its own, so a reading may appear twice.
+    pub duplicate: f64,
+    /// A reading held back and sent after its sensor's next one: the
+    /// sensor's timestamps go backwards once.
+    pub reorder: f64,
+    /// A reading stamped an hour ahead (the device's clock jumped): the
+    /// agent refuses it (`max_future_skew`), so the ledger calls it garbage.
+    pub clock_jump: f64,
+    /// A line as a UART set to the wrong baud rate decodes it: bytes that
+    /// are not text (binary framing: a frame whose CRC fails). Garbage.
+    pub baud_mismatch: f64,
+    /// Every `burst_every`, `burst_lines` more lines at once, on top of the rate.
+    pub burst_lines: u64,
+    /// How often a burst comes.
+    pub burst_every: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -87,6 +111,7 @@ impl Default for SimConfig {
             seed: 1,
             replay: None,
             speedup: 3600.0,
+            faults: Faults::default(),
         }
     }
 }

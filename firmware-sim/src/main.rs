@@ -47,6 +47,52 @@ enum Command {
     Fleet(FleetArgs),
 }
 
+/// Faults of a serial device besides garbage (none by default).
+#[derive(clap::Args, Clone)]
+struct FaultArgs {
+    /// Probability (0..1) that the previous reading is sent again.
+    #[arg(long, default_value_t = 0.0)]
+    duplicate_rate: f64,
+    /// Probability (0..1) that a reading is held back until after its
+    /// sensor's next one (out of order).
+    #[arg(long, default_value_t = 0.0)]
+    reorder_rate: f64,
+    /// Probability (0..1) that a reading is stamped an hour ahead (the
+    /// device's clock jumped; the agent refuses it, the ledger says garbage).
+    #[arg(long, default_value_t = 0.0)]
+    clock_jump_rate: f64,
+    /// Probability (0..1) that a line arrives as at a wrong baud rate.
+    #[arg(long, default_value_t = 0.0)]
+    baud_mismatch_rate: f64,
+    /// Lines of a burst, sent at once on top of the rate...
+    #[arg(long, default_value_t = 0)]
+    burst_lines: u64,
+    /// ...every this long.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    burst_every: Option<Duration>,
+}
+
+impl FaultArgs {
+    fn faults(&self) -> anyhow::Result<firmware_sim::Faults> {
+        for (name, p) in [
+            ("--duplicate-rate", self.duplicate_rate),
+            ("--reorder-rate", self.reorder_rate),
+            ("--clock-jump-rate", self.clock_jump_rate),
+            ("--baud-mismatch-rate", self.baud_mismatch_rate),
+        ] {
+            anyhow::ensure!((0.0..=1.0).contains(&p), "{name} must be within 0..1");
+        }
+        Ok(firmware_sim::Faults {
+            duplicate: self.duplicate_rate,
+            reorder: self.reorder_rate,
+            clock_jump: self.clock_jump_rate,
+            baud_mismatch: self.baud_mismatch_rate,
+            burst_lines: self.burst_lines,
+            burst_every: self.burst_every,
+        })
+    }
+}
+
 #[derive(clap::Args)]
 struct FleetArgs {
     /// Directory for the PTY links and the ledgers.
@@ -85,6 +131,9 @@ struct FleetArgs {
     /// Random seed (each device derives its own).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Faults of the serial devices.
+    #[command(flatten)]
+    faults: FaultArgs,
 }
 
 #[derive(clap::Args)]
@@ -205,6 +254,8 @@ struct Args {
     /// ...and plug a new one in after this long.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     replug_after: Duration,
+    #[command(flatten)]
+    faults: FaultArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -296,6 +347,7 @@ fn fleet_main(args: FleetArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             no_wait: false,
             unplug_after: None,
             replug_after: Duration::from_secs(2),
+            faults: args.faults.clone(),
         };
         let stop = stop.clone();
         spawn(name, Box::new(move |a| pty_main(pty, stop, a)));
@@ -428,6 +480,7 @@ fn pty_main(args: Args, stop: Arc<AtomicBool>, announce: Announce) -> anyhow::Re
         seed: args.seed,
         replay: args.replay.clone(),
         speedup: args.speedup,
+        faults: args.faults.faults()?,
     };
     let ledger = match &args.ledger {
         Some(p) => Some(BufWriter::new(

@@ -1,8 +1,10 @@
 //! A gateway's whole input side at once: one `firmware-sim fleet` plays
 //! five serial devices (one per framing: kv, json, line protocol, csv,
 //! binary frames) on PTYs, a Modbus RTU slave on another, and 20 MQTT
-//! devices through a real mosquitto, all with garbage, into one agent; and
-//! a binary device unplugged and plugged in again.
+//! devices through a real mosquitto, all with garbage (serial devices also
+//! with duplicates, readings out of order, clock jumps, a wrong baud rate
+//! and bursts), into one agent; and a binary device unplugged and plugged
+//! in again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -40,6 +42,32 @@ csv_header = ["sensor", "ts", "temp", "hum"]
     c
 }
 
+/// Points as a multiset: a duplicated reading counts twice.
+type Counted = BTreeMap<(String, i64, u64), u64>;
+
+/// The store holds every valid ledger reading as often as it was sent
+/// (duplicates twice) and nothing else.
+fn assert_stored_counted(got: Vec<(String, i64, u64)>, want: &Counted) {
+    let mut have = Counted::new();
+    for p in got {
+        *have.entry(p).or_default() += 1;
+    }
+    let missing: Vec<_> = want
+        .iter()
+        .filter(|(p, n)| have.get(p) != Some(n))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = have
+        .keys()
+        .filter(|p| !want.contains_key(p))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing or miscounted {missing:?}, extra {extra:?}"
+    );
+}
+
 /// The store holds every valid reading exactly once and nothing else.
 fn assert_stored_exactly(got: &[(String, i64, u64)], want: &BTreeSet<(String, i64, u64)>) {
     let set: BTreeSet<_> = got.iter().cloned().collect();
@@ -71,7 +99,7 @@ fn modbus_key(field: &str) -> String {
 const LINES: u64 = 1200;
 
 #[test]
-fn serial_modbus_and_mqtt_devices_at_once_readings_stored_once_garbage_dead_lettered() {
+fn serial_modbus_and_mqtt_devices_at_once_every_reading_stored_as_sent_garbage_dead_lettered() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let ports = dir.path().join("fleet");
@@ -126,22 +154,36 @@ registers = [{{ field = "temp", address = 0, type = "i16", scale = 0.1 }}, {{ fi
             "0.05",
             "--seed",
             "11",
+            "--duplicate-rate",
+            "0.01",
+            "--reorder-rate",
+            "0.01",
+            "--clock-jump-rate",
+            "0.01",
+            "--baud-mismatch-rate",
+            "0.01",
+            "--burst-lines",
+            "200",
+            "--burst-every",
+            "1s",
         ],
     );
     fleet.wait_done(Duration::from_secs(120));
 
-    // Serial: exact points (the devices send their time), one reject and
-    // one dead letter per garbage line.
-    let mut want = BTreeSet::new();
+    // Serial: exact points (the devices send their time), duplicates
+    // twice; one reject and one dead letter per garbage line (a clock jump
+    // or a wrong baud rate included).
+    let mut want = Counted::new();
     let mut garbage = BTreeMap::new();
     for f in FRAMINGS {
         let ledger = fleet.ledger(f);
         assert_eq!(ledger.len() as u64, LINES);
-        want.extend(expected_points(
-            &ledger,
-            "sim",
-            &[("site", "lab"), ("device", f), ("port", f)],
-        ));
+        let tags = [("site", "lab"), ("device", f), ("port", f)];
+        for e in ledger.iter().filter(|e| e.valid) {
+            for p in expected_points(std::slice::from_ref(e), "sim", &tags) {
+                *want.entry(p).or_default() += 1;
+            }
+        }
         let g = ledger.iter().filter(|e| !e.valid).count() as u64;
         assert!(g > 0, "{f}: the sim was asked for 5% garbage");
         garbage.insert(f.to_string(), g);
@@ -187,7 +229,12 @@ registers = [{{ field = "temp", address = 0, type = "i16", scale = 0.1 }}, {{ fi
     let modbus_points: usize = modbus_want.values().map(Vec::len).sum();
 
     let mqtt_points: u64 = mqtt_want.values().sum();
-    let total = want.len() as u64 + mqtt_points + modbus_points as u64;
+    let serial_points: u64 = want.values().sum();
+    assert!(
+        serial_points > want.len() as u64,
+        "the devices were asked for duplicates"
+    );
+    let total = serial_points + mqtt_points + modbus_points as u64;
     let status = wait_until(
         "every line, message and answer read and flushed",
         Duration::from_secs(60),
@@ -227,7 +274,7 @@ registers = [{{ field = "temp", address = 0, type = "i16", scale = 0.1 }}, {{ fi
     let stored = stored_raw(dir.path());
     let (serial, rest): (Vec<_>, Vec<_>) =
         stored.into_iter().partition(|p| p.0.starts_with("sim,"));
-    assert_stored_exactly(&serial, &want);
+    assert_stored_counted(serial, &want);
     let mut mqtt_got: BTreeMap<(String, u64), u64> = BTreeMap::new();
     let mut modbus_got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for (series, _, v) in rest {
