@@ -272,6 +272,33 @@ pub fn dead_letters(dir: &Path) -> BTreeMap<String, u64> {
     per_source
 }
 
+/// The series key of an MQTT device's `field`, as the subscription
+/// `sensors/+site/+device/#field` binds it, under `measurement`.
+pub fn mqtt_series(e: &LedgerEntry, measurement: &str, field: &str) -> String {
+    let site = e.site.as_deref().expect("the MQTT ledger names the site");
+    let device = e.sensor.as_deref().expect("and the device");
+    SeriesKey::new(measurement, [("site", site), ("device", device)], field)
+        .as_str()
+        .to_string()
+}
+
+/// What an MQTT ledger of bare numbers promises: (series, value bits) as a
+/// multiset (the agent stamps each on arrival, so no time to compare), and
+/// the number of messages they came in (one a field).
+pub fn mqtt_values(ledger: &[LedgerEntry]) -> (BTreeMap<(String, u64), u64>, u64) {
+    let mut want: BTreeMap<(String, u64), u64> = BTreeMap::new();
+    let mut messages = 0;
+    for e in ledger.iter().filter(|e| e.valid) {
+        for (field, v) in e.fields.iter().flatten() {
+            *want
+                .entry((mqtt_series(e, "env", field), v.to_bits()))
+                .or_default() += 1;
+            messages += 1;
+        }
+    }
+    (want, messages)
+}
+
 /// The points a ledger promises, as (series key, ts ns, value bits).
 pub fn expected_points(
     ledger: &[LedgerEntry],

@@ -6,8 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use firmware_sim::LedgerEntry;
-use tidegate::point::SeriesKey;
-use tidegate_e2e::agent::{dead_letters, stored_raw as stored, Agent, MqttSim};
+use tidegate_e2e::agent::{
+    dead_letters, mqtt_series, mqtt_values, stored_raw as stored, Agent, MqttSim,
+};
 use tidegate_e2e::{wait_until, Mosquitto};
 
 /// Starts the agent with one MQTT source on `url` (settings `extra`) and one
@@ -50,20 +51,15 @@ fn readings(ledger: &[LedgerEntry]) -> BTreeSet<(String, i64, u64)> {
         .iter()
         .filter(|e| e.valid)
         .flat_map(|e| {
-            e.fields
-                .iter()
-                .flatten()
-                .map(|(f, v)| (key(e, f), e.ts.unwrap() * 1_000_000, v.to_bits()))
+            e.fields.iter().flatten().map(|(f, v)| {
+                (
+                    mqtt_series(e, "env", f),
+                    e.ts.unwrap() * 1_000_000,
+                    v.to_bits(),
+                )
+            })
         })
         .collect()
-}
-
-fn key(e: &LedgerEntry, field: &str) -> String {
-    let site = e.site.as_deref().expect("the MQTT ledger names the site");
-    let device = e.sensor.as_deref().expect("and the device");
-    SeriesKey::new("env", [("site", site), ("device", device)], field)
-        .as_str()
-        .to_string()
 }
 
 #[test]
@@ -102,14 +98,8 @@ fn twenty_devices_with_topic_bound_tags_arrive_once_and_garbage_is_counted() {
     assert!(garbage > 0);
     // Bare numbers carry no timestamp (the agent stamps arrival): compare
     // series and values, as a multiset.
-    let mut want: BTreeMap<(String, u64), u64> = BTreeMap::new();
-    let mut messages = garbage;
-    for e in ledger.iter().filter(|e| e.valid) {
-        for (field, v) in e.fields.iter().flatten() {
-            *want.entry((key(e, field), v.to_bits())).or_default() += 1;
-            messages += 1;
-        }
-    }
+    let (want, valid_messages) = mqtt_values(&ledger);
+    let messages = garbage + valid_messages;
     let points: u64 = want.values().sum();
     let status = wait_until(
         "the agent to read and commit every message",

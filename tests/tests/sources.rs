@@ -10,10 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use firmware_sim::LedgerEntry;
 use tidegate::point::SeriesKey;
 use tidegate_e2e::agent::{
-    dead_letters, expected_points, sim_config, stored_raw, Agent, FleetSim, Sim,
+    dead_letters, expected_points, mqtt_values, sim_config, stored_raw, Agent, FleetSim, Sim,
 };
 use tidegate_e2e::{wait_until, Mosquitto};
 
@@ -78,15 +77,6 @@ fn assert_stored_exactly(got: &[(String, i64, u64)], want: &BTreeSet<(String, i6
         missing.is_empty() && extra.is_empty(),
         "missing {missing:?}, extra {extra:?}"
     );
-}
-
-/// Series key of an MQTT device's field (`sensors/+site/+device/#field`).
-fn mqtt_key(e: &LedgerEntry, field: &str) -> String {
-    let site = e.site.as_deref().expect("the MQTT ledger names the site");
-    let device = e.sensor.as_deref().expect("and the device");
-    SeriesKey::new("env", [("site", site), ("device", device)], field)
-        .as_str()
-        .to_string()
 }
 
 /// Series key of the Modbus slave's register `field`.
@@ -194,16 +184,8 @@ registers = [{{ field = "temp", address = 0, type = "i16", scale = 0.1 }}, {{ fi
     let mqtt_garbage = mqtt.iter().filter(|e| !e.valid).count() as u64;
     assert!(mqtt_garbage > 0);
     garbage.insert("broker".into(), mqtt_garbage);
-    let mut mqtt_want: BTreeMap<(String, u64), u64> = BTreeMap::new();
-    let mut messages = mqtt_garbage;
-    for e in mqtt.iter().filter(|e| e.valid) {
-        for (field, v) in e.fields.iter().flatten() {
-            *mqtt_want
-                .entry((mqtt_key(e, field), v.to_bits()))
-                .or_default() += 1;
-            messages += 1;
-        }
-    }
+    let (mqtt_want, valid_messages) = mqtt_values(&mqtt);
+    let messages = mqtt_garbage + valid_messages;
     // Modbus: every answer with a good CRC stored (scaled), every bad CRC
     // counted against the device.
     let modbus = fleet.ledger("modbus");
