@@ -710,7 +710,8 @@ pub async fn run(
                         }
                     }
                 }
-                if !dead.is_empty() && store.dead_letters(dead).await.is_err() {
+                let rejected = !dead.is_empty();
+                if rejected && store.dead_letters(dead).await.is_err() {
                     break;
                 }
                 if !at_most_once.is_empty() && store.append(at_most_once).await.is_err() {
@@ -722,7 +723,10 @@ pub async fn run(
                 }
                 // Waits while the store is behind: the event loop is not
                 // polled meanwhile (backpressure to the broker).
-                let durable = if acked.is_empty() {
+                // A rejected message is acknowledged once its dead letter
+                // is committed too (the same flush, as the store takes
+                // requests in order).
+                let durable = if acked.is_empty() && !rejected {
                     None
                 } else {
                     match store.append_durable_begin(acked).await {
