@@ -1,4 +1,4 @@
-//! An MQTT subscriber for tests (rumqttc on its own thread): collects every
+//! MQTT clients for tests: a subscriber (rumqttc on its own thread) collects every
 //! message of a topic filter, QoS 1, and is ready once the broker granted
 //! the subscription.
 
@@ -64,4 +64,40 @@ impl Subscriber {
     pub fn messages(&self) -> Vec<Vec<u8>> {
         self.messages.lock().unwrap().clone()
     }
+}
+
+/// Publishes `messages` (topic, payload) in order at QoS 1 to the broker at
+/// 127.0.0.1:`port`; returns once the broker acknowledged every one.
+pub fn publish(port: u16, messages: Vec<(String, Vec<u8>)>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let id = format!("test-pub-{}", std::process::id());
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_max_packet_size(64 << 20, 64 << 20);
+        let (client, mut events) = AsyncClient::new(o, messages.len().max(1));
+        let n = messages.len();
+        for (topic, payload) in messages {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        let mut acked = 0;
+        let wait = async {
+            while acked < n {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                    Ok(_) => {}
+                    Err(e) => panic!("publishing to the broker failed: {e}"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .expect("the broker acknowledges every message");
+        let _ = client.disconnect().await;
+    });
 }

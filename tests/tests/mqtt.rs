@@ -6,6 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use firmware_sim::LedgerEntry;
+use prost::Message;
+use tidegate::point::SeriesKey;
 use tidegate_e2e::agent::{
     dead_letters, mqtt_series, mqtt_values, stored_raw as stored, Agent, MqttSim,
 };
@@ -302,4 +304,117 @@ fn broker_restart_reconnects_and_resubscribes() {
         1,
         "the outage is logged once:\n{log}"
     );
+}
+
+#[test]
+fn sparkplug_births_and_aliased_data_arrive_with_their_metric_times() {
+    use tidegate::source::sparkplug::{Metric, Payload, Value};
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, _) = start_agent(
+        &broker,
+        dir.path(),
+        &broker.url(),
+        "",
+        "topic = \"spBv1.0/#\"\nformat = \"sparkplug\"\nmeasurement = \"sp\"",
+        "spBv1.0/#",
+    );
+    let metric = |name: Option<&str>, alias: u64, datatype: Option<u32>, ts: u64, value| Metric {
+        name: name.map(str::to_string),
+        alias: Some(alias),
+        timestamp: Some(ts),
+        datatype,
+        is_null: None,
+        value: Some(value),
+    };
+    let payload = |ts: u64, metrics| {
+        Payload {
+            timestamp: Some(ts),
+            metrics,
+            seq: None,
+        }
+        .encode_to_vec()
+    };
+    let t0: u64 = 1_764_000_000_000;
+    let mut want: BTreeSet<(String, i64, u64)> = BTreeSet::new();
+    let mut point = |device: Option<&str>, field: &str, ts: u64, v: f64| {
+        let mut tags = vec![("group", "plant"), ("edge_node", "gw1")];
+        tags.extend(device.map(|d| ("device", d)));
+        let key = SeriesKey::new("sp", tags, field);
+        want.insert((key.as_str().to_string(), ts as i64 * 1_000_000, v.to_bits()));
+    };
+    let mut messages = vec![(
+        "spBv1.0/plant/NBIRTH/gw1".to_string(),
+        payload(
+            t0,
+            vec![
+                metric(Some("bdSeq"), 0, Some(4), t0, Value::Long(0)),
+                metric(
+                    Some("Node Control/Rebirth"),
+                    1,
+                    Some(11),
+                    t0,
+                    Value::Boolean(false),
+                ),
+                metric(Some("uptime"), 2, Some(7), t0, Value::Int(3_600)),
+            ],
+        ),
+    )];
+    point(None, "uptime", t0, 3_600.0);
+    messages.push((
+        "spBv1.0/plant/DBIRTH/gw1/pump".into(),
+        payload(
+            t0,
+            vec![
+                metric(Some("temp"), 1, Some(2), t0, Value::Int(215)),
+                metric(Some("rpm"), 2, Some(9), t0, Value::Float(1450.5)),
+                metric(Some("model"), 3, Some(12), t0, Value::String("P-7".into())),
+            ],
+        ),
+    ));
+    point(Some("pump"), "temp", t0, 215.0);
+    point(Some("pump"), "rpm", t0, 1450.5);
+    // Data by alias only, the Int16 going negative.
+    for i in 1..=200u64 {
+        let ts = t0 + i * 100;
+        let temp = 100 - i as i32;
+        let rpm = 1000.0 + i as f32 / 4.0;
+        messages.push((
+            "spBv1.0/plant/DDATA/gw1/pump".into(),
+            payload(
+                ts,
+                vec![
+                    metric(None, 1, None, ts, Value::Int(temp as u32)),
+                    metric(None, 2, None, ts, Value::Float(rpm)),
+                ],
+            ),
+        ));
+        point(Some("pump"), "temp", ts, temp as f64);
+        point(Some("pump"), "rpm", ts, rpm as f64);
+    }
+    // A device without a birth, a payload that is not protobuf, a death.
+    messages.push((
+        "spBv1.0/plant/DDATA/gw1/fan".into(),
+        payload(t0, vec![metric(None, 1, None, t0, Value::Int(1))]),
+    ));
+    messages.push(("spBv1.0/plant/NDATA/gw1".into(), b"\x12\xff\xff".to_vec()));
+    messages.push(("spBv1.0/plant/NDEATH/gw1".into(), payload(t0, vec![])));
+    tidegate_e2e::subscriber::publish(broker.port(), messages);
+
+    let status = wait_until(
+        "every Sparkplug metric stored",
+        Duration::from_secs(30),
+        || {
+            let s = agent.status();
+            (s.sources[0].lines >= 205 && s.store.points_flushed >= want.len() as u64).then_some(s)
+        },
+    );
+    assert_eq!(status.sources[0].lines, 205, "every message read once");
+    assert_eq!(
+        status.sources[0].rejects,
+        BTreeMap::from([("bad_sparkplug".into(), 1), ("unknown_alias".into(), 1)])
+    );
+    agent.terminate();
+    let got: BTreeSet<_> = stored(dir.path()).into_iter().collect();
+    assert_eq!(got, want, "each metric at its own time, aliases resolved");
 }

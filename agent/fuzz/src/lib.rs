@@ -79,6 +79,10 @@ values = { temp = "/env/temp", hum = "/h" }
 [[subscriptions]]
 topic = "l/#rest"
 format = "lp"
+
+[[subscriptions]]
+topic = "spBv1.0/#"
+format = "sparkplug"
 "#;
 
 const TOPICS: &[&str] = &[
@@ -89,6 +93,11 @@ const TOPICS: &[&str] = &[
     "l/x",
     "other/x",
     "n//t",
+    "spBv1.0/g/NBIRTH/n",
+    "spBv1.0/g/DBIRTH/n/d",
+    "spBv1.0/g/DDATA/n/d",
+    "spBv1.0/g/NDATA/n",
+    "spBv1.0/g/NDEATH/n",
 ];
 
 /// An MQTT message: the first byte picks the topic, the rest is the payload.

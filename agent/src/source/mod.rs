@@ -12,4 +12,5 @@ pub mod mqtt;
 pub mod parse;
 pub mod relay;
 pub mod serial;
+pub mod sparkplug;
 pub mod topic;

@@ -36,6 +36,7 @@ use tracing::{error, info, warn};
 use super::guard::Guard;
 use super::lp::LpParser;
 use super::parse::{number, Reject};
+use super::sparkplug::Sparkplug;
 use super::topic::TopicPattern;
 use crate::config::TimeUnit;
 use crate::mqtt::parse_url;
@@ -128,7 +129,8 @@ pub struct MqttSubscription {
     /// Subscription QoS: 0, 1 (default; acknowledged once durable) or 2.
     #[serde(default = "default_qos")]
     pub qos: u8,
-    /// Payload format: `number`, `json` or `lp` (InfluxDB line protocol).
+    /// Payload format: `number`, `json`, `lp` (InfluxDB line protocol) or
+    /// `sparkplug` (Sparkplug B).
     #[serde(default)]
     pub format: PayloadFormat,
     /// Measurement of the points (`number`, `json`), unless the topic binds it.
@@ -169,6 +171,10 @@ pub enum PayloadFormat {
     Json,
     /// `env,room=k temp=21.5,on=t 1764053000123456789`
     Lp,
+    /// Sparkplug B protobuf on `spBv1.0/<group>/<type>/<node>[/<device>]`
+    /// (subscribe to `spBv1.0/#`): tags `group`, `edge_node`, `device`,
+    /// field = metric name (`source/sparkplug.rs`).
+    Sparkplug,
 }
 
 fn default_keep_alive() -> Duration {
@@ -287,6 +293,8 @@ pub struct Decoder {
     max_fields: usize,
     keys: HashMap<Box<[u8]>, SeriesKey>,
     scratch: Vec<u8>,
+    /// Sparkplug B births seen (aliases and datatypes).
+    sparkplug: Sparkplug,
 }
 
 const KEY_CACHE_MAX: usize = 8192;
@@ -317,6 +325,7 @@ impl Decoder {
             max_fields: cfg.max_fields,
             keys: HashMap::new(),
             scratch: Vec::new(),
+            sparkplug: Sparkplug::default(),
         })
     }
 
@@ -363,6 +372,29 @@ impl Decoder {
         let mut ts_ns = now_ns;
         match sub.cfg.format {
             PayloadFormat::Lp => return self.lps[i].parse(payload, &tags, now_ns, out),
+            PayloadFormat::Sparkplug => {
+                // Each metric has its own time: points straight from here.
+                let msg = self
+                    .sparkplug
+                    .decode(topic, payload, now_ns, self.max_fields)?;
+                tags.extend(msg.tags.iter().map(|(k, v)| (*k, v.as_str())));
+                let n = msg.points.len();
+                for (field, ts_ns, value) in msg.points {
+                    let series = key(
+                        &mut self.keys,
+                        &mut self.scratch,
+                        measurement,
+                        &tags,
+                        &field,
+                    );
+                    out.push(Point {
+                        series,
+                        ts_ns,
+                        value,
+                    });
+                }
+                return Ok(n);
+            }
             PayloadFormat::Number => {
                 let text = std::str::from_utf8(payload).map_err(|_| Reject::NotUtf8)?;
                 let name = topic_field.unwrap_or(&sub.cfg.field);

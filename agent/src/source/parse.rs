@@ -82,6 +82,12 @@ pub enum Reject {
     /// A timestamp older than `max_past_age` (its age, ns).
     #[error("timestamp {}s old (max_past_age)", .0 / 1_000_000_000)]
     TooOld(i64),
+    /// Not a Sparkplug B message (topic or protobuf).
+    #[error("not Sparkplug B: {0}")]
+    BadSparkplug(String),
+    /// A Sparkplug metric by an alias no birth named (the node must rebirth).
+    #[error("Sparkplug alias {0} unknown: no birth named it yet")]
+    UnknownAlias(u64),
 }
 
 impl Reject {
@@ -111,6 +117,8 @@ impl Reject {
             Reject::TooManySeries(_) => "too_many_series",
             Reject::FromTheFuture(_) => "from_the_future",
             Reject::TooOld(_) => "too_old",
+            Reject::BadSparkplug(_) => "bad_sparkplug",
+            Reject::UnknownAlias(_) => "unknown_alias",
         }
     }
 }
