@@ -126,8 +126,6 @@ impl Store {
         step: &ClockStep,
         at_ns: i64,
     ) -> Result<Correction, StoreError> {
-        // Points still in memory are stamped the same way: commit them first.
-        self.flush()?;
         let wanted: HashSet<u32> = step
             .series
             .iter()
@@ -136,6 +134,14 @@ impl Store {
         let mut done = Correction::default();
         if wanted.is_empty() || step.step_ns <= 0 {
             return Ok(done);
+        }
+        // Points not flushed yet: no sink has seen them.
+        let p = &mut self.pending;
+        for (s, t) in p.series.iter().zip(p.ts.iter_mut()) {
+            if wanted.contains(s) && (step.from_ns..=step.to_ns).contains(t) {
+                *t += step.step_ns;
+                done.moved += 1;
+            }
         }
         let handed: Vec<Cursor> = self.sinks.values().map(|p| p.read).collect();
         let tx = self.conn.transaction()?;
@@ -294,6 +300,8 @@ mod tests {
         store.append(&batch("m a", [old + 10 * S])).unwrap();
         store.flush().unwrap();
         store.seal().unwrap();
+        // And one still in memory.
+        store.append(&batch("m a", [old + 11 * S])).unwrap();
 
         let step = ClockStep {
             step_ns: DAY,
@@ -302,10 +310,11 @@ mod tests {
             series: vec![SeriesKey::from_canonical("m a")],
         };
         let done = store.correct_clock(&step, old + DAY + 21 * S).unwrap();
+        store.flush().unwrap();
         assert_eq!(
             done,
             Correction {
-                moved: 3,
+                moved: 4,
                 sent_before: 2
             }
         );
@@ -317,13 +326,14 @@ mod tests {
                 old + 5 * S, // the previous boot's
                 old + DAY + 2 * S,
                 old + DAY + 3 * S,
-                old + DAY + 10 * S
+                old + DAY + 10 * S,
+                old + DAY + 11 * S
             ]
         );
         assert_eq!(times(&store, "m b"), [old + S], "device time stays");
         let rows = store.clock_corrections().unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].moved, rows[0].sent_before), (3, 2));
+        assert_eq!((rows[0].moved, rows[0].sent_before), (4, 2));
         assert_eq!(rows[0].from_ns, old + DAY);
 
         // The sink goes on from where it was, and reads the moved points.
@@ -336,7 +346,12 @@ mod tests {
             .collect();
         assert_eq!(
             a,
-            [old + DAY + 2 * S, old + DAY + 3 * S, old + DAY + 10 * S]
+            [
+                old + DAY + 2 * S,
+                old + DAY + 3 * S,
+                old + DAY + 10 * S,
+                old + DAY + 11 * S
+            ]
         );
     }
 
