@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Framing, InfluxSinkConfig, SerialSourceConfig, TimeUnit};
+use crate::config::{Config, Framing, SerialSourceConfig, TimeUnit};
 use crate::ops::{Metrics, Status};
 
 /// What the demo runs.
@@ -66,10 +66,12 @@ pub async fn demo(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Res
     });
     if let Some(url) = &opts.influx {
         // Through serde, so every other setting takes its documented default.
-        let sink: InfluxSinkConfig = toml::from_str(&format!(
-            "name = \"demo\"\nurl = {url:?}\ndb = \"tidegate\"\nbackoff_max = \"5s\"\n"
-        ))?;
-        cfg.sinks.influx.push(sink);
+        let text = format!(
+            "[[sinks.influx]]\nname = \"demo\"\nurl = {url:?}\ndb = \"tidegate\"\nbackoff_max = \"5s\"\n"
+        );
+        cfg.sinks
+            .influx
+            .extend(Config::from_toml(&text, "the demo's sink")?.sinks.influx);
     }
     cfg.validate()?;
 

@@ -448,8 +448,10 @@ async fn drain(
         Target::Kafka(_) => None,
     };
     let vm_cpu = || vm.map_or(0.0, |vm| vm.cpu_seconds());
-    let cfg: Config =
-        toml::from_str(&sink_toml(protocol, &url, opts)).context("the bench's sink settings")?;
+    let cfg = Config::from_toml(
+        &sink_toml(protocol, &url, opts),
+        "the bench's sink settings",
+    )?;
     if let Some(k) = cfg.sinks.kafka.first() {
         create_topic(&url, &k.topic, opts.kafka_partitions).await?;
     }
