@@ -378,22 +378,13 @@ impl Decoder {
                     .sparkplug
                     .decode(topic, payload, now_ns, self.max_fields)?;
                 tags.extend(msg.tags.iter().map(|(k, v)| (*k, v.as_str())));
-                let n = msg.points.len();
-                for (field, ts_ns, value) in msg.points {
-                    let series = key(
-                        &mut self.keys,
-                        &mut self.scratch,
-                        measurement,
-                        &tags,
-                        &field,
-                    );
-                    out.push(Point {
-                        series,
-                        ts_ns,
-                        value,
-                    });
-                }
-                return Ok(n);
+                return Ok(push_points(
+                    &mut self.keys,
+                    &mut self.scratch,
+                    (measurement, &tags),
+                    msg.points,
+                    out,
+                ));
             }
             PayloadFormat::Number => {
                 let text = std::str::from_utf8(payload).map_err(|_| Reject::NotUtf8)?;
@@ -455,23 +446,35 @@ impl Decoder {
         if values.len() > self.max_fields {
             return Err(Reject::TooManyFields);
         }
-        let n = values.len();
-        for (field, value) in values {
-            let series = key(
-                &mut self.keys,
-                &mut self.scratch,
-                measurement,
-                &tags,
-                &field,
-            );
-            out.push(Point {
-                series,
-                ts_ns,
-                value,
-            });
-        }
-        Ok(n)
+        Ok(push_points(
+            &mut self.keys,
+            &mut self.scratch,
+            (measurement, &tags),
+            values.into_iter().map(|(field, v)| (field, ts_ns, v)),
+            out,
+        ))
     }
+}
+
+/// Appends one point per (field, ns, value) of `measurement` with `tags`
+/// to `out`; returns how many.
+fn push_points<F: AsRef<str>>(
+    cache: &mut HashMap<Box<[u8]>, SeriesKey>,
+    scratch: &mut Vec<u8>,
+    (measurement, tags): (&str, &[(&str, &str)]),
+    points: impl IntoIterator<Item = (F, i64, f64)>,
+    out: &mut Vec<Point>,
+) -> usize {
+    let start = out.len();
+    for (field, ts_ns, value) in points {
+        let series = key(cache, scratch, measurement, tags, field.as_ref());
+        out.push(Point {
+            series,
+            ts_ns,
+            value,
+        });
+    }
+    out.len() - start
 }
 
 fn key(
