@@ -2,12 +2,14 @@
 //! against the simulator's ledger (the simulator runs natively; see the test
 //! for why the serial leg runs natively too).
 //!
-//! Needs `target/aarch64-unknown-linux-gnu/debug/tidegate` (scripts/test builds
-//! it: `cargo build --target aarch64-unknown-linux-gnu -p tidegate --bin
-//! tidegate`) and `qemu-aarch64`. Without them the test says why and passes,
-//! unless `TIDEGATE_CROSS=require` (scripts/test sets it after the cross
-//! builds), where it fails; `TIDEGATE_CROSS=skip` skips it (scripts/test's
-//! native pass, before the aarch64 binary is rebuilt).
+//! Needs `target/aarch64-unknown-linux-gnu/<profile>/tidegate` and
+//! `qemu-aarch64`. The profile is `TIDEGATE_CROSS_PROFILE`, `debug` by
+//! default; scripts/test sets `gateway` after `scripts/package` built it, so
+//! the binary tested is the one the arm64 .deb ships (size-optimised, no
+//! unwind tables). Without them the test says why and passes, unless
+//! `TIDEGATE_CROSS=require` (scripts/test sets it after the cross builds),
+//! where it fails; `TIDEGATE_CROSS=skip` skips it (scripts/test's native
+//! pass, before the aarch64 binary is built).
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -25,13 +27,14 @@ const DB: &str = "cross";
 
 /// The cross-built agent and the runner that executes it, or why not.
 fn cross_agent() -> Result<(PathBuf, Vec<String>), String> {
-    // target/debug/tidegate → target/<triple>/debug/tidegate
+    // target/debug/tidegate → target/<triple>/<profile>/tidegate
     let native = bin("tidegate");
     let target = native.parent().and_then(Path::parent).unwrap();
-    let path = target.join(TRIPLE).join("debug").join("tidegate");
+    let profile = std::env::var("TIDEGATE_CROSS_PROFILE").unwrap_or_else(|_| "debug".into());
+    let path = target.join(TRIPLE).join(&profile).join("tidegate");
     if !path.exists() {
         return Err(format!(
-            "{} is missing (cargo build --target {TRIPLE} -p tidegate --bin tidegate)",
+            "{} is missing (cargo build --target {TRIPLE} -p tidegate --bin tidegate, or scripts/package {TRIPLE} for the gateway profile)",
             path.display()
         ));
     }
