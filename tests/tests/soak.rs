@@ -377,12 +377,15 @@ fn soak_with_faults_balances_the_books() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     // Small enough that the sink outages overflow it (eviction), large
-    // enough for the rollups that stand in for the evicted points: 448 KiB
+    // enough for the rollups that stand in for the evicted points: 416 KiB
     // for 3 minutes, plus room for ~16 KiB of rollups per further minute.
+    // The window is narrow: once MQTT messages were committed with the
+    // flush rather than every 10 ms, the store packed tighter and 448 KiB
+    // sometimes evicted nothing a sink lacked; 384 KiB evicted rollups too.
     let budget_kib: u64 = std::env::var("TIDEGATE_SOAK_BUDGET_KIB")
         .ok()
         .map(|v| v.parse().expect("TIDEGATE_SOAK_BUDGET_KIB is a number"))
-        .unwrap_or_else(|| 448 + 16 * (secs / 60.0 - 3.0).max(0.0) as u64);
+        .unwrap_or_else(|| 416 + 16 * (secs / 60.0 - 3.0).max(0.0) as u64);
     let cfg = config(
         dir,
         &broker.url(),

@@ -224,6 +224,8 @@ pub struct Broker {
     proc: Proc,
     port: u16,
     log: PathBuf,
+    /// Its `max_inflight_messages`, which the agent is told (`broker_inflight`).
+    inflight: usize,
 }
 
 impl Broker {
@@ -273,7 +275,12 @@ impl Broker {
                     .then_some(true))
             })?;
             if up {
-                return Ok(Broker { proc, port, log });
+                return Ok(Broker {
+                    proc,
+                    port,
+                    log,
+                    inflight,
+                });
             }
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if attempt < 3 && text.contains("in use") {
@@ -567,6 +574,7 @@ name = "feed"
 url = "{url}"
 backoff_max = "1s"
 max_series = 1000000
+broker_inflight = {inflight}
 
 [[sources.mqtt.subscriptions]]
 topic = "{prefix}/+site/+device"
@@ -575,6 +583,7 @@ precision = "ms"
 "#,
             state = state.display(),
             url = broker.url(),
+            inflight = broker.inflight,
         );
         if let Some((name, url)) = sink {
             cfg.push_str(&format!(

@@ -156,6 +156,7 @@ async fn round(
     label: &str,
     messages: usize,
     per_message: usize,
+    inflight: usize,
 ) -> anyhow::Result<Round> {
     let lp = per_message > 1;
     let tag = if lp { "lp" } else { "num" };
@@ -246,6 +247,7 @@ async fn round(
         max_series: usize::MAX,
         max_future_skew: None,
         max_past_age: None,
+        broker_inflight: inflight,
         tags: Default::default(),
         subscriptions: vec![subscription],
     };
@@ -313,7 +315,18 @@ pub fn run(b: &IngestBench, dir: &Path) -> anyhow::Result<String> {
     let rounds = rt.block_on(async {
         let mut rounds = Vec::new();
         if b.single_messages > 0 {
-            rounds.push(round(&url, pid, dir, "1 point/message", b.single_messages, 1).await?);
+            rounds.push(
+                round(
+                    &url,
+                    pid,
+                    dir,
+                    "1 point/message",
+                    b.single_messages,
+                    1,
+                    b.inflight,
+                )
+                .await?,
+            );
         }
         if b.lp_messages > 0 {
             let label = format!("{} points/message (lp)", b.points_per_message);
@@ -325,6 +338,7 @@ pub fn run(b: &IngestBench, dir: &Path) -> anyhow::Result<String> {
                     &label,
                     b.lp_messages,
                     b.points_per_message.max(2),
+                    b.inflight,
                 )
                 .await?,
             );

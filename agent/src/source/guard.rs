@@ -3,11 +3,10 @@
 //! (`max_future_skew`) or past (`max_past_age`). A message is taken or
 //! rejected whole.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use super::parse::Reject;
-use crate::point::{Point, SeriesKey};
+use crate::point::{Point, SeriesKey, SeriesMap};
 
 /// A source's limits, and the series it has let through.
 pub struct Guard {
@@ -15,7 +14,7 @@ pub struct Guard {
     max_future_ns: Option<i64>,
     max_past_ns: Option<i64>,
     /// Series let through, and whether one was seen stamped on arrival.
-    seen: HashMap<SeriesKey, bool>,
+    seen: SeriesMap<bool>,
 }
 
 impl Guard {
@@ -30,7 +29,7 @@ impl Guard {
             max_series,
             max_future_ns: max_future_skew.map(ns),
             max_past_ns: max_past_age.map(ns),
-            seen: HashMap::new(),
+            seen: SeriesMap::default(),
         }
     }
 

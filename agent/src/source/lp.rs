@@ -15,22 +15,16 @@
 //! - A message is taken whole or not at all: one bad line rejects it, with the
 //!   reason of that line.
 
-use std::collections::HashMap;
-
 use super::parse::Reject;
 use crate::config::TimeUnit;
-use crate::point::{Point, SeriesKey};
-
-/// Upper bound on the series key cache.
-const KEY_CACHE_MAX: usize = 8192;
+use crate::point::{KeyCache, Point, SeriesKey};
 
 /// Parses line protocol, remembering the series keys it has built (sensors
 /// repeat the same few, and building one allocates).
 pub struct LpParser {
     precision: TimeUnit,
     max_fields: usize,
-    keys: HashMap<Box<[u8]>, SeriesKey>,
-    scratch: Vec<u8>,
+    keys: KeyCache,
 }
 
 /// Parses a whole payload of line protocol with timestamps in `precision`,
@@ -48,8 +42,7 @@ impl LpParser {
         LpParser {
             precision,
             max_fields,
-            keys: HashMap::new(),
-            scratch: Vec::new(),
+            keys: KeyCache::default(),
         }
     }
 
@@ -167,33 +160,26 @@ impl LpParser {
         field: &str,
         extra: &[(&str, &str)],
     ) -> Result<SeriesKey, Reject> {
-        self.scratch.clear();
+        let raw = self.keys.raw();
         for (k, v) in extra {
-            self.scratch.extend_from_slice(k.as_bytes());
-            self.scratch.push(0xfe);
-            self.scratch.extend_from_slice(v.as_bytes());
-            self.scratch.push(0xfe);
+            raw.extend_from_slice(k.as_bytes());
+            raw.push(0xfe);
+            raw.extend_from_slice(v.as_bytes());
+            raw.push(0xfe);
         }
-        self.scratch.push(0xff);
-        self.scratch.extend_from_slice(series.as_bytes());
-        self.scratch.push(0xff);
-        self.scratch.extend_from_slice(field.as_bytes());
-        if let Some(k) = self.keys.get(&self.scratch[..]) {
-            return Ok(k.clone());
-        }
-        let measurement = unescape(&series[..meas_end]);
-        let tags = parse_tags(series, meas_end)?;
-        let all = extra
-            .iter()
-            .copied()
-            .chain(tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let key = SeriesKey::new(&measurement, all, &unescape(field));
-        if self.keys.len() >= KEY_CACHE_MAX {
-            self.keys.clear();
-        }
-        self.keys
-            .insert(self.scratch.clone().into_boxed_slice(), key.clone());
-        Ok(key)
+        raw.push(0xff);
+        raw.extend_from_slice(series.as_bytes());
+        raw.push(0xff);
+        raw.extend_from_slice(field.as_bytes());
+        self.keys.get_or_build(|| {
+            let measurement = unescape(&series[..meas_end]);
+            let tags = parse_tags(series, meas_end)?;
+            let all = extra
+                .iter()
+                .copied()
+                .chain(tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            Ok(SeriesKey::new(&measurement, all, &unescape(field)))
+        })
     }
 }
 

@@ -7,23 +7,28 @@
 //! are durable in the store's journal ([`StoreHandle::append_durable_begin`]),
 //! so a crash between receipt and flush makes the broker deliver it again
 //! instead of losing it (at-least-once: a point may then be stored twice,
-//! which the target databases treat as one). Acks are pipelined: the task
-//! keeps reading while earlier messages commit, and every message of one
-//! group commit is acknowledged when it completes.
+//! which the target databases treat as one).
+//!
+//! When to commit: read messages linger here up to 50 ms and go to the store
+//! in one batch; their acknowledgements wait for the store's next flush tick
+//! (one commit a second), unless the broker's window of unacknowledged
+//! messages (`broker_inflight`, mosquitto's `max_inflight_messages`) is full,
+//! or the stream pauses with messages waiting: then the store commits within
+//! milliseconds. A commit writes a few pages, so committing per window rather
+//! than per message is most of the difference in CPU and SD-card writes.
 //!
 //! Backpressure: when the store is behind, appending waits, the event loop is
-//! not polled, TCP fills, and the broker keeps the messages. The broker sends
-//! at most `max_inflight_messages` unacknowledged QoS 1 messages to a client
-//! (mosquitto's default is 20, too few to fill a group commit): operators set
-//! `max_inflight_messages 1000` (or more) and `max_queued_messages 0`
-//! (unlimited; the default 1000 drops messages queued for a slow or absent
-//! subscriber) in mosquitto.conf. That window also bounds the memory held
-//! here for messages not yet acknowledged.
+//! not polled, TCP fills, and the broker keeps the messages. mosquitto's
+//! default window is 20 messages, which costs a commit every 20 messages:
+//! operators set `max_inflight_messages 1000` (and `broker_inflight = 1000`
+//! here) and `max_queued_messages 0` (unlimited; the default 1000 drops
+//! messages queued for a slow or absent subscriber) in mosquitto.conf. That
+//! window also bounds the memory held here for messages not yet acknowledged.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,8 +48,8 @@ use crate::mqtt::parse_url;
 use crate::ops::metrics::SourceStats;
 use crate::ops::RateLimit;
 use crate::point::now_ns;
-use crate::point::{Batch, DeadLetter, Point, SeriesKey};
-use crate::store::{Durable, StoreError, StoreHandle};
+use crate::point::{Batch, DeadLetter, KeyCache, Point, SeriesKey};
+use crate::store::{Commit, Durable, StoreError, StoreHandle};
 use crate::sync::Backoff;
 
 /// One broker connection (`[[sources.mqtt]]`).
@@ -108,6 +113,16 @@ pub struct MqttSourceConfig {
     /// Points older than this are rejected (`too_old`); none if unset.
     #[serde(default, with = "humantime_serde")]
     pub max_past_age: Option<Duration>,
+    /// The broker's window of unacknowledged QoS 1 messages for this client
+    /// (mosquitto's `max_inflight_messages`, 20 by default): once this many
+    /// wait for their acknowledgement the broker sends no more, so the store
+    /// commits them at once when three quarters of it wait. Below it, messages are acknowledged with the
+    /// store's next flush (`store.flush_interval`): one commit a second, not
+    /// one every few milliseconds, is what spares the SD card. Set it to the
+    /// broker's value; too high costs throughput (commits then wait for a
+    /// pause in the stream), never data.
+    #[serde(default = "default_broker_inflight")]
+    pub broker_inflight: usize,
     /// Tags added to every point of this source.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
@@ -182,6 +197,9 @@ fn default_keep_alive() -> Duration {
 }
 fn default_backoff_max() -> Duration {
     Duration::from_secs(30)
+}
+fn default_broker_inflight() -> usize {
+    20
 }
 fn default_max_payload() -> usize {
     256 * 1024
@@ -291,13 +309,10 @@ pub struct Decoder {
     max_payload: usize,
     max_depth: usize,
     max_fields: usize,
-    keys: HashMap<Box<[u8]>, SeriesKey>,
-    scratch: Vec<u8>,
+    keys: KeyCache,
     /// Sparkplug B births seen (aliases and datatypes).
     sparkplug: Sparkplug,
 }
-
-const KEY_CACHE_MAX: usize = 8192;
 
 impl Decoder {
     /// A decoder for a validated source configuration.
@@ -323,8 +338,7 @@ impl Decoder {
             max_payload: cfg.max_payload,
             max_depth: cfg.max_json_depth,
             max_fields: cfg.max_fields,
-            keys: HashMap::new(),
-            scratch: Vec::new(),
+            keys: KeyCache::default(),
             sparkplug: Sparkplug::default(),
         })
     }
@@ -380,7 +394,6 @@ impl Decoder {
                 tags.extend(msg.tags.iter().map(|(k, v)| (*k, v.as_str())));
                 return Ok(push_points(
                     &mut self.keys,
-                    &mut self.scratch,
                     (measurement, &tags),
                     msg.points,
                     out,
@@ -448,7 +461,6 @@ impl Decoder {
         }
         Ok(push_points(
             &mut self.keys,
-            &mut self.scratch,
             (measurement, &tags),
             values.into_iter().map(|(field, v)| (field, ts_ns, v)),
             out,
@@ -459,15 +471,24 @@ impl Decoder {
 /// Appends one point per (field, ns, value) of `measurement` with `tags`
 /// to `out`; returns how many.
 fn push_points<F: AsRef<str>>(
-    cache: &mut HashMap<Box<[u8]>, SeriesKey>,
-    scratch: &mut Vec<u8>,
+    keys: &mut KeyCache,
     (measurement, tags): (&str, &[(&str, &str)]),
     points: impl IntoIterator<Item = (F, i64, f64)>,
     out: &mut Vec<Point>,
 ) -> usize {
     let start = out.len();
     for (field, ts_ns, value) in points {
-        let series = key(cache, scratch, measurement, tags, field.as_ref());
+        let field = field.as_ref();
+        let raw = keys.raw();
+        for part in std::iter::once(measurement)
+            .chain(tags.iter().flat_map(|(k, v)| [*k, *v]))
+            .chain(std::iter::once(field))
+        {
+            raw.extend_from_slice(part.as_bytes());
+            raw.push(0xff);
+        }
+        let series =
+            keys.get_or_insert_with(|| SeriesKey::new(measurement, tags.iter().copied(), field));
         out.push(Point {
             series,
             ts_ns,
@@ -475,32 +496,6 @@ fn push_points<F: AsRef<str>>(
         });
     }
     out.len() - start
-}
-
-fn key(
-    cache: &mut HashMap<Box<[u8]>, SeriesKey>,
-    scratch: &mut Vec<u8>,
-    measurement: &str,
-    tags: &[(&str, &str)],
-    field: &str,
-) -> SeriesKey {
-    scratch.clear();
-    for part in std::iter::once(measurement)
-        .chain(tags.iter().flat_map(|(k, v)| [*k, *v]))
-        .chain(std::iter::once(field))
-    {
-        scratch.extend_from_slice(part.as_bytes());
-        scratch.push(0xff);
-    }
-    if let Some(k) = cache.get(&scratch[..]) {
-        return k.clone();
-    }
-    let k = SeriesKey::new(measurement, tags.iter().copied(), field);
-    if cache.len() >= KEY_CACHE_MAX {
-        cache.clear();
-    }
-    cache.insert(scratch.clone().into_boxed_slice(), k.clone());
-    k
 }
 
 fn json_number(name: &str, v: &serde_json::Value) -> Result<f64, Reject> {
@@ -610,11 +605,89 @@ struct Pending {
     publishes: Vec<Publish>,
 }
 
-/// At most this many messages the event loop already holds go to the store
-/// as one batch: one store request, one group-commit wait and one wake-up of
-/// the acknowledger for all of them, instead of one each (at one point a
-/// message, the hand-offs, not the parsing, were most of the CPU).
+/// At most this many messages are held before they go to the store as one
+/// batch: one store request and one wake-up of the acknowledger for all of
+/// them (at one request a message, the hand-offs, not the parsing, were most
+/// of the CPU).
 const GATHER: usize = 256;
+
+/// At most this many points are held before they go to the store.
+const GATHER_POINTS: usize = 8192;
+
+/// How long read messages may wait here before they go to the store
+/// together: a paced stream reaches the store in a few batches a second,
+/// not one wake-up a message. Their acknowledgements wait for a commit anyway.
+const LINGER: Duration = Duration::from_millis(50);
+
+/// A pause this long in the stream while messages wait for their
+/// acknowledgement asks the store to commit at once: the broker may be
+/// holding back because its window is smaller than `broker_inflight` says.
+const IDLE: Duration = Duration::from_millis(100);
+
+/// Messages read and decoded, not yet handed to the store.
+#[derive(Default)]
+struct Held {
+    /// QoS 1 and 2 messages, acknowledged once their points are durable.
+    publishes: Vec<Publish>,
+    /// Their points.
+    acked: Batch,
+    /// Points of QoS 0 messages: nothing to acknowledge.
+    at_most_once: Batch,
+    /// Rejected messages.
+    dead: Vec<DeadLetter>,
+    /// Messages held, of any QoS.
+    messages: usize,
+    /// When the first of them was read.
+    since: Option<Instant>,
+}
+
+impl Held {
+    fn is_full(&self) -> bool {
+        self.messages >= GATHER
+            || self.acked.points.len() + self.at_most_once.points.len() >= GATHER_POINTS
+    }
+}
+
+/// Hands what is held to the store: dead letters, QoS 0 points, then the
+/// points of the messages to acknowledge, whose acknowledgements go to the
+/// acknowledger to wait for the commit `commit` asks for. An error means the
+/// store or the acknowledger is gone.
+async fn hand_off(
+    held: &mut Held,
+    commit: Commit,
+    store: &StoreHandle,
+    ack_tx: &mpsc::UnboundedSender<Pending>,
+    unacked: &AtomicUsize,
+) -> Result<(), StoreError> {
+    let Held {
+        publishes,
+        acked,
+        at_most_once,
+        dead,
+        ..
+    } = std::mem::take(held);
+    let rejected = !dead.is_empty();
+    store.dead_letters(dead).await?;
+    if !at_most_once.is_empty() {
+        store.append(at_most_once).await?;
+    }
+    if publishes.is_empty() && commit == Commit::WithTick {
+        return Ok(());
+    }
+    // Waits while the store is behind: the event loop is not polled
+    // meanwhile (backpressure to the broker). A rejected message is
+    // acknowledged once its dead letter is committed too (the same flush,
+    // as the store takes requests in order).
+    let durable = if acked.is_empty() && !rejected && commit == Commit::WithTick {
+        None
+    } else {
+        Some(store.append_durable_begin(acked, commit).await?)
+    };
+    unacked.fetch_add(publishes.len(), Relaxed);
+    ack_tx
+        .send(Pending { durable, publishes })
+        .map_err(|_| StoreError::Closed)
+}
 
 /// Runs one MQTT source until `shutdown`.
 pub async fn run(
@@ -643,23 +716,54 @@ pub async fn run(
         .collect();
     let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CAPACITY);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    // Messages handed to the store and not yet acknowledged: with those
+    // held here, what the broker counts against its window.
+    let unacked = Arc::new(AtomicUsize::new(0));
     let acker = tokio::spawn(ack_when_durable(
         client.clone(),
         ack_rx,
         store.clone(),
         stats.clone(),
         name.clone(),
+        unacked.clone(),
     ));
+    // Commit once three quarters of the broker's window wait, so that the
+    // acknowledgements are back before it runs dry.
+    let window = (cfg.broker_inflight * 3 / 4).max(1);
     let mut backoff = Backoff::new(Duration::from_millis(200), cfg.backoff_max);
     let mut down_since: Option<Instant> = None;
     let mut log = RateLimit::new(Duration::from_secs(10));
+    let mut held = Held::default();
+    let mut last_read = Instant::now();
+    // Whether a prompt commit was asked for since the last message read.
+    let mut hurried = true;
     // An event read while gathering messages, handled next.
     let mut next = None;
     loop {
+        // When to stop waiting for the broker: held messages have lingered
+        // long enough, or the stream paused with messages unacknowledged.
+        let idle_at = (!hurried && (held.messages > 0 || unacked.load(Relaxed) > 0))
+            .then_some(last_read + IDLE);
+        let wake_at = match (held.since.map(|t| t + LINGER), idle_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let event = match next.take() {
             Some(e) => e,
             None => tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake_at.unwrap_or_else(Instant::now))), if wake_at.is_some() => {
+                    let commit = if idle_at.is_some_and(|t| Instant::now() >= t) {
+                        hurried = true;
+                        Commit::Soon
+                    } else {
+                        Commit::WithTick
+                    };
+                    if hand_off(&mut held, commit, &store, &ack_tx, &unacked).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 e = eventloop.poll() => e,
             },
         };
@@ -695,7 +799,7 @@ pub async fn run(
                 // What the event loop already read comes along (polled once
                 // each, never waiting).
                 let mut publishes = vec![p];
-                while publishes.len() < GATHER {
+                while held.messages + publishes.len() < GATHER {
                     match futures_util::FutureExt::now_or_never(eventloop.poll()) {
                         Some(Ok(Event::Incoming(Packet::Publish(p)))) => publishes.push(p),
                         Some(other) => {
@@ -705,15 +809,17 @@ pub async fn run(
                         None => break,
                     }
                 }
+                last_read = Instant::now();
+                hurried = false;
+                held.since.get_or_insert(last_read);
                 let now = now_ns();
-                let (mut at_most_once, mut acked) = (Batch::default(), Batch::default());
-                let mut dead = Vec::new();
-                for p in &publishes {
+                for p in publishes {
                     stats.lines.fetch_add(1, Relaxed);
+                    held.messages += 1;
                     let batch = if p.qos == QoS::AtMostOnce {
-                        &mut at_most_once
+                        &mut held.at_most_once
                     } else {
-                        &mut acked
+                        &mut held.acked
                     };
                     let start = batch.points.len();
                     let decoded = decoder
@@ -729,48 +835,40 @@ pub async fn run(
                         Err(reason) => {
                             batch.points.truncate(start);
                             stats.reject(reason.label());
-                            dead.push(DeadLetter::new(
+                            held.dead.push(DeadLetter::new(
                                 dead_name.clone(),
                                 reason.label(),
                                 format!("topic {}: {reason}", p.topic),
                                 &p.payload,
                                 now,
                             ));
-                            if let Some(held) = log.allow(Instant::now()) {
+                            if let Some(n) = log.allow(Instant::now()) {
                                 let example =
                                     String::from_utf8_lossy(&p.payload[..p.payload.len().min(120)]);
-                                warn!(source = %name, topic = %p.topic, reason = reason.label(), suppressed = held,
+                                warn!(source = %name, topic = %p.topic, reason = reason.label(), suppressed = n,
                                     "rejected a message ({reason}): {example:?}; check the sensor's payload and the subscription's format");
                             }
                         }
                     }
-                }
-                let rejected = !dead.is_empty();
-                if rejected && store.dead_letters(dead).await.is_err() {
-                    break;
-                }
-                if !at_most_once.is_empty() && store.append(at_most_once).await.is_err() {
-                    break;
-                }
-                publishes.retain(|p| p.qos != QoS::AtMostOnce);
-                if publishes.is_empty() {
-                    continue;
-                }
-                // Waits while the store is behind: the event loop is not
-                // polled meanwhile (backpressure to the broker).
-                // A rejected message is acknowledged once its dead letter
-                // is committed too (the same flush, as the store takes
-                // requests in order).
-                let durable = if acked.is_empty() && !rejected {
-                    None
-                } else {
-                    match store.append_durable_begin(acked).await {
-                        Ok(d) => Some(d),
-                        Err(_) => break,
+                    if p.qos != QoS::AtMostOnce {
+                        held.publishes.push(p);
                     }
+                }
+                // The broker's window is (nearly) full: it sends nothing more until
+                // these are acknowledged, so they are committed at once.
+                let commit = if held.publishes.len() + unacked.load(Relaxed) >= window {
+                    hurried = true;
+                    Some(Commit::Soon)
+                } else {
+                    held.is_full().then_some(Commit::WithTick)
                 };
-                if ack_tx.send(Pending { durable, publishes }).is_err() {
-                    break;
+                if let Some(commit) = commit {
+                    if hand_off(&mut held, commit, &store, &ack_tx, &unacked)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
                 }
             }
             Ok(_) => {}
@@ -780,6 +878,14 @@ pub async fn run(
                     warn!(source = %name, url = %cfg.url, "MQTT connection failed or lost ({e}); reconnecting with backoff, the broker keeps QoS 1 messages for the session");
                     down_since = Some(Instant::now());
                 }
+                // What was read before the loss is stored; the broker sends
+                // the unacknowledged messages again on the next session.
+                if hand_off(&mut held, Commit::WithTick, &store, &ack_tx, &unacked)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -788,7 +894,9 @@ pub async fn run(
         }
     }
     stats.connected.store(false, Relaxed);
-    // Acknowledge what is durable, then say goodbye, within a short grace.
+    // Store what was read, commit it now rather than at the next tick, and
+    // acknowledge what is durable; then say goodbye, within a short grace.
+    let _ = hand_off(&mut held, Commit::Soon, &store, &ack_tx, &unacked).await;
     drop(ack_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let mut acker = acker;
@@ -817,6 +925,7 @@ async fn ack_when_durable(
     store: StoreHandle,
     stats: Arc<SourceStats>,
     name: String,
+    unacked: Arc<AtomicUsize>,
 ) {
     while let Some(p) = rx.recv().await {
         if let Some(d) = p.durable {
@@ -844,6 +953,7 @@ async fn ack_when_durable(
                 return;
             }
         }
+        unacked.fetch_sub(p.publishes.len(), Relaxed);
     }
 }
 

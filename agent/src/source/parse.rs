@@ -3,11 +3,9 @@
 //! Pure functions of the bytes and the arrival time: no I/O, no clock, so every
 //! framing rule is tested here and fuzzed later without a port.
 
-use std::collections::HashMap;
-
 use super::lp::LpParser;
 use crate::config::{Framing, SerialSourceConfig, TimeUnit};
-use crate::point::{Point, SeriesKey};
+use crate::point::{KeyCache, Point, SeriesKey};
 
 /// Why a line was not accepted. The label is the counter's reason name.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -139,11 +137,8 @@ pub struct LineParser {
     /// The `lp` framing's parser (it keeps its own key cache).
     lp: LpParser,
     /// Building a key allocates and sorts; sensors repeat the same few keys.
-    keys: HashMap<(Vec<(String, String)>, String), SeriesKey>,
+    keys: KeyCache,
 }
-
-/// Upper bound on the key cache, so a source inventing new tags cannot grow it forever.
-const KEY_CACHE_MAX: usize = 4096;
 
 impl LineParser {
     /// A parser for one serial source's settings.
@@ -161,7 +156,7 @@ impl LineParser {
             max_fields: cfg.max_fields,
             max_depth: cfg.max_json_depth,
             lp: LpParser::new(cfg.timestamp_unit, cfg.max_fields),
-            keys: HashMap::new(),
+            keys: KeyCache::default(),
         }
     }
 
@@ -394,21 +389,23 @@ impl LineParser {
     }
 
     fn key(&mut self, tags: &[(String, String)], field: &str) -> SeriesKey {
-        let cache_key = (tags.to_vec(), field.to_string());
-        if let Some(k) = self.keys.get(&cache_key) {
-            return k.clone();
+        let raw = self.keys.raw();
+        for (k, v) in tags {
+            raw.extend_from_slice(k.as_bytes());
+            raw.push(0xfe);
+            raw.extend_from_slice(v.as_bytes());
+            raw.push(0xfe);
         }
-        let all = self
-            .base_tags
-            .iter()
-            .chain(tags.iter())
-            .map(|(k, v)| (k.as_str(), v.as_str()));
-        let key = SeriesKey::new(&self.measurement, all, field);
-        if self.keys.len() >= KEY_CACHE_MAX {
-            self.keys.clear();
-        }
-        self.keys.insert(cache_key, key.clone());
-        key
+        raw.push(0xff);
+        raw.extend_from_slice(field.as_bytes());
+        let (measurement, base_tags) = (&self.measurement, &self.base_tags);
+        self.keys.get_or_insert_with(|| {
+            let all = base_tags
+                .iter()
+                .chain(tags.iter())
+                .map(|(k, v)| (k.as_str(), v.as_str()));
+            SeriesKey::new(measurement, all, field)
+        })
     }
 }
 

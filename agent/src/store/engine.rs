@@ -28,7 +28,7 @@ pub use clock::{ClockStep, Correction, CorrectionRow};
 mod dead;
 pub use dead::DeadLetterRow;
 mod uplink;
-use crate::point::{Batch, Point, SeriesKey};
+use crate::point::{Batch, Point, SeriesKey, SeriesMap};
 pub use uplink::{DegradedPending, DegradedRange};
 
 /// Bits of a chunk key given to the series id: at most about a million series.
@@ -153,7 +153,7 @@ struct Pending {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
-    ids: HashMap<SeriesKey, u32>,
+    ids: SeriesMap<u32>,
     /// Series keys by id; index 0 is unused.
     keys: Vec<SeriesKey>,
     /// Ids assigned since the last successful flush.
@@ -299,7 +299,7 @@ impl Store {
         metrics: Arc<Metrics>,
     ) -> Result<Store, StoreError> {
         let mut keys = vec![SeriesKey::from_canonical("")];
-        let mut ids = HashMap::new();
+        let mut ids = SeriesMap::default();
         {
             let mut stmt = conn.prepare("SELECT id, key FROM series ORDER BY id")?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)))?;

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use actor::{spawn, Durable, StoreHandle, StoreTask, Tap, TapReceiver};
+pub use actor::{spawn, Commit, Durable, StoreHandle, StoreTask, Tap, TapReceiver};
 use engine::SERIES_BITS;
 pub use engine::{
     ClockStep, Correction, CorrectionRow, DeadLetterRow, DegradedPending, DegradedRange, Evicted,
