@@ -38,6 +38,22 @@ impl KeyCache {
         &mut self.raw
     }
 
+    /// [`KeyCache::raw`] with `tags` written into it (`k 0xfe v 0xfe` each:
+    /// bytes no UTF-8 text holds, so no two tag lists write the same).
+    pub fn raw_with_tags<K: AsRef<str>, V: AsRef<str>>(
+        &mut self,
+        tags: impl IntoIterator<Item = (K, V)>,
+    ) -> &mut Vec<u8> {
+        let raw = self.raw();
+        for (k, v) in tags {
+            raw.extend_from_slice(k.as_ref().as_bytes());
+            raw.push(0xfe);
+            raw.extend_from_slice(v.as_ref().as_bytes());
+            raw.push(0xfe);
+        }
+        raw
+    }
+
     /// The key of the raw form last written to [`KeyCache::raw`]; `build`
     /// makes it when it is not cached.
     pub fn get_or_build<E>(

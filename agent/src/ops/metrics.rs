@@ -136,6 +136,9 @@ pub struct SourceStats {
     pub lines: AtomicU64,
     /// Points produced.
     pub points: AtomicU64,
+    /// MQTT messages the broker sent again (DUP) while their first copy was
+    /// still unacknowledged here: acknowledged, not stored twice.
+    pub redelivered: AtomicU64,
     /// Whether the port is open now.
     pub connected: AtomicBool,
     /// Wall time (ns) of the last second in which points arrived (updated by [`Metrics::tick`]).
@@ -385,6 +388,7 @@ impl Metrics {
                 lines: s.lines.load(Relaxed),
                 points: s.points.load(Relaxed),
                 connected: s.connected.load(Relaxed),
+                redelivered: s.redelivered.load(Relaxed),
                 rejects: s.rejects_snapshot(),
                 rate: f64::from_bits(s.rate.load(Relaxed)),
                 last_seen_ns: s.last_seen_ns.load(Relaxed),
@@ -527,6 +531,9 @@ pub struct SourceStatus {
     pub points: u64,
     /// Port open now.
     pub connected: bool,
+    /// MQTT redeliveries recognised and not stored twice.
+    #[serde(default)]
+    pub redelivered: u64,
     /// Rejected lines by reason.
     pub rejects: BTreeMap<String, u64>,
     /// Points per second (EWMA over about 5 s).

@@ -160,13 +160,7 @@ impl LpParser {
         field: &str,
         extra: &[(&str, &str)],
     ) -> Result<SeriesKey, Reject> {
-        let raw = self.keys.raw();
-        for (k, v) in extra {
-            raw.extend_from_slice(k.as_bytes());
-            raw.push(0xfe);
-            raw.extend_from_slice(v.as_bytes());
-            raw.push(0xfe);
-        }
+        let raw = self.keys.raw_with_tags(extra.iter().copied());
         raw.push(0xff);
         raw.extend_from_slice(series.as_bytes());
         raw.push(0xff);

@@ -26,10 +26,10 @@
 //! window also bounds the memory held here for messages not yet acknowledged.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS};
@@ -648,6 +648,46 @@ impl Held {
     }
 }
 
+/// Messages read and not yet acknowledged (QoS 1 and 2): how many (the
+/// broker counts them against its window) and their fingerprints, topic and
+/// payload hashed. When a connection drops before the broker has an
+/// acknowledgement, it sends the message again with DUP set; one that is
+/// still here was stored already, so it is acknowledged without storing its
+/// points twice. (After an agent restart nothing is here: a message that was
+/// committed but not acknowledged is stored again, at least once.)
+#[derive(Default)]
+struct Outstanding {
+    hasher: ahash::RandomState,
+    prints: HashMap<u64, u32>,
+    count: usize,
+}
+
+impl Outstanding {
+    fn print(&self, p: &Publish) -> u64 {
+        self.hasher.hash_one((&p.topic, &p.payload[..]))
+    }
+
+    /// Counts `p` in; whether it is a redelivery of a message still here.
+    fn read(&mut self, p: &Publish) -> bool {
+        let print = self.print(p);
+        let n = self.prints.entry(print).or_default();
+        *n += 1;
+        self.count += 1;
+        p.dup && *n > 1
+    }
+
+    fn acknowledged(&mut self, p: &Publish) {
+        let print = self.print(p);
+        if let Some(n) = self.prints.get_mut(&print) {
+            *n -= 1;
+            if *n == 0 {
+                self.prints.remove(&print);
+            }
+        }
+        self.count = self.count.saturating_sub(1);
+    }
+}
+
 /// Hands what is held to the store: dead letters, QoS 0 points, then the
 /// points of the messages to acknowledge, whose acknowledgements go to the
 /// acknowledger to wait for the commit `commit` asks for. An error means the
@@ -657,7 +697,6 @@ async fn hand_off(
     commit: Commit,
     store: &StoreHandle,
     ack_tx: &mpsc::UnboundedSender<Pending>,
-    unacked: &AtomicUsize,
 ) -> Result<(), StoreError> {
     let Held {
         publishes,
@@ -683,7 +722,6 @@ async fn hand_off(
     } else {
         Some(store.append_durable_begin(acked, commit).await?)
     };
-    unacked.fetch_add(publishes.len(), Relaxed);
     ack_tx
         .send(Pending { durable, publishes })
         .map_err(|_| StoreError::Closed)
@@ -716,16 +754,14 @@ pub async fn run(
         .collect();
     let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CAPACITY);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    // Messages handed to the store and not yet acknowledged: with those
-    // held here, what the broker counts against its window.
-    let unacked = Arc::new(AtomicUsize::new(0));
+    let outstanding = Arc::new(Mutex::new(Outstanding::default()));
     let acker = tokio::spawn(ack_when_durable(
         client.clone(),
         ack_rx,
         store.clone(),
         stats.clone(),
         name.clone(),
-        unacked.clone(),
+        outstanding.clone(),
     ));
     // Commit once three quarters of the broker's window wait, so that the
     // acknowledgements are back before it runs dry.
@@ -742,8 +778,8 @@ pub async fn run(
     loop {
         // When to stop waiting for the broker: held messages have lingered
         // long enough, or the stream paused with messages unacknowledged.
-        let idle_at = (!hurried && (held.messages > 0 || unacked.load(Relaxed) > 0))
-            .then_some(last_read + IDLE);
+        let waiting = lock(&outstanding).count;
+        let idle_at = (!hurried && (held.messages > 0 || waiting > 0)).then_some(last_read + IDLE);
         let wake_at = match (held.since.map(|t| t + LINGER), idle_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -759,7 +795,7 @@ pub async fn run(
                     } else {
                         Commit::WithTick
                     };
-                    if hand_off(&mut held, commit, &store, &ack_tx, &unacked).await.is_err() {
+                    if hand_off(&mut held, commit, &store, &ack_tx).await.is_err() {
                         break;
                     }
                     continue;
@@ -813,60 +849,70 @@ pub async fn run(
                 hurried = false;
                 held.since.get_or_insert(last_read);
                 let now = now_ns();
-                for p in publishes {
-                    stats.lines.fetch_add(1, Relaxed);
-                    held.messages += 1;
-                    let batch = if p.qos == QoS::AtMostOnce {
-                        &mut held.at_most_once
-                    } else {
-                        &mut held.acked
-                    };
-                    let start = batch.points.len();
-                    let decoded = decoder
-                        .decode(&p.topic, &p.payload, now, &mut batch.points)
-                        .and_then(|n| guard.check(&batch.points[start..], now).map(|()| n));
-                    match decoded {
-                        Ok(n) => {
-                            stats.points.fetch_add(n as u64, Relaxed);
-                            for key in guard.newly_stamped(&batch.points[start..], now) {
-                                stats.stamped_on_arrival(key.clone());
-                            }
+                // Its own block: the lock is never held across an await.
+                let waiting = {
+                    let mut out = lock(&outstanding);
+                    for p in publishes {
+                        stats.lines.fetch_add(1, Relaxed);
+                        held.messages += 1;
+                        if p.qos != QoS::AtMostOnce && out.read(&p) {
+                            // Its first copy is stored (or on its way): the
+                            // acknowledgement is all the broker still needs.
+                            stats.redelivered.fetch_add(1, Relaxed);
+                            held.publishes.push(p);
+                            continue;
                         }
-                        Err(reason) => {
-                            batch.points.truncate(start);
-                            stats.reject(reason.label());
-                            held.dead.push(DeadLetter::new(
-                                dead_name.clone(),
-                                reason.label(),
-                                format!("topic {}: {reason}", p.topic),
-                                &p.payload,
-                                now,
-                            ));
-                            if let Some(n) = log.allow(Instant::now()) {
-                                let example =
-                                    String::from_utf8_lossy(&p.payload[..p.payload.len().min(120)]);
-                                warn!(source = %name, topic = %p.topic, reason = reason.label(), suppressed = n,
+                        let batch = if p.qos == QoS::AtMostOnce {
+                            &mut held.at_most_once
+                        } else {
+                            &mut held.acked
+                        };
+                        let start = batch.points.len();
+                        let decoded = decoder
+                            .decode(&p.topic, &p.payload, now, &mut batch.points)
+                            .and_then(|n| guard.check(&batch.points[start..], now).map(|()| n));
+                        match decoded {
+                            Ok(n) => {
+                                stats.points.fetch_add(n as u64, Relaxed);
+                                for key in guard.newly_stamped(&batch.points[start..], now) {
+                                    stats.stamped_on_arrival(key.clone());
+                                }
+                            }
+                            Err(reason) => {
+                                batch.points.truncate(start);
+                                stats.reject(reason.label());
+                                held.dead.push(DeadLetter::new(
+                                    dead_name.clone(),
+                                    reason.label(),
+                                    format!("topic {}: {reason}", p.topic),
+                                    &p.payload,
+                                    now,
+                                ));
+                                if let Some(n) = log.allow(Instant::now()) {
+                                    let example = String::from_utf8_lossy(
+                                        &p.payload[..p.payload.len().min(120)],
+                                    );
+                                    warn!(source = %name, topic = %p.topic, reason = reason.label(), suppressed = n,
                                     "rejected a message ({reason}): {example:?}; check the sensor's payload and the subscription's format");
+                                }
                             }
                         }
+                        if p.qos != QoS::AtMostOnce {
+                            held.publishes.push(p);
+                        }
                     }
-                    if p.qos != QoS::AtMostOnce {
-                        held.publishes.push(p);
-                    }
-                }
-                // The broker's window is (nearly) full: it sends nothing more until
-                // these are acknowledged, so they are committed at once.
-                let commit = if held.publishes.len() + unacked.load(Relaxed) >= window {
+                    // The broker's window is (nearly) full: it sends nothing more until
+                    // these are acknowledged, so they are committed at once.
+                    out.count
+                };
+                let commit = if waiting >= window {
                     hurried = true;
                     Some(Commit::Soon)
                 } else {
                     held.is_full().then_some(Commit::WithTick)
                 };
                 if let Some(commit) = commit {
-                    if hand_off(&mut held, commit, &store, &ack_tx, &unacked)
-                        .await
-                        .is_err()
-                    {
+                    if hand_off(&mut held, commit, &store, &ack_tx).await.is_err() {
                         break;
                     }
                 }
@@ -880,7 +926,7 @@ pub async fn run(
                 }
                 // What was read before the loss is stored; the broker sends
                 // the unacknowledged messages again on the next session.
-                if hand_off(&mut held, Commit::WithTick, &store, &ack_tx, &unacked)
+                if hand_off(&mut held, Commit::WithTick, &store, &ack_tx)
                     .await
                     .is_err()
                 {
@@ -896,7 +942,7 @@ pub async fn run(
     stats.connected.store(false, Relaxed);
     // Store what was read, commit it now rather than at the next tick, and
     // acknowledge what is durable; then say goodbye, within a short grace.
-    let _ = hand_off(&mut held, Commit::Soon, &store, &ack_tx, &unacked).await;
+    let _ = hand_off(&mut held, Commit::Soon, &store, &ack_tx).await;
     drop(ack_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let mut acker = acker;
@@ -925,7 +971,7 @@ async fn ack_when_durable(
     store: StoreHandle,
     stats: Arc<SourceStats>,
     name: String,
-    unacked: Arc<AtomicUsize>,
+    outstanding: Arc<Mutex<Outstanding>>,
 ) {
     while let Some(p) = rx.recv().await {
         if let Some(d) = p.durable {
@@ -953,8 +999,17 @@ async fn ack_when_durable(
                 return;
             }
         }
-        unacked.fetch_sub(p.publishes.len(), Relaxed);
+        let mut out = lock(&outstanding);
+        for publish in &p.publishes {
+            out.acknowledged(publish);
+        }
     }
+}
+
+/// The outstanding messages; a panic elsewhere while holding the lock
+/// leaves counts that are still usable.
+fn lock(o: &Mutex<Outstanding>) -> MutexGuard<'_, Outstanding> {
+    o.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn qos(q: u8) -> QoS {
@@ -1143,5 +1198,31 @@ timestamp = "/meta/ts"
             source("[[subscriptions]]\ntopic = \"a\"\n").client_id("gw"),
             "tidegate-gw-m"
         );
+    }
+
+    #[test]
+    fn a_redelivery_is_recognised_only_while_its_first_copy_is_unacknowledged() {
+        let msg = |payload: &str, dup: bool| {
+            let mut p = Publish::new("s/a", QoS::AtLeastOnce, payload.as_bytes().to_vec());
+            p.dup = dup;
+            p
+        };
+        let mut o = Outstanding::default();
+        assert!(!o.read(&msg("21.5", false)));
+        // The same reading sent again, not flagged: a new message.
+        assert!(!o.read(&msg("21.5", false)));
+        assert!(
+            o.read(&msg("21.5", true)),
+            "DUP while a copy is outstanding"
+        );
+        assert!(!o.read(&msg("21.6", true)), "DUP of a message never read");
+        assert_eq!(o.count, 4);
+        for p in [msg("21.5", false), msg("21.5", false), msg("21.5", true)] {
+            o.acknowledged(&p);
+        }
+        // Every copy acknowledged: a later DUP is a message the broker
+        // never saw acknowledged, and is stored.
+        assert!(!o.read(&msg("21.5", true)));
+        assert_eq!(o.count, 2);
     }
 }

@@ -389,13 +389,7 @@ impl LineParser {
     }
 
     fn key(&mut self, tags: &[(String, String)], field: &str) -> SeriesKey {
-        let raw = self.keys.raw();
-        for (k, v) in tags {
-            raw.extend_from_slice(k.as_bytes());
-            raw.push(0xfe);
-            raw.extend_from_slice(v.as_bytes());
-            raw.push(0xfe);
-        }
+        let raw = self.keys.raw_with_tags(tags.iter().map(|(k, v)| (k, v)));
         raw.push(0xff);
         raw.extend_from_slice(field.as_bytes());
         let (measurement, base_tags) = (&self.measurement, &self.base_tags);

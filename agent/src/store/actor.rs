@@ -520,8 +520,8 @@ mod tests {
     use crate::ops::Metrics;
     use crate::point::{Point, SeriesKey};
 
-    #[tokio::test]
-    async fn append_durable_commits_as_a_group_long_before_the_tick() {
+    /// A store task whose flush tick is an hour away, in a temporary directory.
+    fn hourly_store() -> (tempfile::TempDir, Arc<Metrics>, StoreHandle, StoreTask) {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::new("t");
         let store = Store::open(&dir.path().join("s.db"), metrics.clone()).unwrap();
@@ -530,22 +530,27 @@ mod tests {
             ..Default::default()
         };
         let (handle, task) = spawn(store, &cfg);
+        (dir, metrics, handle, task)
+    }
+
+    fn one_point(i: i64) -> Batch {
+        Batch {
+            points: vec![Point {
+                series: SeriesKey::new("m", [], "f"),
+                ts_ns: i,
+                value: i as f64,
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn append_durable_commits_as_a_group_long_before_the_tick() {
+        let (_dir, metrics, handle, task) = hourly_store();
         let t0 = Instant::now();
         let mut waits = Vec::new();
         for i in 0..200 {
-            let batch = Batch {
-                points: vec![Point {
-                    series: SeriesKey::new("m", [], "f"),
-                    ts_ns: i,
-                    value: i as f64,
-                }],
-            };
-            waits.push(
-                handle
-                    .append_durable_begin(batch, Commit::Soon)
-                    .await
-                    .unwrap(),
-            );
+            let d = handle.append_durable_begin(one_point(i), Commit::Soon);
+            waits.push(d.await.unwrap());
         }
         for w in waits {
             w.wait().await.unwrap();
@@ -561,30 +566,12 @@ mod tests {
 
     #[tokio::test]
     async fn with_tick_appends_wait_for_a_prompt_commit_or_the_tick() {
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = Metrics::new("t");
-        let store = Store::open(&dir.path().join("s.db"), metrics.clone()).unwrap();
-        let cfg = StoreConfig {
-            flush_interval: Duration::from_secs(3600),
-            ..Default::default()
-        };
-        let (handle, task) = spawn(store, &cfg);
+        let (_dir, metrics, handle, task) = hourly_store();
         let flushes = metrics.store.flushes.load(Relaxed);
         let mut waits = Vec::new();
         for i in 0..100 {
-            let batch = Batch {
-                points: vec![Point {
-                    series: SeriesKey::new("m", [], "f"),
-                    ts_ns: i,
-                    value: i as f64,
-                }],
-            };
-            waits.push(
-                handle
-                    .append_durable_begin(batch, Commit::WithTick)
-                    .await
-                    .unwrap(),
-            );
+            let d = handle.append_durable_begin(one_point(i), Commit::WithTick);
+            waits.push(d.await.unwrap());
         }
         // A round trip: the store has taken every append, and committed none.
         let pending = handle.with(|s| Ok(s.pending())).await.unwrap();
