@@ -116,11 +116,11 @@ pub struct MqttSourceConfig {
     /// The broker's window of unacknowledged QoS 1 messages for this client
     /// (mosquitto's `max_inflight_messages`, 20 by default): once this many
     /// wait for their acknowledgement the broker sends no more, so the store
-    /// commits them at once when three quarters of it wait. Below it, messages are acknowledged with the
-    /// store's next flush (`store.flush_interval`): one commit a second, not
-    /// one every few milliseconds, is what spares the SD card. Set it to the
-    /// broker's value; too high costs throughput (commits then wait for a
-    /// pause in the stream), never data.
+    /// commits as soon as three quarters of it wait. Below that, messages are
+    /// acknowledged after the store's next flush (`store.flush_interval`):
+    /// one commit a second, not one every few milliseconds, is what spares
+    /// the SD card. Set it to the broker's value; too high costs throughput
+    /// (commits then wait for a pause in the stream), never data.
     #[serde(default = "default_broker_inflight")]
     pub broker_inflight: usize,
     /// Tags added to every point of this source.
