@@ -188,6 +188,13 @@ pub struct StoreStats {
     pub series: AtomicU64,
     /// Journal rows sealed into per-series blocks.
     pub sealed_rows: AtomicU64,
+    /// Chunk bytes encoded for journal flushes, before SQLite's pages: with
+    /// the two below, what the store's writes are made of.
+    pub journal_bytes: AtomicU64,
+    /// Chunk bytes encoded by sealing.
+    pub sealed_bytes: AtomicU64,
+    /// Chunk bytes encoded by compaction merges.
+    pub merged_bytes: AtomicU64,
     /// Raw points evicted to keep within the limits (their rollups stay).
     pub points_evicted: AtomicU64,
     /// Bytes of live pages in the database (what eviction steers).

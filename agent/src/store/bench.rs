@@ -150,7 +150,8 @@ pub fn run(feed: &Feed, dir: &Path) -> Result<String, StoreError> {
 
     let path = dir.join("bench.db");
     let _ = std::fs::remove_file(&path);
-    let mut store = Store::open(&path, Metrics::new("bench"))?;
+    let metrics = Metrics::new("bench");
+    let mut store = Store::open(&path, metrics.clone())?;
     let written_before = proc_field("/proc/self/io", "write_bytes:").unwrap_or(0);
     let cpu_before = cpu_seconds();
     let wall = Instant::now();
@@ -225,6 +226,17 @@ pub fn run(feed: &Feed, dir: &Path) -> Result<String, StoreError> {
         "written                 {:.2} B/pt ({} bytes, /proc/self/io write_bytes, WAL and checkpoints included)",
         written as f64 / total as f64,
         written
+    );
+    let per = |c: &std::sync::atomic::AtomicU64| {
+        c.load(std::sync::atomic::Ordering::Relaxed) as f64 / total as f64
+    };
+    let st = &metrics.store;
+    let _ = writeln!(
+        report,
+        "  of which chunks       {:.2} B/pt journal + {:.2} sealed + {:.2} merged (encoded; the rest is SQLite's pages and journal)",
+        per(&st.journal_bytes),
+        per(&st.sealed_bytes),
+        per(&st.merged_bytes)
     );
     let _ = writeln!(
         report,

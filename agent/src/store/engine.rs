@@ -687,6 +687,10 @@ impl Store {
             let p = &self.pending;
             let mut data = Vec::with_capacity(n * 4);
             codec::encode_mixed(&p.series, &p.ts, &p.values, &mut data);
+            self.metrics
+                .store
+                .journal_bytes
+                .fetch_add(data.len() as u64, Relaxed);
             let (ts_min, ts_max) = min_max(&p.ts);
             tx.prepare_cached(
                 "INSERT INTO chunks (id, series, seq_hi, ts_min, ts_max, count, data)
@@ -828,6 +832,10 @@ impl Store {
         }
         let mut data = Vec::new();
         codec::encode_series(&ts, &vals, &mut data);
+        self.metrics
+            .store
+            .merged_bytes
+            .fetch_add(data.len() as u64, Relaxed);
         let (lo, hi) = min_max(&ts);
         {
             let mut del = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
@@ -904,6 +912,10 @@ impl Store {
             for (sid, (ts, vals)) in &by_series {
                 data.clear();
                 codec::encode_series(ts, vals, &mut data);
+                self.metrics
+                    .store
+                    .sealed_bytes
+                    .fetch_add(data.len() as u64, Relaxed);
                 let (lo, hi) = min_max(ts);
                 ins.execute(params![
                     first_seq << SERIES_BITS | *sid as i64,
