@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::{Store, StoreError};
+use super::{JournalMode, Store, StoreError};
 use crate::ops::Metrics;
 use crate::point::{Batch, Point, SeriesKey};
 
@@ -133,7 +133,7 @@ pub(crate) fn proc_field(file: &str, key: &str) -> Option<u64> {
 }
 
 /// Runs the bench in `dir` (a fresh store) and returns the printed report.
-pub fn run(feed: &Feed, dir: &Path) -> Result<String, StoreError> {
+pub fn run(feed: &Feed, dir: &Path, journal: JournalMode) -> Result<String, StoreError> {
     let series = load(feed).map_err(|e| StoreError::Io {
         path: dir.to_path_buf(),
         source: e,
@@ -152,6 +152,7 @@ pub fn run(feed: &Feed, dir: &Path) -> Result<String, StoreError> {
     let _ = std::fs::remove_file(&path);
     let metrics = Metrics::new("bench");
     let mut store = Store::open(&path, metrics.clone())?;
+    store.set_journal_mode(journal)?;
     let written_before = proc_field("/proc/self/io", "write_bytes:").unwrap_or(0);
     let cpu_before = cpu_seconds();
     let wall = Instant::now();
