@@ -175,8 +175,10 @@ pub struct StoreConfig {
     /// points are then read from the journal, a little slower.
     #[serde(with = "humantime_serde")]
     pub seal_interval: Duration,
-    /// `wal` (queries never hold up a flush; fewer writes at low rates) or
-    /// `rollback` (about half the writes at thousands of points a second).
+    /// `auto` (default: `wal` below about a thousand points a second,
+    /// `rollback` above, judged over each minute), `wal` (queries never hold
+    /// up a flush; fewer writes at low rates) or `rollback` (40% fewer bytes
+    /// written at 10k points a second; a query briefly holds up a flush).
     pub journal: crate::store::JournalMode,
     /// Rollup tiers: window widths of the downsampled copies (min, max, sum,
     /// count, first, last per series and window).

@@ -184,19 +184,25 @@ pub struct Store {
     tiers: Vec<i64>,
     limits: Limits,
     metrics: Arc<Metrics>,
+    /// Set when `store.journal = "auto"`.
+    auto_journal: Option<AutoJournal>,
 }
 
 /// How SQLite keeps a commit atomic (`store.journal`). Which writes less
-/// depends on the rate (`tidegate bench store`): a flush of many points adds
-/// new pages, which WAL writes twice (log, checkpoint) and a rollback journal
-/// once; a flush of a few points rewrites the same few pages, which a
-/// rollback journal writes twice every commit and WAL's checkpoint coalesces.
+/// depends on the rate (`tidegate bench store --journal`): a flush of many
+/// points adds new pages, which WAL writes twice (log, checkpoint) and a
+/// rollback journal once; a flush of a few points rewrites the same few pages,
+/// which a rollback journal writes twice every commit and WAL's checkpoint
+/// coalesces. Measured crossover: about a thousand points a second.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JournalMode {
+    /// WAL below about a thousand points a second, the rollback journal
+    /// above, switched by the rate over the last minute.
+    #[default]
+    Auto,
     /// Write-ahead log: queries never hold up a flush; best below about a
     /// thousand points a second.
-    #[default]
     Wal,
     /// A rollback journal (`TRUNCATE`): new pages written once, so about half
     /// the writes at thousands of points a second; a query beside the agent
@@ -208,17 +214,102 @@ impl JournalMode {
     fn pragma(self) -> &'static str {
         match self {
             JournalMode::Rollback => "TRUNCATE",
-            JournalMode::Wal => "WAL",
+            JournalMode::Wal | JournalMode::Auto => "WAL",
         }
     }
 }
 
+/// `JournalMode::Auto`: the rate is judged over this long...
+const AUTO_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// ...and the rollback journal taken above this many points a second...
+const AUTO_TO_ROLLBACK: f64 = 1500.0;
+/// ...and WAL again below this many (the gap keeps a rate near the crossover
+/// from switching back and forth).
+const AUTO_TO_WAL: f64 = 700.0;
+
+/// What `JournalMode::Auto` tracks between flushes.
+#[derive(Debug)]
+struct AutoJournal {
+    /// The mode SQLite is in (`Wal` or `Rollback`).
+    on: JournalMode,
+    since: std::time::Instant,
+    points: u64,
+}
+
 impl Store {
-    /// Switches the journal mode (at start, before anyone else opens the file).
+    /// Sets the journal mode: at start, before anyone else opens the file.
+    /// `Auto` starts in WAL; flushes switch it as the rate moves.
     pub fn set_journal_mode(&mut self, mode: JournalMode) -> Result<(), StoreError> {
         self.conn
             .pragma_update(None, "journal_mode", mode.pragma())?;
+        self.auto_journal = (mode == JournalMode::Auto).then(|| AutoJournal {
+            on: JournalMode::Wal,
+            since: std::time::Instant::now(),
+            points: 0,
+        });
         Ok(())
+    }
+
+    /// `JournalMode::Auto`: counts a flush's points and, once a window has
+    /// passed, switches SQLite's mode if the rate has crossed over. A switch
+    /// needs the file to itself (a `tidegate query` in WAL mode holds it);
+    /// it is tried without waiting, and again a window later.
+    fn adapt_journal(&mut self, points: usize) {
+        let Some(auto) = &mut self.auto_journal else {
+            return;
+        };
+        auto.points += points as u64;
+        let elapsed = auto.since.elapsed();
+        if elapsed < AUTO_WINDOW {
+            return;
+        }
+        let rate = auto.points as f64 / elapsed.as_secs_f64();
+        let (on, want) = match auto.on {
+            JournalMode::Wal if rate > AUTO_TO_ROLLBACK => (auto.on, JournalMode::Rollback),
+            JournalMode::Rollback if rate < AUTO_TO_WAL => (auto.on, JournalMode::Wal),
+            _ => (auto.on, auto.on),
+        };
+        auto.since = std::time::Instant::now();
+        auto.points = 0;
+        if want == on {
+            return;
+        }
+        let wait = std::time::Duration::from_secs(10);
+        let switched = self
+            .conn
+            .busy_timeout(std::time::Duration::ZERO)
+            .and_then(|()| {
+                let mode = format!("PRAGMA journal_mode = {}", want.pragma());
+                self.conn.query_row(&mode, [], |r| r.get::<_, String>(0))
+            })
+            .map(|now| now.eq_ignore_ascii_case(want.pragma()));
+        let _ = self.conn.busy_timeout(wait);
+        match switched {
+            Ok(true) => {
+                tracing::info!(
+                    "store journal: {want:?} at {rate:.0} points/s over the last minute \
+                     (fewer bytes written at this rate; store.journal fixes the mode)"
+                );
+                if let Some(auto) = &mut self.auto_journal {
+                    auto.on = want;
+                }
+            }
+            Ok(false) | Err(_) => tracing::debug!(
+                "store journal: staying {on:?} at {rate:.0} points/s: another process has the file open"
+            ),
+        }
+    }
+
+    /// The mode SQLite is in now (`Wal` or `Rollback`).
+    pub fn journal_mode(&self) -> Result<JournalMode, StoreError> {
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        Ok(if mode.eq_ignore_ascii_case("wal") {
+            JournalMode::Wal
+        } else {
+            JournalMode::Rollback
+        })
     }
 
     /// Opens (or creates) the store at `path`.
@@ -348,6 +439,7 @@ impl Store {
             tiers: vec![60, 3600],
             limits: Limits::default(),
             metrics,
+            auto_journal: None,
         };
         store
             .metrics
@@ -731,6 +823,7 @@ impl Store {
         self.journal.insert(seq << SERIES_BITS);
         self.next_seq += 1;
         m.points_flushed.fetch_add(n as u64, Relaxed);
+        self.adapt_journal(n);
         Ok(Some(seq))
     }
 
@@ -1770,6 +1863,52 @@ mod tests {
             .read(&SeriesKey::from_canonical("m a"), 0, i64::MAX)
             .unwrap();
         assert_eq!(got.len(), 3000);
+    }
+
+    #[test]
+    fn auto_journal_follows_the_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let mut st = Store::open(&path, Metrics::new("t")).unwrap();
+        st.set_journal_mode(JournalMode::Auto).unwrap();
+        assert_eq!(st.journal_mode().unwrap(), JournalMode::Wal);
+        let mut t = 0;
+        // A window of `points` points that ended now.
+        let mut window = |st: &mut Store, points: i64| {
+            let pts = (0..points).map(|i| point(&format!("m s={}", i % 50), t + i, 1.5));
+            st.append(&Batch {
+                points: pts.collect(),
+            })
+            .unwrap();
+            t += points;
+            st.auto_journal.as_mut().unwrap().since -= AUTO_WINDOW;
+            st.flush().unwrap();
+        };
+        // 1000 points a second: between the thresholds, WAL stays.
+        window(&mut st, 60_000);
+        assert_eq!(st.journal_mode().unwrap(), JournalMode::Wal);
+        // 2000 a second, but another process (a `tidegate query`) has the
+        // file open in WAL mode: the switch waits for it, and holds up nothing.
+        let reader = Connection::open(&path).unwrap();
+        let n: i64 = reader
+            .query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))
+            .unwrap();
+        assert!(n > 0);
+        let started = std::time::Instant::now();
+        window(&mut st, 120_000);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(st.journal_mode().unwrap(), JournalMode::Wal);
+        drop(reader);
+        // The next window switches to the rollback journal.
+        window(&mut st, 120_000);
+        assert_eq!(st.journal_mode().unwrap(), JournalMode::Rollback);
+        // A trickle: WAL again.
+        window(&mut st, 100);
+        assert_eq!(st.journal_mode().unwrap(), JournalMode::Wal);
+        let got = st
+            .read(&SeriesKey::from_canonical("m s=0"), 0, i64::MAX)
+            .unwrap();
+        assert_eq!(got.len(), (60_000 + 120_000 + 120_000 + 100) / 50);
     }
 
     #[test]
