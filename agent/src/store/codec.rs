@@ -657,13 +657,7 @@ pub fn decode_mixed(
     }
     let mut c = Reader::new(&raw);
     let first = series.len();
-    series.reserve(n);
-    let mut max_id = 0;
-    for _ in 0..n {
-        let s = u32::try_from(c.varint()?).map_err(|_| corrupt("series id out of range"))?;
-        max_id = max_id.max(s);
-        series.push(s);
-    }
+    let max_id = read_ids(&mut c, n, series)?;
     let mut deltas = Vec::with_capacity(n);
     for _ in 0..n {
         deltas.push(unzigzag(c.varint()?));
@@ -725,6 +719,19 @@ pub fn decode_mixed(
         values.push(f64::from_bits(now.bits));
     }
     Ok(())
+}
+
+/// Reads a journal chunk's column of `n` varint series ids onto `series`;
+/// returns the largest.
+fn read_ids(c: &mut Reader, n: usize, series: &mut Vec<u32>) -> Result<u32, CodecError> {
+    series.reserve(n);
+    let mut max_id = 0;
+    for _ in 0..n {
+        let s = u32::try_from(c.varint()?).map_err(|_| corrupt("series id out of range"))?;
+        max_id = max_id.max(s);
+        series.push(s);
+    }
+    Ok(max_id)
 }
 
 /// Decompresses a zstd frame of at most `max` bytes. Streaming, so memory
@@ -917,7 +924,7 @@ impl<'a> Reader<'a> {
 // ---------------------------------------------------------------------------
 
 mod legacy {
-    use super::{corrupt, unzigzag, CodecError, Last, Reader};
+    use super::{corrupt, read_ids, unzigzag, CodecError, Last, Reader};
     use serde::Deserialize;
 
     /// The framed columns of a v1 chunk (postcard, inside zstd).
@@ -989,13 +996,7 @@ mod legacy {
         let (planes, cols) = raw.split_at(n * 8);
         let mut c = Reader::new(cols);
         let first = series.len();
-        series.reserve(n);
-        let mut max_id = 0;
-        for _ in 0..n {
-            let s = u32::try_from(c.varint()?).map_err(|_| corrupt("series id out of range"))?;
-            max_id = max_id.max(s);
-            series.push(s);
-        }
+        let max_id = read_ids(&mut c, n, series)?;
         let mut last: Last<(i64, u64)> = Last::new(max_id);
         ts.reserve(n);
         values.reserve(n);
