@@ -238,7 +238,9 @@ fn live_first_sends_new_points_within_seconds_while_the_backlog_drains() {
 name = "vm"
 url = "{url}"
 db = "{DB}"
-batch_max_points = 500
+# Small batches, one in flight: the backlog must outlast the check below (at
+# 500 points a request it was gone before the fresh point showed, once).
+batch_max_points = 100
 max_in_flight = 1
 order = "live_first"
 backoff_max = "300ms"
