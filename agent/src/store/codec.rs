@@ -513,15 +513,6 @@ impl<T: Copy + Default> Last<T> {
             Last::Sparse(m) => m.entry(s).or_default(),
         }
     }
-
-    /// Returns the previous state of series `s` and records `now`.
-    #[inline]
-    fn swap(&mut self, s: u32, now: T) -> T {
-        match self {
-            Last::Dense(v) => std::mem::replace(&mut v[s as usize], now),
-            Last::Sparse(m) => m.insert(s, now).unwrap_or_default(),
-        }
-    }
 }
 
 /// What a journal chunk remembers of a series' previous point: 24 bytes, so
@@ -1030,9 +1021,10 @@ mod legacy {
             for (k, b) in x.iter_mut().enumerate() {
                 *b = planes[k * n + i];
             }
-            let (pt, pv) = last.swap(s, (0, 0));
+            let slot = last.slot(s);
+            let (pt, pv) = *slot;
             let now = (pt.wrapping_add(d), pv ^ u64::from_be_bytes(x));
-            last.swap(s, now);
+            *slot = now;
             ts.push(now.0);
             values.push(f64::from_bits(now.1));
         }
@@ -1054,9 +1046,10 @@ mod legacy {
         for x in xors {
             let s = u32::try_from(a.varint()?).map_err(|_| corrupt("series id out of range"))?;
             let d = unzigzag(b.varint()?);
-            let (pt, pv) = last.swap(s, (0, 0));
+            let slot = last.slot(s);
+            let (pt, pv) = *slot;
             let now = (pt.wrapping_add(d), pv ^ x);
-            last.swap(s, now);
+            *slot = now;
             series.push(s);
             ts.push(now.0);
             values.push(f64::from_bits(now.1));
