@@ -204,22 +204,6 @@ enum FleetCommand {
     },
 }
 
-/// `store.journal`, on the command line of `bench store`.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum JournalArg {
-    Wal,
-    Rollback,
-}
-
-impl From<JournalArg> for tidegate::store::JournalMode {
-    fn from(j: JournalArg) -> Self {
-        match j {
-            JournalArg::Wal => Self::Wal,
-            JournalArg::Rollback => Self::Rollback,
-        }
-    }
-}
-
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Replay recordings (or a synthetic fleet) into a fresh store, as live.
@@ -239,9 +223,10 @@ enum BenchCommand {
         /// Where the bench store goes (default: a temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// SQLite journal, as `store.journal` (wal or rollback).
+        /// SQLite journal, as `store.journal` (`auto` judges the rate on the
+        /// wall clock, so a replay shorter than a minute stays in WAL).
         #[arg(long, value_enum, default_value = "wal")]
-        journal: JournalArg,
+        journal: tidegate::store::JournalMode,
     },
     /// Drain a QoS 1 backlog from a real local mosquitto through the MQTT
     /// source into a fresh store: points/s and the agent's CPU per million points.
@@ -547,7 +532,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let tmp = tempfile::tempdir()?;
             let dir = dir.unwrap_or_else(|| tmp.path().to_path_buf());
             std::fs::create_dir_all(&dir)?;
-            print!("{}", bench::run(&feed, &dir, journal.into())?);
+            print!("{}", bench::run(&feed, &dir, journal)?);
             Ok(())
         }
         Command::Bench {

@@ -194,7 +194,17 @@ pub struct Store {
 /// rollback journal once; a flush of a few points rewrites the same few pages,
 /// which a rollback journal writes twice every commit and WAL's checkpoint
 /// coalesces. Measured crossover: about a thousand points a second.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum JournalMode {
     /// WAL below about a thousand points a second, the rollback journal
@@ -218,6 +228,10 @@ impl JournalMode {
         }
     }
 }
+
+/// How long the writer waits for a reader's lock before a flush fails (and
+/// is retried): a query beside the agent holds it for milliseconds.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `JournalMode::Auto`: the rate is judged over this long...
 const AUTO_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
@@ -264,17 +278,15 @@ impl Store {
             return;
         }
         let rate = auto.points as f64 / elapsed.as_secs_f64();
-        let (on, want) = match auto.on {
-            JournalMode::Wal if rate > AUTO_TO_ROLLBACK => (auto.on, JournalMode::Rollback),
-            JournalMode::Rollback if rate < AUTO_TO_WAL => (auto.on, JournalMode::Wal),
-            _ => (auto.on, auto.on),
-        };
+        let on = auto.on;
         auto.since = std::time::Instant::now();
         auto.points = 0;
-        if want == on {
-            return;
-        }
-        let wait = std::time::Duration::from_secs(10);
+        let want = match on {
+            JournalMode::Wal if rate > AUTO_TO_ROLLBACK => JournalMode::Rollback,
+            JournalMode::Rollback if rate < AUTO_TO_WAL => JournalMode::Wal,
+            _ => return,
+        };
+        // Without waiting: a reader holding the file defers the switch.
         let switched = self
             .conn
             .busy_timeout(std::time::Duration::ZERO)
@@ -283,25 +295,24 @@ impl Store {
                 self.conn.query_row(&mode, [], |r| r.get::<_, String>(0))
             })
             .map(|now| now.eq_ignore_ascii_case(want.pragma()));
-        let _ = self.conn.busy_timeout(wait);
-        match switched {
-            Ok(true) => {
+        let _ = self.conn.busy_timeout(BUSY_WAIT);
+        match (switched, &mut self.auto_journal) {
+            (Ok(true), Some(auto)) => {
+                auto.on = want;
                 tracing::info!(
                     "store journal: {want:?} at {rate:.0} points/s over the last minute \
                      (fewer bytes written at this rate; store.journal fixes the mode)"
                 );
-                if let Some(auto) = &mut self.auto_journal {
-                    auto.on = want;
-                }
             }
-            Ok(false) | Err(_) => tracing::debug!(
+            _ => tracing::debug!(
                 "store journal: staying {on:?} at {rate:.0} points/s: another process has the file open"
             ),
         }
     }
 
+    #[cfg(test)]
     /// The mode SQLite is in now (`Wal` or `Rollback`).
-    pub fn journal_mode(&self) -> Result<JournalMode, StoreError> {
+    fn journal_mode(&self) -> Result<JournalMode, StoreError> {
         let mode: String = self
             .conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
@@ -329,7 +340,7 @@ impl Store {
         conn.pragma_update(None, "journal_size_limit", 4 << 20)?;
         // A query reading beside the agent holds a lock for milliseconds:
         // the writer waits for it rather than failing a flush.
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.busy_timeout(BUSY_WAIT)?;
         conn.execute_batch(SCHEMA)?;
         uplink::migrate(&conn)?;
         let mut store = Self::with_connection(conn, path, metrics)?;
@@ -393,7 +404,7 @@ impl Store {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         // The agent's commit holds the file for milliseconds: wait for it.
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.busy_timeout(BUSY_WAIT)?;
         Self::with_connection(conn, path, Metrics::new("query"))
     }
 
