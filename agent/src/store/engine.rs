@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_by_series ON chunks (series, ts_max) WHERE series != 0;
 -- Rollup windows of raw chunks that eviction removed. While raw points
 -- exist their windows are computed from them; only what eviction takes is
--- kept here, compressed, one row per evicted chunk and tier.
+-- kept here, compressed, up to 64 windows a row per series and tier. A row
+-- of chunks some sink lacked has `chunk` set (see `degraded`).
 CREATE TABLE IF NOT EXISTS rollup_chunks (
     id        INTEGER PRIMARY KEY,
     tier      INTEGER NOT NULL,   -- window width in seconds
@@ -186,6 +187,26 @@ pub struct Store {
     metrics: Arc<Metrics>,
     /// Set when `store.journal = "auto"`.
     auto_journal: Option<AutoJournal>,
+    /// Per series, the degraded rows eviction may still extend (see
+    /// [`OpenDegraded`]). In memory only: after a restart groups start anew.
+    open_degraded: HashMap<u32, OpenDegraded>,
+}
+
+/// The newest degraded rows of one series, one per sink that lacked the
+/// chunks, and their rollup rows (linked by `group`, the first chunk's id).
+/// The next evicted chunk of the series that the same sinks lack joins them
+/// instead of adding a row per sink and tier: a row per chunk cost more than
+/// the windows it kept (64 B per degraded row with its index entry, for a
+/// chunk of a few seconds).
+#[derive(Debug)]
+struct OpenDegraded {
+    group: i64,
+    /// (sink, row id in `degraded`), in the order of `Store::sinks`' cursors.
+    rows: Vec<(String, i64)>,
+    /// End of the newest finest-tier window in the group.
+    end: i64,
+    /// Finest-tier windows in the group.
+    windows: usize,
 }
 
 /// How SQLite keeps a commit atomic (`store.journal`). Which writes less
@@ -451,6 +472,7 @@ impl Store {
             limits: Limits::default(),
             metrics,
             auto_journal: None,
+            open_degraded: HashMap::new(),
         };
         store
             .metrics
@@ -627,6 +649,9 @@ impl Store {
             .map(|(name, p)| (name.clone(), p.acked))
             .collect();
         let tiers = self.tiers.clone();
+        // Taken out, so an error (the transaction rolled back) leaves no group
+        // pointing at rows that were never written.
+        let mut open = std::mem::take(&mut self.open_degraded);
         let tx = self.conn.transaction()?;
         // A sink is sending these chunks right now: leave them, they are
         // nearly gone anyway. Excluded in the query, so a long in-flight
@@ -650,47 +675,38 @@ impl Store {
         };
         let mut removed = 0u64;
         for (id, sid, lo, hi, count) in victims {
-            for (sink, acked) in &cursors {
-                let unsent = if id > acked.key {
-                    count
-                } else if id == acked.key {
-                    count - acked.offset as i64
-                } else {
-                    0
-                };
-                if unsent > 0 {
-                    tx.prepare_cached(
-                        "INSERT INTO degraded (sink, series, ts_min, ts_max, points, chunk) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?
-                    .execute(params![sink, sid, lo, hi, unsent, id])?;
-                    bump(&tx, &format!("degraded:{sink}"), unsent)?;
-                }
-            }
+            // The sinks that had not received the chunk, and how much of it.
+            let lacking: Vec<(&String, i64)> = cursors
+                .iter()
+                .filter_map(|(sink, acked)| {
+                    let unsent = if id > acked.key {
+                        count
+                    } else if id == acked.key {
+                        count - acked.offset as i64
+                    } else {
+                        0
+                    };
+                    (unsent > 0).then_some((sink, unsent))
+                })
+                .collect();
             // Degrade before drop: the chunk's windows of every tier stay.
             let data: Vec<u8> =
                 tx.query_row("SELECT data FROM chunks WHERE id = ?1", [id], |r| r.get(0))?;
             let (mut ts, mut vs) = (Vec::new(), Vec::new());
             codec::decode_series(&data, &mut ts, &mut vs)
                 .map_err(|e| StoreError::Corrupt(format!("chunk {id}: {e}")))?;
-            for &tier in &tiers {
-                let windows = aggregate(&ts, &vs, tier * 1_000_000_000);
-                let (smin, smax) = (
-                    *windows.keys().next().unwrap_or(&0),
-                    *windows.keys().next_back().unwrap_or(&0),
-                );
-                tx.prepare_cached(
-                    "INSERT INTO rollup_chunks (tier, series, start_min, start_max, windows, data, chunk)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?
-                .execute(params![
-                    tier,
-                    sid,
-                    smin,
-                    smax,
-                    windows.len() as i64,
-                    encode_windows(&windows),
-                    id
-                ])?;
+            let windows: Vec<BTreeMap<i64, Agg>> = tiers
+                .iter()
+                .map(|&tier| aggregate(&ts, &vs, tier * 1_000_000_000))
+                .collect();
+            if lacking.is_empty() {
+                // Every sink had it: its windows join the series' history row.
+                open.remove(&sid);
+                for (&tier, w) in tiers.iter().zip(windows) {
+                    fold_windows(&tx, tier, sid, w)?;
+                }
+            } else {
+                degrade(&tx, &mut open, (id, sid, lo, hi), &lacking, &tiers, windows)?;
             }
             tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?
                 .execute([id])?;
@@ -698,6 +714,7 @@ impl Store {
             removed += count as u64;
         }
         tx.commit()?;
+        self.open_degraded = open;
         self.metrics
             .store
             .points_evicted
@@ -1357,7 +1374,167 @@ fn aggregate(ts: &[i64], vals: &[f64], width_ns: i64) -> BTreeMap<i64, Agg> {
     out
 }
 
-/// Rollup windows as stored: postcard columns, zstd.
+/// Most windows in a rollup row that evicted chunks are folded into. A row
+/// and its two index entries cost ~40 B: a short chunk (a few seconds of a
+/// series) rolls up to one or two windows, so one row per chunk cost more
+/// than its windows. 64 windows share that, and eviction still takes
+/// rollups in small steps.
+const ROW_WINDOWS: usize = 64;
+
+/// Writes `windows` (non-empty) of one series and tier as rollup row `row`,
+/// or as a new row if `None`; `chunk` links the row to a degraded chunk.
+fn put_windows(
+    tx: &rusqlite::Transaction,
+    row: Option<i64>,
+    tier: i64,
+    sid: u32,
+    windows: &BTreeMap<i64, Agg>,
+    chunk: Option<i64>,
+) -> Result<(), StoreError> {
+    let (Some(&smin), Some(&smax)) = (windows.keys().next(), windows.keys().next_back()) else {
+        return Ok(());
+    };
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO rollup_chunks (id, tier, series, start_min, start_max, windows, data, chunk)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        row,
+        tier,
+        sid,
+        smin,
+        smax,
+        windows.len() as i64,
+        encode_windows(windows),
+        chunk
+    ])?;
+    Ok(())
+}
+
+/// Records chunk `(id, series, ts_min, ts_max)`, about to be evicted, as
+/// degraded for the `lacking` sinks (with the points each lacked), and keeps
+/// its `windows` (one map per tier). It joins the series' open group when
+/// the same sinks lack it, it begins in the group's newest window (so any
+/// range of the group is still held back, not yet handed to a sink: see
+/// [`Store::degraded_pending`]) and the group has room; else it opens a new
+/// group.
+fn degrade(
+    tx: &rusqlite::Transaction,
+    open: &mut HashMap<u32, OpenDegraded>,
+    (id, sid, lo, hi): (i64, u32, i64, i64),
+    lacking: &[(&String, i64)],
+    tiers: &[i64],
+    windows: Vec<BTreeMap<i64, Agg>>,
+) -> Result<(), StoreError> {
+    let finest = windows.first().map_or(0, |w| w.len());
+    let end = tiers.first().map_or(hi, |t| {
+        let width = t * 1_000_000_000;
+        window_start(hi, width).saturating_add(width)
+    });
+    let joins = open.get(&sid).is_some_and(|g| {
+        lo < g.end
+            && g.windows < ROW_WINDOWS
+            && g.rows.len() == lacking.len()
+            && g.rows.iter().zip(lacking).all(|(a, b)| &a.0 == b.0)
+    });
+    if joins {
+        let g = open.get_mut(&sid).expect("checked above");
+        for ((sink, row), (_, unsent)) in g.rows.iter().zip(lacking) {
+            tx.prepare_cached(
+                "UPDATE degraded SET points = points + ?1, ts_min = MIN(ts_min, ?2),
+                 ts_max = MAX(ts_max, ?3) WHERE rowid = ?4",
+            )?
+            .execute(params![unsent, lo, hi, row])?;
+            bump(tx, &format!("degraded:{sink}"), *unsent)?;
+        }
+        for (&tier, w) in tiers.iter().zip(windows) {
+            let (row, data): (i64, Vec<u8>) = tx
+                .prepare_cached(
+                    "SELECT id, data FROM rollup_chunks WHERE chunk = ?1 AND tier = ?2",
+                )?
+                .query_row(params![g.group, tier], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let merged = merge_windows(&data, w)?;
+            if tier == tiers[0] {
+                g.windows = merged.len();
+            }
+            put_windows(tx, Some(row), tier, sid, &merged, Some(g.group))?;
+        }
+        g.end = g.end.max(end);
+        return Ok(());
+    }
+    let mut rows = Vec::with_capacity(lacking.len());
+    for (sink, unsent) in lacking {
+        tx.prepare_cached(
+            "INSERT INTO degraded (sink, series, ts_min, ts_max, points, chunk) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![sink, sid, lo, hi, unsent, id])?;
+        rows.push(((*sink).clone(), tx.last_insert_rowid()));
+        bump(tx, &format!("degraded:{sink}"), *unsent)?;
+    }
+    for (&tier, w) in tiers.iter().zip(&windows) {
+        put_windows(tx, None, tier, sid, w, Some(id))?;
+    }
+    open.insert(
+        sid,
+        OpenDegraded {
+            group: id,
+            rows,
+            end,
+            windows: finest,
+        },
+    );
+    Ok(())
+}
+
+/// Stored windows `data` with `windows` added (after them: they came from
+/// older chunks, and `merge` keeps the earlier of two points on a tie).
+fn merge_windows(
+    data: &[u8],
+    windows: BTreeMap<i64, Agg>,
+) -> Result<BTreeMap<i64, Agg>, StoreError> {
+    let mut merged: BTreeMap<i64, Agg> = decode_windows(data)?.into_iter().collect();
+    for (start, agg) in windows {
+        merged
+            .entry(start)
+            .and_modify(|a| a.merge(&agg))
+            .or_insert(agg);
+    }
+    Ok(merged)
+}
+
+/// Adds `windows` of one series and tier to its newest rollup row if that
+/// row belongs to no degraded chunk and has room, else starts a new row.
+fn fold_windows(
+    tx: &rusqlite::Transaction,
+    tier: i64,
+    sid: u32,
+    windows: BTreeMap<i64, Agg>,
+) -> Result<(), StoreError> {
+    // Only the newest row is looked at (one index step), so a series' rows
+    // stay in time order and a full row is never searched past.
+    let newest: Option<(i64, Option<i64>, i64, Vec<u8>)> = tx
+        .prepare_cached(
+            "SELECT id, chunk, windows, data FROM rollup_chunks WHERE series = ?1 AND tier = ?2
+             ORDER BY start_max DESC LIMIT 1",
+        )?
+        .query_row(params![sid, tier], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let Some((row, None, _, data)) = newest.filter(|r| (r.2 as usize) < ROW_WINDOWS) else {
+        return put_windows(tx, None, tier, sid, &windows, None);
+    };
+    put_windows(
+        tx,
+        Some(row),
+        tier,
+        sid,
+        &merge_windows(&data, windows)?,
+        None,
+    )
+}
+
+/// The first rollup rows' encoding (postcard columns under zstd), still read.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct WindowColumns {
     start: Vec<i64>,
@@ -1365,20 +1542,21 @@ struct WindowColumns {
 }
 
 fn encode_windows(windows: &BTreeMap<i64, Agg>) -> Vec<u8> {
-    let cols = WindowColumns {
-        start: windows.keys().copied().collect(),
-        aggs: windows.values().copied().collect(),
-    };
-    let raw = postcard::to_allocvec(&cols).expect("windows always serialise");
-    zstd::bulk::compress(&raw, 9).expect("zstd compresses any input")
+    let rows: Vec<(i64, Agg)> = windows.iter().map(|(s, a)| (*s, *a)).collect();
+    let mut out = Vec::new();
+    codec::encode_windows(&rows, &mut out);
+    out
 }
 
 fn decode_windows(data: &[u8]) -> Result<Vec<(i64, Agg)>, StoreError> {
-    let raw = zstd::bulk::decompress(data, 64 << 20)
-        .map_err(|e| StoreError::Corrupt(format!("rollup chunk: {e}")))?;
-    let cols: WindowColumns = postcard::from_bytes(&raw)
-        .map_err(|e| StoreError::Corrupt(format!("rollup chunk: {e}")))?;
-    Ok(cols.start.into_iter().zip(cols.aggs).collect())
+    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("rollup chunk: {e}"));
+    // A zstd frame (magic 28 B5 2F FD) is a row of the first encoding.
+    if data.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
+        let raw = zstd::bulk::decompress(data, 64 << 20).map_err(|e| corrupt(&e))?;
+        let cols: WindowColumns = postcard::from_bytes(&raw).map_err(|e| corrupt(&e))?;
+        return Ok(cols.start.into_iter().zip(cols.aggs).collect());
+    }
+    codec::decode_windows(data).map_err(|e| corrupt(&e))
 }
 
 fn min_max(ts: &[i64]) -> (i64, i64) {
@@ -1724,6 +1902,160 @@ mod tests {
         let hour = st.read_rollup(&key, 3600, 0, 300 * 1_000_000_000).unwrap();
         assert_eq!(hour.len(), 1);
         assert_eq!(hour[0].1.count, 300);
+    }
+
+    #[test]
+    fn eviction_folds_delivered_rollups_into_few_rows() {
+        // A full store evicts chunks as young as one seal (5 s of a series
+        // here): their windows go into one row per 64 windows, not a row each.
+        let (_d, mut st) = open();
+        let keys = ["m a", "m b", "m c"];
+        let mut all: Vec<Vec<(i64, f64)>> = vec![Vec::new(); keys.len()];
+        st.set_limits(Limits {
+            max_disk_bytes: 192 << 10,
+            ..Limits::default()
+        });
+        let mut evicted = 0;
+        for i in 0..20_000i64 {
+            let points: Vec<Point> = keys
+                .iter()
+                .enumerate()
+                .map(|(k, key)| {
+                    let v = ((i * 7919 + k as i64 * 104_729) % 100_003) as f64;
+                    all[k].push((i * 1_000_000_000, v));
+                    point(key, i * 1_000_000_000, v)
+                })
+                .collect();
+            st.append(&Batch { points }).unwrap();
+            if i % 5 == 4 {
+                st.flush().unwrap();
+                st.seal().unwrap();
+                let ev = st.evict(0, None).unwrap();
+                assert_eq!(ev.windows, 0, "the budget holds the rollups");
+                evicted += ev.raw_points;
+            }
+        }
+        assert!(evicted > 40_000, "eviction ran: {evicted} points");
+        for &tier in st.tiers().to_vec().iter() {
+            for (k, key) in keys.iter().enumerate() {
+                let key = SeriesKey::from_canonical(key);
+                let sid = st.ids[&key];
+                let rows: i64 = st
+                    .conn
+                    .query_row(
+                        "SELECT COUNT(*) FROM rollup_chunks WHERE series = ?1 AND tier = ?2",
+                        params![sid, tier],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                let (ts, vs): (Vec<i64>, Vec<f64>) = all[k].iter().copied().unzip();
+                let expected: Vec<(i64, Agg)> = aggregate(&ts, &vs, tier * 1_000_000_000)
+                    .into_iter()
+                    .collect();
+                assert!(
+                    rows as usize <= expected.len() / ROW_WINDOWS + 2,
+                    "tier {tier}: {rows} rows for {} windows",
+                    expected.len()
+                );
+                let got = st.read_rollup(&key, tier, 0, i64::MAX).unwrap();
+                assert!(got == expected, "tier {tier}: windows changed by eviction");
+            }
+        }
+    }
+
+    #[test]
+    fn rollup_rows_of_the_first_encoding_still_read() {
+        let windows: BTreeMap<i64, Agg> = [
+            (0, Agg::point(5, 1.5)),
+            (60_000_000_000, Agg::point(60_000_000_001, -2.0)),
+        ]
+        .into();
+        let cols = WindowColumns {
+            start: windows.keys().copied().collect(),
+            aggs: windows.values().copied().collect(),
+        };
+        let old = zstd::bulk::compress(&postcard::to_allocvec(&cols).unwrap(), 9).unwrap();
+        let want: Vec<(i64, Agg)> = windows.clone().into_iter().collect();
+        assert_eq!(decode_windows(&old).unwrap(), want);
+        assert_eq!(decode_windows(&encode_windows(&windows)).unwrap(), want);
+    }
+
+    #[test]
+    fn degraded_chunks_share_rows_until_handed_out() {
+        let (_d, mut st) = open();
+        st.cursor("a").unwrap();
+        st.cursor("b").unwrap();
+        let key = SeriesKey::from_canonical("m a");
+        let add = |st: &mut Store, from: i64, to: i64| {
+            for t in from..to {
+                st.append(&Batch {
+                    points: vec![point("m a", t * 1_000_000_000, t as f64)],
+                })
+                .unwrap();
+                if t % 7 == 6 {
+                    st.flush().unwrap();
+                    st.seal().unwrap();
+                }
+            }
+            st.flush().unwrap();
+            st.seal().unwrap();
+        };
+        let rows = |st: &Store, sink: &str| -> Vec<(i64, i64, i64, i64)> {
+            let mut stmt = st
+                .conn
+                .prepare("SELECT ts_min, ts_max, points, sent FROM degraded WHERE sink = ?1 ORDER BY rowid")
+                .unwrap();
+            let r = stmt
+                .query_map([sink], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .unwrap();
+            r.map(|r| r.unwrap()).collect()
+        };
+        add(&mut st, 0, 280);
+        // 20 chunks of 7 s that both sinks lack: one row each, not 20.
+        assert_eq!(st.evict_raw(None, 20).unwrap(), 140);
+        let s = 1_000_000_000;
+        assert_eq!(rows(&st, "a"), vec![(0, 139 * s, 140, 0)]);
+        assert_eq!(rows(&st, "b"), vec![(0, 139 * s, 140, 0)]);
+        // Now only `a` lacks what is evicted: a group of its own.
+        let head = st.head().unwrap();
+        st.ack("b", head).unwrap();
+        assert_eq!(st.evict_raw(None, 100).unwrap(), 140);
+        assert_eq!(rows(&st, "a")[1], (140 * s, 279 * s, 140, 0));
+        assert_eq!(rows(&st, "b").len(), 1);
+        // `a` catches up; its ranges are final and handed out.
+        st.ack("a", head).unwrap();
+        let pending = st.degraded_pending("a", 60, 10).unwrap();
+        assert_eq!(pending.held, 0);
+        let points: Vec<u64> = pending.ranges.iter().map(|r| r.points).collect();
+        assert_eq!(points, vec![140, 140]);
+        // A late point in the handed-out range's last window: evicted before
+        // `a` had it, it gets a row of its own, so what is being sent stays
+        // what it was.
+        add(&mut st, 275, 276);
+        let head = st.head().unwrap();
+        st.ack("b", head).unwrap();
+        assert_eq!(st.evict_raw(None, 100).unwrap(), 1);
+        let a = rows(&st, "a");
+        assert_eq!(a.len(), 3);
+        assert_eq!(a[1], (140 * s, 279 * s, 140, 0));
+        assert_eq!(a[2], (275 * s, 275 * s, 1, 0));
+        // Its window goes again, whole: all `a` lost of it (the 40 points of
+        // 240-279 s sent before, and the late one).
+        let ids: Vec<i64> = pending.ranges.iter().map(|r| r.id).collect();
+        st.degraded_sent("a", &ids, 0).unwrap();
+        let rest = st.degraded_pending("a", 60, 10).unwrap();
+        assert_eq!(rest.ranges.len(), 1);
+        assert_eq!(rest.ranges[0].points, 1);
+        assert_eq!(rest.ranges[0].windows.len(), 1);
+        assert_eq!(rest.ranges[0].windows[0].1.count, 41);
+        // The history counts every point once.
+        let all: u64 = st
+            .read_rollup(&key, 60, 0, i64::MAX)
+            .unwrap()
+            .iter()
+            .map(|w| w.1.count)
+            .sum();
+        assert_eq!(all, 281);
     }
 
     #[test]

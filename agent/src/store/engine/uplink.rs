@@ -122,9 +122,11 @@ impl Store {
     /// of its last window. Otherwise eviction could still take more of that
     /// window, and the window would have to go upstream twice, and a
     /// database that keeps either of two samples at one timestamp
-    /// (VictoriaMetrics' deduplication) could keep the partial one.
+    /// (VictoriaMetrics' deduplication) could keep the partial one. For the
+    /// same reason a range handed out here is closed to eviction: the next
+    /// chunk it degrades starts a new range.
     pub fn degraded_pending(
-        &self,
+        &mut self,
         sink: &str,
         tier: i64,
         max: usize,
@@ -199,6 +201,13 @@ impl Store {
                     merged.into_iter().collect()
                 }
             };
+            if self
+                .open_degraded
+                .get(&sid)
+                .is_some_and(|g| g.rows.iter().any(|r| r.1 == id))
+            {
+                self.open_degraded.remove(&sid);
+            }
             found.ranges.push(DegradedRange {
                 id,
                 series: self.keys[sid as usize].clone(),
