@@ -1502,26 +1502,27 @@ fn merge_windows(
     Ok(merged)
 }
 
-/// Adds `windows` of one series and tier to its newest rollup row if that
-/// row belongs to no degraded chunk and has room, else starts a new row.
+/// Adds `windows` of one series and tier to its newest rollup row that
+/// belongs to no degraded chunk, if it has room, else starts a new row.
 fn fold_windows(
     tx: &rusqlite::Transaction,
     tier: i64,
     sid: u32,
     windows: BTreeMap<i64, Agg>,
 ) -> Result<(), StoreError> {
-    // Only the newest row is looked at (one index step), so a series' rows
-    // stay in time order and a full row is never searched past.
-    let newest: Option<(i64, Option<i64>, i64, Vec<u8>)> = tx
+    // Only the newest such row is looked at, so a series' rows stay in time
+    // order and a full row is never searched past (the index walk skips
+    // only the series' degraded rows, which are sent and few).
+    let newest: Option<(i64, i64, Vec<u8>)> = tx
         .prepare_cached(
-            "SELECT id, chunk, windows, data FROM rollup_chunks WHERE series = ?1 AND tier = ?2
-             ORDER BY start_max DESC LIMIT 1",
+            "SELECT id, windows, data FROM rollup_chunks WHERE series = ?1 AND tier = ?2
+             AND chunk IS NULL ORDER BY start_max DESC LIMIT 1",
         )?
         .query_row(params![sid, tier], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
         .optional()?;
-    let Some((row, None, _, data)) = newest.filter(|r| (r.2 as usize) < ROW_WINDOWS) else {
+    let Some((row, _, data)) = newest.filter(|r| (r.1 as usize) < ROW_WINDOWS) else {
         return put_windows(tx, None, tier, sid, &windows, None);
     };
     put_windows(
