@@ -650,19 +650,36 @@ impl Held {
 
 /// Messages read and not yet acknowledged (QoS 1 and 2): how many (the
 /// broker counts them against its window) and their fingerprints, topic and
-/// payload hashed. When a connection drops before the broker has an
-/// acknowledgement, it sends the message again with DUP set; one that is
-/// still here was stored already, so it is acknowledged without storing its
-/// points twice. (After an agent restart nothing is here: a message that was
-/// committed but not acknowledged is stored again, at least once.)
-#[derive(Default)]
+/// payload hashed, and the fingerprints of the last messages acknowledged.
+/// When a connection drops before the broker has an acknowledgement, it
+/// sends the message again with DUP set; one that is still here, or among
+/// the last acknowledged (the broker restarted before it took the
+/// acknowledgement in), was stored already, so it is acknowledged without
+/// storing its points twice. (After an agent restart nothing is here: a
+/// message that was committed but not acknowledged is stored again, at
+/// least once.)
 struct Outstanding {
     hasher: ahash::RandomState,
     prints: HashMap<u64, u32>,
     count: usize,
+    /// Fingerprints of the last messages acknowledged, oldest first: the
+    /// broker resends at most its window of them.
+    recent: std::collections::VecDeque<u64>,
+    recent_max: usize,
 }
 
 impl Outstanding {
+    /// For a broker that keeps up to `window` messages unacknowledged.
+    fn new(window: usize) -> Outstanding {
+        Outstanding {
+            hasher: ahash::RandomState::new(),
+            prints: HashMap::new(),
+            count: 0,
+            recent: std::collections::VecDeque::new(),
+            recent_max: window.saturating_mul(2).max(64),
+        }
+    }
+
     fn print(&self, p: &Publish) -> u64 {
         self.hasher.hash_one((&p.topic, &p.payload[..]))
     }
@@ -673,7 +690,8 @@ impl Outstanding {
         let n = self.prints.entry(print).or_default();
         *n += 1;
         self.count += 1;
-        p.dup && *n > 1
+        // A scan, but only of a DUP, which comes only after a reconnect.
+        p.dup && (*n > 1 || self.recent.contains(&print))
     }
 
     fn acknowledged(&mut self, p: &Publish) {
@@ -685,6 +703,10 @@ impl Outstanding {
             }
         }
         self.count = self.count.saturating_sub(1);
+        if self.recent.len() == self.recent_max {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(print);
     }
 }
 
@@ -754,7 +776,7 @@ pub async fn run(
         .collect();
     let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CAPACITY);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    let outstanding = Arc::new(Mutex::new(Outstanding::default()));
+    let outstanding = Arc::new(Mutex::new(Outstanding::new(cfg.broker_inflight)));
     let acker = tokio::spawn(ack_when_durable(
         client.clone(),
         ack_rx,
@@ -1201,13 +1223,13 @@ timestamp = "/meta/ts"
     }
 
     #[test]
-    fn a_redelivery_is_recognised_only_while_its_first_copy_is_unacknowledged() {
+    fn a_redelivery_is_recognised_while_its_first_copy_is_outstanding_or_just_acknowledged() {
         let msg = |payload: &str, dup: bool| {
             let mut p = Publish::new("s/a", QoS::AtLeastOnce, payload.as_bytes().to_vec());
             p.dup = dup;
             p
         };
-        let mut o = Outstanding::default();
+        let mut o = Outstanding::new(20);
         assert!(!o.read(&msg("21.5", false)));
         // The same reading sent again, not flagged: a new message.
         assert!(!o.read(&msg("21.5", false)));
@@ -1220,8 +1242,18 @@ timestamp = "/meta/ts"
         for p in [msg("21.5", false), msg("21.5", false), msg("21.5", true)] {
             o.acknowledged(&p);
         }
-        // Every copy acknowledged: a later DUP is a message the broker
-        // never saw acknowledged, and is stored.
+        // Every copy acknowledged, and the broker restarted before it took
+        // the acknowledgements in: the DUP it sends is not stored again.
+        assert!(o.read(&msg("21.5", true)));
+        o.acknowledged(&msg("21.5", true));
+        // Once 64 messages (twice the window, at least 64) were acknowledged
+        // since, a DUP is a message the broker never saw acknowledged, and
+        // is stored.
+        for i in 0..64 {
+            let p = msg(&format!("{i}"), false);
+            assert!(!o.read(&p));
+            o.acknowledged(&p);
+        }
         assert!(!o.read(&msg("21.5", true)));
         assert_eq!(o.count, 2);
     }
