@@ -725,6 +725,8 @@ impl Store {
     /// Deletes up to `max` of the oldest rollup chunks, finest tier first;
     /// returns the windows removed.
     fn evict_windows(&mut self, max: usize) -> Result<u64, StoreError> {
+        // A group whose rollups go is not extended: its range is lost now.
+        self.open_degraded.clear();
         let tx = self.conn.transaction()?;
         let n: i64 = tx.query_row(
             "SELECT COALESCE(SUM(windows), 0) FROM (SELECT windows FROM rollup_chunks ORDER BY tier, start_min LIMIT ?1)",
@@ -1448,16 +1450,22 @@ fn degrade(
             bump(tx, &format!("degraded:{sink}"), *unsent)?;
         }
         for (&tier, w) in tiers.iter().zip(windows) {
-            let (row, data): (i64, Vec<u8>) = tx
+            let stored: Option<(i64, Vec<u8>)> = tx
                 .prepare_cached(
                     "SELECT id, data FROM rollup_chunks WHERE chunk = ?1 AND tier = ?2",
                 )?
-                .query_row(params![g.group, tier], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            let merged = merge_windows(&data, w)?;
+                .query_row(params![g.group, tier], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            // Gone only if eviction took the rollups too (which closes every
+            // group, see `evict_windows`); the new windows then stand alone.
+            let (row, merged) = match stored {
+                Some((row, data)) => (Some(row), merge_windows(&data, w)?),
+                None => (None, w),
+            };
             if tier == tiers[0] {
                 g.windows = merged.len();
             }
-            put_windows(tx, Some(row), tier, sid, &merged, Some(g.group))?;
+            put_windows(tx, row, tier, sid, &merged, Some(g.group))?;
         }
         g.end = g.end.max(end);
         return Ok(());
@@ -1979,6 +1987,35 @@ mod tests {
         let want: Vec<(i64, Agg)> = windows.clone().into_iter().collect();
         assert_eq!(decode_windows(&old).unwrap(), want);
         assert_eq!(decode_windows(&encode_windows(&windows)).unwrap(), want);
+    }
+
+    #[test]
+    fn a_group_whose_rollups_were_evicted_is_not_extended() {
+        let (_d, mut st) = open();
+        st.cursor("a").unwrap();
+        for t in 0..140i64 {
+            st.append(&Batch {
+                points: vec![point("m a", t * 1_000_000_000, t as f64)],
+            })
+            .unwrap();
+            if t % 7 == 6 {
+                st.flush().unwrap();
+                st.seal().unwrap();
+            }
+        }
+        assert_eq!(st.evict_raw(None, 10).unwrap(), 70);
+        assert!(st.evict_windows(1000).unwrap() > 0);
+        assert_eq!(st.evict_raw(None, 100).unwrap(), 70);
+        let head = st.head().unwrap();
+        st.ack("a", head).unwrap();
+        let pending = st.degraded_pending("a", 60, 10).unwrap();
+        let got: Vec<(u64, u64)> = pending
+            .ranges
+            .iter()
+            .map(|r| (r.points, r.windows.iter().map(|w| w.1.count).sum()))
+            .collect();
+        // The first range lost its windows; the second has its own.
+        assert_eq!(got, vec![(70, 0), (70, 70)]);
     }
 
     #[test]
