@@ -208,8 +208,6 @@ struct OpenDegraded {
     group: i64,
     /// (sink, row id in `degraded`), in the order of `Store::sinks`' cursors.
     rows: Vec<(String, i64)>,
-    /// End of the newest finest-tier window in the group.
-    end: i64,
     /// Finest-tier windows in the group.
     windows: usize,
 }
@@ -1422,10 +1420,11 @@ fn put_windows(
 /// Records chunk `(id, series, ts_min, ts_max)`, about to be evicted, as
 /// degraded for the `lacking` sinks (with the points each lacked), and keeps
 /// its `windows` (one map per tier). It joins the series' open group when
-/// the same sinks lack it, it begins in the group's newest window (so any
-/// range of the group is still held back, not yet handed to a sink: see
-/// [`Store::degraded_pending`]) and the group has room; else it opens a new
-/// group.
+/// the same sinks lack it and the group has room; else it opens a new
+/// group. A group is closed when its range is handed to a sink (see
+/// [`Store::degraded_pending`]), when a chunk of the series every sink had
+/// is evicted (so a range spans nothing a sink received), and when rollups
+/// are evicted.
 fn degrade(
     tx: &rusqlite::Transaction,
     open: &mut HashMap<u32, OpenDegraded>,
@@ -1435,13 +1434,8 @@ fn degrade(
     windows: Vec<BTreeMap<i64, Agg>>,
 ) -> Result<(), StoreError> {
     let finest = windows.first().map_or(0, |w| w.len());
-    let end = tiers.first().map_or(hi, |t| {
-        let width = t * 1_000_000_000;
-        window_start(hi, width).saturating_add(width)
-    });
     let joins = open.get(&sid).is_some_and(|g| {
-        lo < g.end
-            && g.windows < ROW_WINDOWS
+        g.windows < ROW_WINDOWS
             && g.rows.len() == lacking.len()
             && g.rows.iter().zip(lacking).all(|(a, b)| &a.0 == b.0)
     });
@@ -1473,7 +1467,6 @@ fn degrade(
             }
             put_windows(tx, row, tier, sid, &merged, Some(g.group))?;
         }
-        g.end = g.end.max(end);
         return Ok(());
     }
     let mut rows = Vec::with_capacity(lacking.len());
@@ -1493,7 +1486,6 @@ fn degrade(
         OpenDegraded {
             group: id,
             rows,
-            end,
             windows: finest,
         },
     );
