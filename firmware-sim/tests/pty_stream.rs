@@ -20,23 +20,36 @@ fn open_slave(path: &Path) -> std::fs::File {
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
 }
 
-/// Reads the slave until end of file, EIO (hang-up) or `n` lines.
+/// Reads the slave until end of file, EIO (hang-up) or `n` lines; fails
+/// (rather than hanging the suite) if they stop coming for a minute.
 fn read_lines(slave: std::fs::File, n: usize) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut r = BufReader::new(slave);
-    while out.len() < n {
-        let mut line = Vec::new();
-        match r.read_until(b'\n', &mut line) {
-            Ok(0) => break,
-            Ok(_) => {
-                assert_eq!(line.pop(), Some(b'\n'), "lines end in \\n");
-                out.push(line);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(slave);
+        for _ in 0..n {
+            let mut line = Vec::new();
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => {
+                    assert_eq!(line.pop(), Some(b'\n'), "lines end in \\n");
+                    if tx.send(Some(line)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
+                Err(e) => panic!("read: {e}"),
             }
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
-            Err(e) => panic!("read: {e}"),
+        }
+        let _ = tx.send(None);
+    });
+    let mut out = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Some(line)) => out.push(line),
+            Ok(None) => return out,
+            Err(e) => panic!("{} of {n} lines, then none for a minute: {e}", out.len()),
         }
     }
-    out
 }
 
 /// Checks each line against its ledger entry: garbage byte for byte (lossy),
