@@ -533,6 +533,12 @@ fn pty_main(args: Args, stop: Arc<AtomicBool>, announce: Announce) -> anyhow::Re
             }
         }
     }
+    // The port goes, and its by-id link with it, as udev would remove it: a
+    // link left behind names a /dev/pts number the kernel gives the next
+    // PTY, and a reader reopening it would read someone else's lines.
+    if let Some(link) = &args.link {
+        let _ = std::fs::remove_file(link);
+    }
     writer.flush().context("cannot write the ledger")?;
     Ok(())
 }
