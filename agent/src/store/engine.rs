@@ -1987,11 +1987,11 @@ mod tests {
         assert_eq!(decode_windows(&encode_windows(&windows)).unwrap(), want);
     }
 
-    #[test]
-    fn a_group_whose_rollups_were_evicted_is_not_extended() {
-        let (_d, mut st) = open();
-        st.cursor("a").unwrap();
-        for t in 0..140i64 {
+    /// Appends one point a second of series `m a` for seconds `[from, to)`,
+    /// sealing every 7 s (small chunks, as eviction meets them at a full
+    /// budget), and seals the rest.
+    fn add_small_chunks(st: &mut Store, from: i64, to: i64) {
+        for t in from..to {
             st.append(&Batch {
                 points: vec![point("m a", t * 1_000_000_000, t as f64)],
             })
@@ -2001,6 +2001,15 @@ mod tests {
                 st.seal().unwrap();
             }
         }
+        st.flush().unwrap();
+        st.seal().unwrap();
+    }
+
+    #[test]
+    fn a_group_whose_rollups_were_evicted_is_not_extended() {
+        let (_d, mut st) = open();
+        st.cursor("a").unwrap();
+        add_small_chunks(&mut st, 0, 140);
         assert_eq!(st.evict_raw(None, 10).unwrap(), 70);
         assert!(st.evict_windows(1000).unwrap() > 0);
         assert_eq!(st.evict_raw(None, 100).unwrap(), 70);
@@ -2022,20 +2031,7 @@ mod tests {
         st.cursor("a").unwrap();
         st.cursor("b").unwrap();
         let key = SeriesKey::from_canonical("m a");
-        let add = |st: &mut Store, from: i64, to: i64| {
-            for t in from..to {
-                st.append(&Batch {
-                    points: vec![point("m a", t * 1_000_000_000, t as f64)],
-                })
-                .unwrap();
-                if t % 7 == 6 {
-                    st.flush().unwrap();
-                    st.seal().unwrap();
-                }
-            }
-            st.flush().unwrap();
-            st.seal().unwrap();
-        };
+        let add = add_small_chunks;
         let rows = |st: &Store, sink: &str| -> Vec<(i64, i64, i64, i64)> {
             let mut stmt = st
                 .conn
