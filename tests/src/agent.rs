@@ -13,7 +13,7 @@ use firmware_sim::LedgerEntry;
 use tidegate::ops::Status;
 use tidegate::point::SeriesKey;
 
-use crate::{bin, Sample};
+use crate::{bin, wait_until, Sample};
 
 /// A running `firmware-sim` with its PTY linked at `<dir>/tty`.
 pub struct Sim {
@@ -440,6 +440,32 @@ impl Agent {
     pub fn status(&self) -> Status {
         self.try_status()
             .unwrap_or_else(|| panic!("agent status unavailable; log:\n{}", self.log()))
+    }
+
+    /// Waits until the feed has gone quiet and everything read is durable and
+    /// sent: no source line for longer than a flush interval, every appended
+    /// point flushed, every sink's backlog empty. For a test that compares the
+    /// store with a sink once a simulator has finished: lines still in the PTY
+    /// or a batch awaiting its flush would otherwise reach the sink after the
+    /// store was read.
+    pub fn wait_settled(&self, timeout: Duration) -> Status {
+        let lines = |st: &Status| st.sources.iter().map(|s| s.lines).sum::<u64>();
+        let mut quiet_since: Option<(Instant, u64)> = None;
+        wait_until("the agent to settle", timeout, || {
+            let st = self.status();
+            let settled = st.store.points_appended == st.store.points_flushed
+                && st.sinks.iter().all(|s| s.backlog_points == 0);
+            let now = (Instant::now(), lines(&st) + st.store.points_appended);
+            match quiet_since {
+                Some((t, n)) if n == now.1 => {
+                    (settled && t.elapsed() > Duration::from_millis(1500)).then_some(st)
+                }
+                _ => {
+                    quiet_since = Some(now);
+                    None
+                }
+            }
+        })
     }
 
     /// The agent's log so far.

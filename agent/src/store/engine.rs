@@ -43,8 +43,8 @@ pub const TARGET_CHUNK_POINTS: i64 = 8192;
 /// log4(8192 / points per seal) times.
 const FANOUT: usize = 4;
 /// SQLite's page cache, KiB (its default is 2000). The hot pages are the
-/// chunk and index pages a flush appends to, a few dozen; a miss is read
-/// from the kernel's page cache, not the card. What the rest held showed as
+/// chunk and index pages a flush appends to, a few dozen; a miss is
+/// usually served by the kernel's page cache rather than the card. What the rest held showed as
 /// peak RSS (`tidegate bench footprint`).
 const CACHE_KIB: i64 = 1024;
 /// Most points in one sealing run: the journal it turns into one chunk per series.
@@ -646,12 +646,15 @@ impl Store {
     fn evict_raw(&mut self, before: Option<i64>, max: usize) -> Result<u64, StoreError> {
         let in_flight: Vec<(Cursor, Cursor)> =
             self.sinks.values().map(|p| (p.acked, p.read)).collect();
-        let cursors: Vec<(String, Cursor)> = self
+        // By name: `degrade` compares the lacking sinks of consecutive chunks
+        // in order, and a HashMap's order is not one.
+        let mut cursors: Vec<(String, Cursor)> = self
             .sinks
             .iter()
             .filter(|(_, p)| !p.ephemeral)
             .map(|(name, p)| (name.clone(), p.acked))
             .collect();
+        cursors.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let tiers = self.tiers.clone();
         // Taken out, so an error (the transaction rolled back) leaves no group
         // pointing at rows that were never written.
