@@ -936,12 +936,12 @@ impl Store {
         };
         let groups = plan_merges(&chunks, &cursors, now, max_merges);
         for group in &groups {
-            self.merge_chunks(group)?;
+            self.merge_chunks(group, now)?;
         }
         Ok(groups.len())
     }
 
-    fn merge_chunks(&mut self, ids: &[i64]) -> Result<(), StoreError> {
+    fn merge_chunks(&mut self, ids: &[i64], now: i64) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         let (mut ts, mut vals) = (Vec::new(), Vec::new());
         let mut seq_hi = 0i64;
@@ -960,13 +960,14 @@ impl Store {
                 vals.extend_from_slice(&v);
             }
         }
+        let (lo, hi) = min_max(&ts);
+        let settled = hi < now.saturating_sub(SETTLE_NS);
         let mut data = Vec::new();
-        codec::encode_series(&ts, &vals, &mut data);
+        codec::encode_series_with(&ts, &vals, effort(ts.len(), settled), &mut data);
         self.metrics
             .store
             .merged_bytes
             .fetch_add(data.len() as u64, Relaxed);
-        let (lo, hi) = min_max(&ts);
         {
             let mut del = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
             for &id in ids {
@@ -1041,7 +1042,7 @@ impl Store {
             )?;
             for (sid, (ts, vals)) in &by_series {
                 data.clear();
-                codec::encode_series(ts, vals, &mut data);
+                codec::encode_series_with(ts, vals, effort(ts.len(), false), &mut data);
                 self.metrics
                     .store
                     .sealed_bytes
@@ -1653,6 +1654,17 @@ fn plan_merges(chunks: &[ChunkInfo], cursors: &[Cursor], now_ns: i64, max: usize
         }
     }
     out
+}
+
+/// How hard to compress a block of `points`: thoroughly if compaction will
+/// not merge it again (it is large, or settled: merged again only with
+/// later settled neighbours, rarely), quickly if it is a step on the way.
+fn effort(points: usize, settled: bool) -> codec::Effort {
+    if settled || points as i64 * 2 >= TARGET_CHUNK_POINTS {
+        codec::Effort::Thorough
+    } else {
+        codec::Effort::Quick
+    }
 }
 
 /// Splits journal chunks `(key, count)` into runs that may be sealed: no cursor
