@@ -1931,14 +1931,17 @@ mod tests {
         // A full store evicts chunks as young as one seal (5 s of a series
         // here): their windows go into one row per 64 windows, not a row each.
         let (_d, mut st) = open();
+        // Thousands of commits: without fsync, or under qemu this one test
+        // takes minutes. Durability is not what it checks.
+        st.conn.pragma_update(None, "synchronous", "OFF").unwrap();
         let keys = ["m a", "m b", "m c"];
         let mut all: Vec<Vec<(i64, f64)>> = vec![Vec::new(); keys.len()];
         st.set_limits(Limits {
-            max_disk_bytes: 192 << 10,
+            max_disk_bytes: 128 << 10,
             ..Limits::default()
         });
         let mut evicted = 0;
-        for i in 0..20_000i64 {
+        for i in 0..8_000i64 {
             let points: Vec<Point> = keys
                 .iter()
                 .enumerate()
@@ -1957,7 +1960,7 @@ mod tests {
                 evicted += ev.raw_points;
             }
         }
-        assert!(evicted > 40_000, "eviction ran: {evicted} points");
+        assert!(evicted > 12_000, "eviction ran: {evicted} points");
         for &tier in st.tiers().to_vec().iter() {
             for (k, key) in keys.iter().enumerate() {
                 let key = SeriesKey::from_canonical(key);
