@@ -987,17 +987,26 @@ impl Store {
         let last_seq = run[run.len() - 1] >> SERIES_BITS;
         let tx = self.conn.transaction()?;
         let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        // The first pass checks each chunk's checksum; the rest read the
+        // same bytes in the same transaction.
+        let mut checked = false;
         let mut each_chunk = |f: &mut ColumnsFn<'_>| -> Result<(), StoreError> {
             let mut get = tx.prepare_cached("SELECT data FROM chunks WHERE id = ?1")?;
+            let decode = if checked {
+                codec::decode_mixed_again
+            } else {
+                codec::decode_mixed
+            };
             for &id in run {
                 let data: Vec<u8> = get.query_row([id], |r| r.get(0))?;
                 s.clear();
                 t.clear();
                 v.clear();
-                codec::decode_mixed(&data, &mut s, &mut t, &mut v)
+                decode(&data, &mut s, &mut t, &mut v)
                     .map_err(|e| StoreError::Corrupt(format!("chunk {id}: {e}")))?;
                 f(&s, &t, &v);
             }
+            checked = true;
             Ok(())
         };
         // Pass 0 counts points per series; then each pass keeps one group of
