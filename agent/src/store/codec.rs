@@ -382,13 +382,9 @@ fn encode_value_column(values: &[f64], effort: Effort, out: &mut Vec<u8>) {
     best.push(V_PCO);
     put_pco(values, &pco::ChunkConfig::default(), &mut best);
     if effort == Effort::Thorough {
-        let lookback = pco::ChunkConfig::default()
-            .with_compression_level(12)
-            .with_delta_spec(pco::DeltaSpec::TryLookback);
-        for config in [
-            pco::ChunkConfig::default().with_compression_level(12),
-            lookback,
-        ] {
+        let top = pco::ChunkConfig::default().with_compression_level(12);
+        let lookback = top.clone().with_delta_spec(pco::DeltaSpec::TryLookback);
+        for config in [top, lookback] {
             let mut c = vec![V_PCO];
             put_pco(values, &config, &mut c);
             if c.len() < best.len() {
@@ -745,24 +741,24 @@ pub fn decode_mixed(
     ts: &mut Vec<i64>,
     values: &mut Vec<f64>,
 ) -> Result<(), CodecError> {
-    decode_mixed_with(bytes, true, series, ts, values)
+    decode_mixed_with(bytes, Checksum::Verify, series, ts, values)
 }
 
-/// [`decode_mixed`] without the checksum, for bytes it has accepted before
-/// (sealing decodes each journal chunk once per group of series). Every
-/// other check stays, so damage is still an error, never a panic.
-pub fn decode_mixed_again(
-    bytes: &[u8],
-    series: &mut Vec<u32>,
-    ts: &mut Vec<i64>,
-    values: &mut Vec<f64>,
-) -> Result<(), CodecError> {
-    decode_mixed_with(bytes, false, series, ts, values)
+/// Whether [`decode_mixed_with`] checks a chunk's CRC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checksum {
+    /// Check it: bytes from disk, seen for the first time.
+    Verify,
+    /// Skip it, for bytes accepted before (sealing decodes each journal
+    /// chunk once per group of series). Every other check stays, so damage
+    /// is still an error, never a panic.
+    Skip,
 }
 
-fn decode_mixed_with(
+/// [`decode_mixed`], with or without the checksum.
+pub fn decode_mixed_with(
     bytes: &[u8],
-    check: bool,
+    checksum: Checksum,
     series: &mut Vec<u32>,
     ts: &mut Vec<i64>,
     values: &mut Vec<f64>,
@@ -777,7 +773,7 @@ fn decode_mixed_with(
         Some(&f) => return Err(CodecError::Format(f)),
         None => return Err(corrupt("empty")),
     };
-    let body = if check {
+    let body = if checksum == Checksum::Verify {
         unseal(bytes)?
     } else {
         bytes
@@ -1214,7 +1210,7 @@ mod tests {
         assert_eq!(t2, ts);
         assert_eq!(bits(&v2), bits(vs));
         let (mut s3, mut t3, mut v3) = (Vec::new(), Vec::new(), Vec::new());
-        decode_mixed_again(&buf, &mut s3, &mut t3, &mut v3).unwrap();
+        decode_mixed_with(&buf, Checksum::Skip, &mut s3, &mut t3, &mut v3).unwrap();
         assert_eq!((s3, t3, bits(&v3)), (s2, t2, bits(&v2)));
         buf.len()
     }
@@ -1372,7 +1368,7 @@ mod tests {
             let _ = decode_series(&bytes, &mut t2, &mut v2);
             let _ = decode_mixed(&bytes, &mut s2, &mut t2, &mut v2);
             // Without the checksum check the decoder faces the garbage itself.
-            let _ = decode_mixed_again(&bytes, &mut s2, &mut t2, &mut v2);
+            let _ = decode_mixed_with(&bytes, Checksum::Skip, &mut s2, &mut t2, &mut v2);
             // With a valid checksum the decoders themselves face the garbage.
             if bytes.len() >= 5 {
                 let body = bytes.len() - 4;

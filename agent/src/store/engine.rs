@@ -44,8 +44,8 @@ pub const TARGET_CHUNK_POINTS: i64 = 8192;
 const FANOUT: usize = 4;
 /// SQLite's page cache, KiB (its default is 2000). The hot pages are the
 /// chunk and index pages a flush appends to, a few dozen; a miss is
-/// usually served by the kernel's page cache rather than the card. What the rest held showed as
-/// peak RSS (`tidegate bench footprint`).
+/// usually served by the kernel's page cache rather than the card. What the
+/// rest held showed as peak RSS (`tidegate bench footprint`).
 const CACHE_KIB: i64 = 1024;
 /// Most points in one sealing run: the journal it turns into one chunk per series.
 const SEAL_MAX_POINTS: usize = 8 * 1024 * 1024;
@@ -992,17 +992,17 @@ impl Store {
         let mut checked = false;
         let mut each_chunk = |f: &mut ColumnsFn<'_>| -> Result<(), StoreError> {
             let mut get = tx.prepare_cached("SELECT data FROM chunks WHERE id = ?1")?;
-            let decode = if checked {
-                codec::decode_mixed_again
+            let checksum = if checked {
+                codec::Checksum::Skip
             } else {
-                codec::decode_mixed
+                codec::Checksum::Verify
             };
             for &id in run {
                 let data: Vec<u8> = get.query_row([id], |r| r.get(0))?;
                 s.clear();
                 t.clear();
                 v.clear();
-                decode(&data, &mut s, &mut t, &mut v)
+                codec::decode_mixed_with(&data, checksum, &mut s, &mut t, &mut v)
                     .map_err(|e| StoreError::Corrupt(format!("chunk {id}: {e}")))?;
                 f(&s, &t, &v);
             }
