@@ -5,6 +5,7 @@ pub mod clock;
 pub mod control;
 pub mod health;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod progress;

@@ -333,6 +333,7 @@ async fn run(
                         warn!(suppressed = held, "cannot read the store's figures for status: {e}");
                     }
                 }
+                crate::ops::memory::return_free_memory();
             }
         }
     }

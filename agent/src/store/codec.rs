@@ -7,9 +7,10 @@
 //!   disk mostly holds, so size wins and encoding may try several candidates
 //!   per column and keep the smallest (see *Series layout* below).
 //! * **Journal chunks** ([`encode_mixed`]): the points of every series in
-//!   arrival order, written once a second on the ingest path and sealed into
-//!   per-series blocks within minutes, so speed wins: one pass of
-//!   per-series deltas and XORs, then zstd at level 1.
+//!   frames by series id, arrival order within each, written once a second
+//!   on the ingest path and sealed into per-series blocks within minutes,
+//!   so speed wins: one pass of per-series deltas and XORs, then zstd at
+//!   level 1.
 //!
 //! Every encoding starts with a format byte so the store can evolve it; the
 //! formats of the first skeleton (bytes 1 and 2) are still decoded.
@@ -36,10 +37,23 @@
 //! (NaN, -0.0, float artefacts such as `74.93588199999998`) are listed as
 //! exceptions with their exact bits.
 //!
-//! # Journal layout (format 6)
+//! # Journal layout (format 8)
 //!
 //! ```text
-//! u8 format = 6 | varint n | varint raw length | zstd(raw) | u32 LE crc32
+//! u8 format = 8 | varint n | varint f
+//!   | f × (varint lowest id, varint highest − lowest, varint points,
+//!          varint raw length, varint zstd length)
+//!   | f × zstd(raw) | u32 LE crc32
+//! ```
+//!
+//! Points are cut into frames of whole series (ascending ids, about 256
+//! points each), in arrival order within a frame. Sealing gathers
+//! a few hundred series per pass and decompresses only their frames; one
+//! frame for the whole chunk (format 6: `varint n | varint raw length |
+//! zstd(raw)`, still decoded) made it decode every chunk once per pass.
+//! A frame's raw columns:
+//!
+//! ```text
 //! raw: n × varint series id
 //!    | n × varint zigzag(ts − reference)
 //!    | n × u8 k (decimals, or 0xFF for a value kept as its bits)
@@ -69,6 +83,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::ops::RangeInclusive;
 
 use super::rollup::Agg;
 
@@ -80,8 +95,10 @@ const MIXED_V1: u8 = 2;
 const SERIES_V2: u8 = 4;
 /// Format byte of a journal chunk before decimal values (decoded only).
 const MIXED_V2: u8 = 5;
-/// Format byte of a journal chunk, layout in the module docs.
+/// Format byte of a journal chunk in one zstd frame (decoded only).
 const MIXED_V3: u8 = 6;
+/// Format byte of a journal chunk in frames by series, layout in the module docs.
+const MIXED_V4: u8 = 8;
 /// Rollup windows: columns like a series block's (see *Windows layout*).
 const WINDOWS_V1: u8 = 7;
 
@@ -105,6 +122,11 @@ const V_RAW: u8 = 3;
 const SEAL_LEVEL: i32 = 19;
 /// zstd level of journal chunks: on the ingest path, speed first.
 const MIXED_LEVEL: i32 = 1;
+
+/// Points a journal frame gathers before it closes (at a series boundary).
+/// Sealing reads the frames of the series it gathers and skips the rest;
+/// frames this size keep zstd's cost per frame near 0.1 B a point.
+const FRAME_POINTS: usize = 256;
 
 /// Most points one encoding may hold. Decoding trusts no count beyond it, so
 /// a corrupt or hostile chunk can make the decoder allocate at most about
@@ -656,7 +678,10 @@ fn journal_decimal(v: f64, hint: u8) -> Option<(u8, i64)> {
 }
 
 /// Encodes points of many series (parallel columns, arrival order) into
-/// `out`, bit for bit.
+/// `out`, bit for bit. They decode in frames of ascending series ids, in
+/// arrival order within a frame (so each series' points are in arrival
+/// order): encoding what was decoded gives the same bytes, so positions in
+/// a chunk stay put when it is rewritten.
 ///
 /// # Panics
 ///
@@ -668,13 +693,67 @@ pub fn encode_mixed(series: &[u32], ts: &[i64], values: &[f64], out: &mut Vec<u8
         "parallel columns of one length"
     );
     assert!(n <= MAX_POINTS, "{n} points in one chunk");
+    // Ordered by series (stably), then cut into frames of whole series.
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    order.sort_by_key(|&i| series[i as usize]);
+    let mut zstd = zstd::bulk::Compressor::new(MIXED_LEVEL).expect("zstd level 1 exists");
+    let (mut fs, mut ft, mut fv, mut raw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut head = Vec::new();
+    let mut frames = Vec::new();
+    let mut count = 0usize;
+    let mut at = 0;
+    while at < n {
+        let begin = at;
+        at += 1;
+        while at < n
+            && (at - begin < FRAME_POINTS
+                || series[order[at] as usize] == series[order[at - 1] as usize])
+        {
+            at += 1;
+        }
+        let (lo, hi) = (
+            series[order[begin] as usize],
+            series[order[at - 1] as usize],
+        );
+        // Arrival order within the frame: neighbours in time compress best.
+        order[begin..at].sort_unstable();
+        fs.clear();
+        ft.clear();
+        fv.clear();
+        for &i in &order[begin..at] {
+            fs.push(series[i as usize]);
+            ft.push(ts[i as usize]);
+            fv.push(values[i as usize]);
+        }
+        raw.clear();
+        encode_mixed_raw(&fs, &ft, &fv, &mut raw);
+        let z = zstd.compress(&raw).expect("zstd compresses any input");
+        put_varint(&mut head, lo as u64);
+        put_varint(&mut head, (hi - lo) as u64);
+        put_varint(&mut head, fs.len() as u64);
+        put_varint(&mut head, raw.len() as u64);
+        put_varint(&mut head, z.len() as u64);
+        frames.extend_from_slice(&z);
+        count += 1;
+    }
+    let start = out.len();
+    out.push(MIXED_V4);
+    put_varint(out, n as u64);
+    put_varint(out, count as u64);
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&frames);
+    seal(start, out);
+}
+
+/// The raw columns of one journal frame: ids, time deltas, value decimals,
+/// mantissa deltas, then the byte planes of the raw values.
+fn encode_mixed_raw(series: &[u32], ts: &[i64], values: &[f64], raw: &mut Vec<u8>) {
+    let n = series.len();
     let max_id = series.iter().copied().max().unwrap_or(0);
     let mut last: Last<Prev> = Last::new(max_id);
-    // Columns in the order the decoder reads them: ids, time deltas, value
-    // decimals, mantissa deltas, then the byte planes of the raw values.
-    let mut raw = Vec::with_capacity(n * 8);
+    raw.reserve(n * 8);
     for &s in series {
-        put_varint(&mut raw, s as u64);
+        put_varint(raw, s as u64);
     }
     let mut ks = Vec::with_capacity(n);
     let mut mantissas = Vec::with_capacity(n * 2);
@@ -683,11 +762,11 @@ pub fn encode_mixed(series: &[u32], ts: &[i64], values: &[f64], out: &mut Vec<u8
     for ((&s, &t), &v) in series.iter().zip(ts).zip(values) {
         let slot = last.slot(s);
         let p = *slot;
-        // A series' first point in the chunk is taken against the point that
-        // arrived before it: arrivals are nearly in time order, so the delta
-        // is small even when every series has one point a second.
+        // A series' first point in the frame is taken against the point
+        // before it: a frame spans about one flush interval, so the delta is
+        // small even when every series has one point a second.
         let t_ref = if p.seen { p.ts } else { prev_ts };
-        put_varint(&mut raw, zigzag(t.wrapping_sub(t_ref)));
+        put_varint(raw, zigzag(t.wrapping_sub(t_ref)));
         prev_ts = t;
         *slot = match journal_decimal(v, p.k) {
             Some((k, m)) => {
@@ -724,13 +803,6 @@ pub fn encode_mixed(series: &[u32], ts: &[i64], values: &[f64], out: &mut Vec<u8
             raw[at + k * e + i] = *b;
         }
     }
-    let start = out.len();
-    out.push(MIXED_V3);
-    put_varint(out, n as u64);
-    put_varint(out, raw.len() as u64);
-    let z = zstd::bulk::compress(&raw, MIXED_LEVEL).expect("zstd compresses any input");
-    out.extend_from_slice(&z);
-    seal(start, out);
 }
 
 /// Decodes a journal chunk, appending to the three columns. On error the
@@ -741,7 +813,7 @@ pub fn decode_mixed(
     ts: &mut Vec<i64>,
     values: &mut Vec<f64>,
 ) -> Result<(), CodecError> {
-    decode_mixed_with(bytes, Checksum::Verify, series, ts, values)
+    decode_mixed_with(bytes, Checksum::Verify, 0..=u32::MAX, series, ts, values)
 }
 
 /// Whether [`decode_mixed_with`] checks a chunk's CRC.
@@ -755,24 +827,23 @@ pub enum Checksum {
     Skip,
 }
 
-/// [`decode_mixed`], with or without the checksum.
+/// [`decode_mixed`], with or without the checksum, of the frames that hold
+/// series in `ids`: every point of those series, and maybe others (a frame
+/// holds several series, a chunk of format 6 or older one frame of all).
 pub fn decode_mixed_with(
     bytes: &[u8],
     checksum: Checksum,
+    ids: RangeInclusive<u32>,
     series: &mut Vec<u32>,
     ts: &mut Vec<i64>,
     values: &mut Vec<f64>,
 ) -> Result<(), CodecError> {
-    let (lo, hi) = match bytes.first() {
-        // Each point takes 4 to 26 raw bytes: 1–5 of id, 1–10 of time, 1 of
-        // decimals, then 1–10 of mantissa or 8 of bits.
-        Some(&MIXED_V3) => (4, 26),
-        // 10 to 23: 8 plane bytes, 1–5 of id, 1–10 of delta.
-        Some(&MIXED_V2) => (10, 23),
+    match bytes.first() {
+        Some(&MIXED_V4 | &MIXED_V3 | &MIXED_V2) => {}
         Some(&MIXED_V1) => return legacy::decode_mixed_v1(bytes, series, ts, values),
         Some(&f) => return Err(CodecError::Format(f)),
         None => return Err(corrupt("empty")),
-    };
+    }
     let body = if checksum == Checksum::Verify {
         unseal(bytes)?
     } else {
@@ -783,19 +854,101 @@ pub fn decode_mixed_with(
     };
     let mut r = Reader::new(&body[1..]);
     let n = r.count()?;
-    let raw_len = r.len()?;
-    // Checking the length first bounds the allocation by the trusted point cap.
+    if body[0] != MIXED_V4 {
+        let raw_len = r.len()?;
+        let raw = unzstd(r.rest(), raw_len_checked(body[0], n, raw_len)?)?;
+        if raw.len() != raw_len {
+            return Err(corrupt("raw length mismatch"));
+        }
+        if body[0] == MIXED_V2 {
+            return legacy::decode_mixed_v2(&raw, n, series, ts, values);
+        }
+        return decode_mixed_raw(&raw, n, series, ts, values);
+    }
+    let frames = r.count()?;
+    if frames > n {
+        return Err(corrupt("more frames than points"));
+    }
+    struct Head {
+        ids: RangeInclusive<u32>,
+        n: usize,
+        raw_len: usize,
+        z_len: usize,
+    }
+    // Each head takes 5 bytes or more: no allocation beyond what is there.
+    let mut heads = Vec::with_capacity(frames.min(body.len() / 5));
+    let (mut points, mut z_total) = (0usize, 0usize);
+    for _ in 0..frames {
+        let id = |v: u64| u32::try_from(v).map_err(|_| corrupt("series id out of range"));
+        let lo = id(r.varint()?)?;
+        let hi = lo
+            .checked_add(id(r.varint()?)?)
+            .ok_or_else(|| corrupt("series id out of range"))?;
+        let n = r.count()?;
+        let raw_len = raw_len_checked(MIXED_V4, n, r.len()?)?;
+        let z_len = r.len()?;
+        points = points.saturating_add(n);
+        z_total = z_total.saturating_add(z_len);
+        heads.push(Head {
+            ids: lo..=hi,
+            n,
+            raw_len,
+            z_len,
+        });
+    }
+    let zs = r.rest();
+    if points != n || z_total != zs.len() || heads.iter().any(|h| h.n == 0) {
+        return Err(corrupt("frame table does not add up"));
+    }
+    let mut zstd = zstd::bulk::Decompressor::new().map_err(|e| corrupt(format!("zstd: {e}")))?;
+    let mut z = Reader::new(zs);
+    for h in heads {
+        let frame = z.take(h.z_len)?;
+        if h.ids.end() < ids.start() || h.ids.start() > ids.end() {
+            continue;
+        }
+        let raw = zstd
+            .decompress(frame, h.raw_len)
+            .map_err(|e| corrupt(format!("zstd: {e}")))?;
+        if raw.len() != h.raw_len {
+            return Err(corrupt("raw length mismatch"));
+        }
+        let first = series.len();
+        decode_mixed_raw(&raw, h.n, series, ts, values)?;
+        // Skipping frames by their ids is only sound if they hold no other.
+        if series[first..].iter().any(|s| !h.ids.contains(s)) {
+            return Err(corrupt("series id outside its frame"));
+        }
+    }
+    Ok(())
+}
+
+/// `raw_len` if it can hold `n` points of journal `format`: checking it
+/// before decompressing bounds the allocation by the trusted point cap.
+fn raw_len_checked(format: u8, n: usize, raw_len: usize) -> Result<usize, CodecError> {
+    let (lo, hi) = if format == MIXED_V2 {
+        // 10 to 23: 8 plane bytes, 1–5 of id, 1–10 of delta.
+        (10, 23)
+    } else {
+        // 4 to 26: 1–5 of id, 1–10 of time, 1 of decimals, then 1–10 of
+        // mantissa or 8 of bits.
+        (4, 26)
+    };
     if raw_len < n * lo || raw_len > n * hi {
         return Err(corrupt("raw length does not fit the point count"));
     }
-    let raw = unzstd(r.rest(), raw_len)?;
-    if raw.len() != raw_len {
-        return Err(corrupt("raw length mismatch"));
-    }
-    if body[0] == MIXED_V2 {
-        return legacy::decode_mixed_v2(&raw, n, series, ts, values);
-    }
-    let mut c = Reader::new(&raw);
+    Ok(raw_len)
+}
+
+/// Decodes the raw columns of one journal frame of `n` points.
+fn decode_mixed_raw(
+    raw: &[u8],
+    n: usize,
+    series: &mut Vec<u32>,
+    ts: &mut Vec<i64>,
+    values: &mut Vec<f64>,
+) -> Result<(), CodecError> {
+    let mut c = Reader::new(raw);
     let first = series.len();
     let max_id = read_ids(&mut c, n, series)?;
     let mut deltas = Vec::with_capacity(n);
@@ -1175,6 +1328,7 @@ mod legacy {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     fn bits(v: &[f64]) -> Vec<u64> {
         v.iter().map(|v| v.to_bits()).collect()
@@ -1201,17 +1355,46 @@ mod tests {
         sizes[1]
     }
 
+    /// Round-trips a journal chunk: the points come back grouped by series
+    /// in arrival order, re-encoding them gives the same bytes, and a
+    /// decode of one range of ids holds every point of it.
     fn mixed_round_trip(s: &[u32], ts: &[i64], vs: &[f64]) -> usize {
         let mut buf = Vec::new();
         encode_mixed(s, ts, vs, &mut buf);
         let (mut s2, mut t2, mut v2) = (Vec::new(), Vec::new(), Vec::new());
         decode_mixed(&buf, &mut s2, &mut t2, &mut v2).unwrap();
-        assert_eq!(s2, s);
-        assert_eq!(t2, ts);
-        assert_eq!(bits(&v2), bits(vs));
-        let (mut s3, mut t3, mut v3) = (Vec::new(), Vec::new(), Vec::new());
-        decode_mixed_with(&buf, Checksum::Skip, &mut s3, &mut t3, &mut v3).unwrap();
-        assert_eq!((s3, t3, bits(&v3)), (s2, t2, bits(&v2)));
+        // Every series' points, in arrival order.
+        let per_series = |s: &[u32], t: &[i64], v: &[f64]| {
+            let mut m: BTreeMap<u32, Vec<(i64, u64)>> = BTreeMap::new();
+            for i in 0..s.len() {
+                m.entry(s[i]).or_default().push((t[i], v[i].to_bits()));
+            }
+            m
+        };
+        assert_eq!(s2.len(), s.len());
+        assert_eq!(per_series(&s2, &t2, &v2), per_series(s, ts, vs));
+        let mut again = Vec::new();
+        encode_mixed(&s2, &t2, &v2, &mut again);
+        assert_eq!(again, buf, "re-encoding moved points");
+        // The middle third of the ids, without the checksum.
+        let (lo, hi) = (s2.len() / 3, s2.len() * 2 / 3);
+        if let (Some(&a), Some(&b)) = (s2.get(lo), s2.get(hi)) {
+            let (mut s3, mut t3, mut v3) = (Vec::new(), Vec::new(), Vec::new());
+            decode_mixed_with(&buf, Checksum::Skip, a..=b, &mut s3, &mut t3, &mut v3).unwrap();
+            let want: Vec<_> = (0..s2.len())
+                .filter(|&i| (a..=b).contains(&s2[i]))
+                .collect();
+            let got: Vec<_> = (0..s3.len())
+                .filter(|&i| (a..=b).contains(&s3[i]))
+                .collect();
+            assert_eq!(want.len(), got.len());
+            for (&w, &g) in want.iter().zip(&got) {
+                assert_eq!(
+                    (s2[w], t2[w], v2[w].to_bits()),
+                    (s3[g], t3[g], v3[g].to_bits())
+                );
+            }
+        }
         buf.len()
     }
 
@@ -1360,7 +1543,7 @@ mod tests {
         }
 
         #[test]
-        fn garbage_is_an_error_not_a_panic(mut bytes in proptest::collection::vec(any::<u8>(), 0..300), format in 0u8..7) {
+        fn garbage_is_an_error_not_a_panic(mut bytes in proptest::collection::vec(any::<u8>(), 0..300), format in 0u8..9) {
             if let Some(b) = bytes.first_mut() {
                 *b = format;
             }
@@ -1368,7 +1551,7 @@ mod tests {
             let _ = decode_series(&bytes, &mut t2, &mut v2);
             let _ = decode_mixed(&bytes, &mut s2, &mut t2, &mut v2);
             // Without the checksum check the decoder faces the garbage itself.
-            let _ = decode_mixed_with(&bytes, Checksum::Skip, &mut s2, &mut t2, &mut v2);
+            let _ = decode_mixed_with(&bytes, Checksum::Skip, 3..=9, &mut s2, &mut t2, &mut v2);
             // With a valid checksum the decoders themselves face the garbage.
             if bytes.len() >= 5 {
                 let body = bytes.len() - 4;
@@ -1488,6 +1671,45 @@ mod tests {
             .collect();
         let bytes = mixed_round_trip(&s, &t, &v);
         assert!(bytes < n as usize * 6, "{} B/pt", bytes as f64 / n as f64);
+    }
+
+    /// A journal chunk of format 6 (one zstd frame, arrival order), as
+    /// stores before the framed format hold, decodes in arrival order.
+    #[test]
+    fn single_frame_journal_still_decodes() {
+        let s = [7u32, 9, 7, 3];
+        let t = [100i64, 200, 150, 90];
+        let v = [1.25, f64::NAN, -0.0, 3.0];
+        let mut raw = Vec::new();
+        encode_mixed_raw(&s, &t, &v, &mut raw);
+        let mut buf = vec![MIXED_V3];
+        put_varint(&mut buf, s.len() as u64);
+        put_varint(&mut buf, raw.len() as u64);
+        buf.extend_from_slice(&zstd::bulk::compress(&raw, 1).unwrap());
+        seal(0, &mut buf);
+        let (mut s2, mut t2, mut v2) = (Vec::new(), Vec::new(), Vec::new());
+        decode_mixed(&buf, &mut s2, &mut t2, &mut v2).unwrap();
+        assert_eq!((s2.as_slice(), t2.as_slice()), (&s[..], &t[..]));
+        assert_eq!(bits(&v2), bits(&v));
+    }
+
+    /// A frame table that claims ids its frame does not hold is damage:
+    /// skipping frames by their ids would otherwise lose points.
+    #[test]
+    fn frame_ids_are_checked() {
+        let s: Vec<u32> = (0..600).map(|i| i % 300 + 1).collect();
+        let t: Vec<i64> = (0..600).collect();
+        let v: Vec<f64> = (0..600).map(|i| i as f64).collect();
+        let mut buf = Vec::new();
+        encode_mixed(&s, &t, &v, &mut buf);
+        // Format, n (2 bytes), frames, then the first head's lowest id (1).
+        assert_eq!(buf[4], 1, "first frame starts at id 1");
+        buf[4] = 2;
+        let body = buf.len() - 4;
+        let crc = crc32(&buf[..body]).to_le_bytes();
+        buf[body..].copy_from_slice(&crc);
+        let (mut s2, mut t2, mut v2) = (Vec::new(), Vec::new(), Vec::new());
+        assert!(decode_mixed(&buf, &mut s2, &mut t2, &mut v2).is_err());
     }
 
     #[test]
