@@ -590,32 +590,40 @@ fn get_pco<T: pco::data_types::Number>(
 // Journal chunks
 // ---------------------------------------------------------------------------
 
-/// Series ids below this get a dense table of previous points; the store's
-/// ids are small, and a table beats hashing on the hot path.
+/// Spans of series ids narrower than this get a dense table of previous
+/// points; a frame's ids are close together, and a table beats hashing on
+/// the hot path.
 const DENSE_IDS: u32 = 1 << 16;
 
-/// Per-series state carried along a journal chunk: the previous point of each
-/// series, so deltas are taken against the same sensor. A dense table for the
-/// store's small ids (it beats hashing on the hot path), a map beyond.
+/// Per-series state carried along a journal frame: the previous point of
+/// each series, so deltas are taken against the same sensor. A dense table
+/// over the frame's ids (sized by their span, not the largest id: a frame
+/// of ids 9,000–9,300 needs 301 slots), a map beyond.
 enum Last<T> {
-    Dense(Vec<T>),
+    Dense { base: u32, slots: Vec<T> },
     Sparse(HashMap<u32, T>),
 }
 
 impl<T: Copy + Default> Last<T> {
-    fn new(max_id: u32) -> Self {
-        if max_id < DENSE_IDS {
-            Last::Dense(vec![T::default(); max_id as usize + 1])
+    fn new(ids: RangeInclusive<u32>) -> Self {
+        let (lo, hi) = (*ids.start(), *ids.end());
+        if hi.saturating_sub(lo) < DENSE_IDS {
+            let span = hi.saturating_sub(lo) as usize + 1;
+            Last::Dense {
+                base: lo,
+                slots: vec![T::default(); span],
+            }
         } else {
             Last::Sparse(HashMap::new())
         }
     }
 
-    /// The state of series `s`, to read and replace.
+    /// The state of series `s` (within the range given to `new`), to read
+    /// and replace.
     #[inline]
     fn slot(&mut self, s: u32) -> &mut T {
         match self {
-            Last::Dense(v) => &mut v[s as usize],
+            Last::Dense { base, slots } => &mut slots[(s - *base) as usize],
             Last::Sparse(m) => m.entry(s).or_default(),
         }
     }
@@ -749,8 +757,9 @@ pub fn encode_mixed(series: &[u32], ts: &[i64], values: &[f64], out: &mut Vec<u8
 /// mantissa deltas, then the byte planes of the raw values.
 fn encode_mixed_raw(series: &[u32], ts: &[i64], values: &[f64], raw: &mut Vec<u8>) {
     let n = series.len();
-    let max_id = series.iter().copied().max().unwrap_or(0);
-    let mut last: Last<Prev> = Last::new(max_id);
+    let lo = series.iter().copied().min().unwrap_or(0);
+    let hi = series.iter().copied().max().unwrap_or(0);
+    let mut last: Last<Prev> = Last::new(lo..=hi);
     raw.reserve(n * 8);
     for &s in series {
         put_varint(raw, s as u64);
@@ -950,7 +959,7 @@ fn decode_mixed_raw(
 ) -> Result<(), CodecError> {
     let mut c = Reader::new(raw);
     let first = series.len();
-    let max_id = read_ids(&mut c, n, series)?;
+    let ids = read_ids(&mut c, n, series)?;
     let mut deltas = Vec::with_capacity(n);
     for _ in 0..n {
         deltas.push(unzigzag(c.varint()?));
@@ -967,7 +976,7 @@ fn decode_mixed_raw(
     let e = n - mantissas.len();
     let planes = c.take(e * 8)?;
     c.finish()?;
-    let mut last: Last<Prev> = Last::new(max_id);
+    let mut last: Last<Prev> = Last::new(ids);
     let (mut prev_ts, mut next_m, mut next_x) = (0i64, 0, 0);
     ts.reserve(n);
     values.reserve(n);
@@ -1002,16 +1011,21 @@ fn decode_mixed_raw(
 }
 
 /// Reads a journal chunk's column of `n` varint series ids onto `series`;
-/// returns the largest.
-fn read_ids(c: &mut Reader, n: usize, series: &mut Vec<u32>) -> Result<u32, CodecError> {
+/// returns their range (`0..=0` for none).
+fn read_ids(
+    c: &mut Reader,
+    n: usize,
+    series: &mut Vec<u32>,
+) -> Result<RangeInclusive<u32>, CodecError> {
     series.reserve(n);
-    let mut max_id = 0;
+    let (mut lo, mut hi) = (u32::MAX, 0);
     for _ in 0..n {
         let s = u32::try_from(c.varint()?).map_err(|_| corrupt("series id out of range"))?;
-        max_id = max_id.max(s);
+        lo = lo.min(s);
+        hi = hi.max(s);
         series.push(s);
     }
-    Ok(max_id)
+    Ok(lo.min(hi)..=hi)
 }
 
 /// Decompresses a zstd frame of at most `max` bytes. Streaming, so memory
@@ -1276,8 +1290,8 @@ mod legacy {
         let (planes, cols) = raw.split_at(n * 8);
         let mut c = Reader::new(cols);
         let first = series.len();
-        let max_id = read_ids(&mut c, n, series)?;
-        let mut last: Last<(i64, u64)> = Last::new(max_id);
+        let ids = read_ids(&mut c, n, series)?;
+        let mut last: Last<(i64, u64)> = Last::new(ids);
         ts.reserve(n);
         values.reserve(n);
         for i in 0..n {
@@ -1308,7 +1322,7 @@ mod legacy {
         let n = f.count as usize;
         let xors = unplanes(&f.values, n)?;
         let (mut a, mut b) = (Reader::new(&f.series), Reader::new(&f.ts));
-        let mut last: Last<(i64, u64)> = Last::new(u32::MAX);
+        let mut last: Last<(i64, u64)> = Last::new(0..=u32::MAX);
         for x in xors {
             let s = u32::try_from(a.varint()?).map_err(|_| corrupt("series id out of range"))?;
             let d = unzigzag(b.varint()?);
