@@ -1599,15 +1599,21 @@ mod tests {
             put_varint(&mut raw, id as u64);
         }
         raw.extend_from_slice(&deltas);
-        let mut buf = vec![MIXED_V2];
-        put_varint(&mut buf, n as u64);
+        assert_single_frame_decodes(MIXED_V2, &raw, &s, &t, &v);
+    }
+
+    /// A journal chunk of an older `format` (one zstd frame of `raw`)
+    /// decodes to the points it was made of, in arrival order.
+    fn assert_single_frame_decodes(format: u8, raw: &[u8], s: &[u32], t: &[i64], v: &[f64]) {
+        let mut buf = vec![format];
+        put_varint(&mut buf, s.len() as u64);
         put_varint(&mut buf, raw.len() as u64);
-        buf.extend_from_slice(&zstd::bulk::compress(&raw, 1).unwrap());
+        buf.extend_from_slice(&zstd::bulk::compress(raw, 1).unwrap());
         seal(0, &mut buf);
         let (mut s2, mut t2, mut v2) = (Vec::new(), Vec::new(), Vec::new());
         decode_mixed(&buf, &mut s2, &mut t2, &mut v2).unwrap();
-        assert_eq!((s2.as_slice(), t2.as_slice()), (&s[..], &t[..]));
-        assert_eq!(bits(&v2), bits(&v));
+        assert_eq!((s2.as_slice(), t2.as_slice()), (s, t));
+        assert_eq!(bits(&v2), bits(v));
     }
 
     /// Rollup windows round-trip bit for bit, at the edges of i64 too, and
@@ -1696,15 +1702,7 @@ mod tests {
         let v = [1.25, f64::NAN, -0.0, 3.0];
         let mut raw = Vec::new();
         encode_mixed_raw(&s, &t, &v, &mut raw);
-        let mut buf = vec![MIXED_V3];
-        put_varint(&mut buf, s.len() as u64);
-        put_varint(&mut buf, raw.len() as u64);
-        buf.extend_from_slice(&zstd::bulk::compress(&raw, 1).unwrap());
-        seal(0, &mut buf);
-        let (mut s2, mut t2, mut v2) = (Vec::new(), Vec::new(), Vec::new());
-        decode_mixed(&buf, &mut s2, &mut t2, &mut v2).unwrap();
-        assert_eq!((s2.as_slice(), t2.as_slice()), (&s[..], &t[..]));
-        assert_eq!(bits(&v2), bits(&v));
+        assert_single_frame_decodes(MIXED_V3, &raw, &s, &t, &v);
     }
 
     /// A frame table that claims ids its frame does not hold is damage:
