@@ -212,6 +212,9 @@ async fn run(
     // commit that answers them is due.
     let mut waiters: Vec<oneshot::Sender<Result<(), StoreError>>> = Vec::new();
     let mut commit_at: Option<tokio::time::Instant> = None;
+    let mut upkeep = Upkeep::Idle;
+    // Sinks' reads waiting for a run being sealed (see `serve_after`).
+    let mut held: Vec<HeldRead> = Vec::new();
     let flush = |store: &mut Store,
                  errors: &mut RateLimit,
                  waiters: &mut Vec<oneshot::Sender<Result<(), StoreError>>>|
@@ -276,7 +279,7 @@ async fn run(
                         Err(e) => { let _ = reply.send(Err(e)); }
                     },
                     Request::After { sink, from, until, limit, reply } => {
-                        let _ = reply.send(store.after(&sink, from, until, limit));
+                        serve_after(&mut store, HeldRead { sink, from, until, limit, reply }, &mut held);
                     }
                     Request::With(f) => f(&mut store),
                     Request::DeadLetters(v) => store.add_dead_letters(v),
@@ -305,35 +308,19 @@ async fn run(
                 commit_at = None;
                 let _ = flush(&mut store, &mut errors, &mut waiters);
             }
-            _ = seal_tick.tick() => {
-                if let Err(e) = store.seal() {
-                    if let Some(held) = errors.allow(Instant::now()) {
-                        error!(suppressed = held, "sealing failed, journal kept as it is: {e}");
+            _ = seal_tick.tick(), if upkeep == Upkeep::Idle => {
+                store.seal_begin();
+                upkeep = Upkeep::Seal;
+            }
+            // One step of upkeep at a time; requests and flushes are served
+            // between steps (select! picks among ready branches at random).
+            _ = std::future::ready(()), if upkeep != Upkeep::Idle => {
+                upkeep = upkeep_step(&mut store, upkeep, &mut errors);
+                if !held.is_empty() && !store.sealing() {
+                    for read in std::mem::take(&mut held) {
+                        serve_after(&mut store, read, &mut held);
                     }
                 }
-                // Bounded, so a long backlog of merges does not stall ingest.
-                if let Err(e) = store.compact(64) {
-                    if let Some(held) = errors.allow(Instant::now()) {
-                        error!(suppressed = held, "compaction failed, chunks kept as they are: {e}");
-                    }
-                }
-                match store.evict(now_ns(), free_disk(store.path())) {
-                    Ok(ev) if ev.raw_points > 0 || ev.windows > 0 => {
-                        warn!(raw_points = ev.raw_points, windows = ev.windows, "store full: evicted the oldest data (rollups kept where raw went); raise store.max_disk_bytes or free disk space to keep more");
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        if let Some(held) = errors.allow(Instant::now()) {
-                            error!(suppressed = held, "eviction failed: {e}");
-                        }
-                    }
-                }
-                if let Err(e) = store.refresh_stats() {
-                    if let Some(held) = errors.allow(Instant::now()) {
-                        warn!(suppressed = held, "cannot read the store's figures for status: {e}");
-                    }
-                }
-                crate::ops::memory::return_free_memory();
             }
         }
     }
@@ -342,6 +329,93 @@ async fn run(
         match store.seal() {
             Ok(n) => info!(sealed = n, "store closed cleanly"),
             Err(e) => warn!("store closed, sealing skipped: {e}"),
+        }
+    }
+}
+
+/// A sink's read, kept while it waits for the run being sealed.
+struct HeldRead {
+    sink: String,
+    from: Cursor,
+    until: Option<Cursor>,
+    limit: usize,
+    reply: oneshot::Sender<Result<(Batch, Cursor), StoreError>>,
+}
+
+/// Answers a sink's read, or holds it while the only points it could get
+/// are in the run being sealed: an empty answer would tell the sink it has
+/// caught up (a backfill would end early). Held reads are answered once
+/// the run is sealed, a few seconds at most.
+fn serve_after(store: &mut Store, read: HeldRead, held: &mut Vec<HeldRead>) {
+    let answer = store.after(&read.sink, read.from, read.until, read.limit);
+    match answer {
+        Ok((batch, _)) if batch.is_empty() && store.read_held(read.from, read.until) => {
+            held.push(read);
+        }
+        answer => {
+            let _ = read.reply.send(answer);
+        }
+    }
+}
+
+/// The store's periodic upkeep, begun by the seal tick and done a step at a
+/// time: a seal of ten minutes at 10k points/s takes seconds, and points
+/// arriving meanwhile would wait in memory (the broker client's buffer, the
+/// store's queue) and leave it larger for good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Upkeep {
+    Idle,
+    /// Sealing the journal, a run's group of series per step.
+    Seal,
+    /// Compacting, so many merges left this round (bounded, so a long
+    /// backlog of merges does not hold the rest up).
+    Compact(usize),
+    /// Eviction, figures for status, memory handed back.
+    Tidy,
+}
+
+/// Merges a round of upkeep does, and per step.
+const COMPACT_ROUND: usize = 64;
+const COMPACT_STEP: usize = 8;
+
+/// Does one step of `state`; returns the next.
+fn upkeep_step(store: &mut Store, state: Upkeep, errors: &mut RateLimit) -> Upkeep {
+    let mut fail = |what: &str, e: StoreError| {
+        if let Some(held) = errors.allow(Instant::now()) {
+            error!(suppressed = held, "{what}: {e}");
+        }
+    };
+    match state {
+        Upkeep::Idle => Upkeep::Idle,
+        Upkeep::Seal => match store.seal_step() {
+            Ok(true) => Upkeep::Seal,
+            Ok(false) => Upkeep::Compact(COMPACT_ROUND),
+            Err(e) => {
+                fail("sealing failed, journal kept as it is and sealed later", e);
+                Upkeep::Compact(COMPACT_ROUND)
+            }
+        },
+        Upkeep::Compact(left) => match store.compact(left.min(COMPACT_STEP)) {
+            Ok(n) if n > 0 && n < left => Upkeep::Compact(left - n),
+            Ok(_) => Upkeep::Tidy,
+            Err(e) => {
+                fail("compaction failed, chunks kept as they are", e);
+                Upkeep::Tidy
+            }
+        },
+        Upkeep::Tidy => {
+            match store.evict(now_ns(), free_disk(store.path())) {
+                Ok(ev) if ev.raw_points > 0 || ev.windows > 0 => {
+                    warn!(raw_points = ev.raw_points, windows = ev.windows, "store full: evicted the oldest data (rollups kept where raw went); raise store.max_disk_bytes or free disk space to keep more");
+                }
+                Ok(_) => {}
+                Err(e) => fail("eviction failed", e),
+            }
+            if let Err(e) = store.refresh_stats() {
+                fail("cannot read the store's figures for status", e);
+            }
+            crate::ops::memory::return_free_memory();
+            Upkeep::Idle
         }
     }
 }

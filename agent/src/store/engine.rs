@@ -24,6 +24,18 @@ use super::rollup::{window_start, Agg};
 use super::{Cursor, StoreError};
 use crate::ops::Metrics;
 
+/// The condition a row of `chunks` must meet to be read: it is not a sealed
+/// chunk whose run's first journal chunk (key `id - series`) still exists.
+/// A seal writes its chunks in several commits and deletes the run's journal
+/// in its last, so its chunks become valid all at once, and those of a seal
+/// cut short (an error, a crash) stay hidden until they are removed (at open,
+/// or when the run is sealed again). One primary-key probe per sealed chunk.
+macro_rules! valid {
+    () => {
+        "(series = 0 OR NOT EXISTS (SELECT 1 FROM chunks j WHERE j.id = chunks.id - chunks.series))"
+    };
+}
+
 mod clock;
 pub use clock::{ClockStep, Correction, CorrectionRow};
 mod dead;
@@ -112,13 +124,18 @@ CREATE TABLE IF NOT EXISTS cursors (
 /// SQLite uses the partial index `chunks_by_series` only when the query
 /// itself implies the index's condition, and `series = ?1` alone does not
 /// (without it, every query scanned the whole table: 4.4 ms at 10k series).
-const SERIES_CHUNKS: &str =
-    "SELECT id, data FROM chunks WHERE series = ?1 AND series != 0 AND ts_max >= ?2 AND ts_min <= ?3
-     UNION ALL
+const SERIES_CHUNKS: &str = concat!(
+    "SELECT id, data FROM chunks WHERE series = ?1 AND series != 0 AND ts_max >= ?2 AND ts_min <= ?3 AND ",
+    valid!(),
+    " UNION ALL
      SELECT id, data FROM chunks WHERE id >= ?4 AND series = 0 AND ts_max >= ?2 AND ts_min <= ?3
-     ORDER BY id";
+     ORDER BY id"
+);
 /// The oldest sealed timestamp of series `?1` (see [`SERIES_CHUNKS`] on `series != 0`).
-const SERIES_OLDEST: &str = "SELECT MIN(ts_min) FROM chunks WHERE series = ?1 AND series != 0";
+const SERIES_OLDEST: &str = concat!(
+    "SELECT MIN(ts_min) FROM chunks WHERE series = ?1 AND series != 0 AND ",
+    valid!()
+);
 
 /// A sink's two positions: what it has acknowledged, and what it has been handed.
 #[derive(Clone, Copy, Debug, Default)]
@@ -173,6 +190,42 @@ struct Pending {
     values: Vec<f64>,
 }
 
+/// A seal under way (see [`Store::seal_step`]).
+#[derive(Default)]
+struct SealState {
+    /// The newest journal chunk this seal takes; `None`: no seal under way.
+    upto: Option<i64>,
+    /// The run being sealed.
+    job: Option<SealJob>,
+    /// Most points a step gathers ([`SEAL_PASS_POINTS`]; smaller in tests).
+    pass_points: usize,
+}
+
+/// One run of journal chunks being sealed.
+struct SealJob {
+    /// Its journal chunks' keys, ascending.
+    run: Vec<i64>,
+    /// Points per series; empty until the count step.
+    counts: BTreeMap<u32, usize>,
+    /// Groups of series not sealed yet; once empty, the last step is next.
+    groups: std::collections::VecDeque<RangeInclusive<u32>>,
+    /// The flat columns a group is gathered into, kept from step to step.
+    ts: Vec<i64>,
+    vals: Vec<f64>,
+}
+
+impl SealJob {
+    fn new(run: Vec<i64>) -> SealJob {
+        SealJob {
+            run,
+            counts: BTreeMap::new(),
+            groups: Default::default(),
+            ts: Vec::new(),
+            vals: Vec::new(),
+        }
+    }
+}
+
 /// The ring store. Not `Sync`: one task owns it (see [`super::spawn`]).
 pub struct Store {
     conn: Connection,
@@ -200,6 +253,7 @@ pub struct Store {
     /// Per series, the degraded rows eviction may still extend (see
     /// [`OpenDegraded`]). In memory only: after a restart groups start anew.
     open_degraded: HashMap<u32, OpenDegraded>,
+    seal: SealState,
 }
 
 /// The newest degraded rows of one series, one per sink that lacked the
@@ -373,6 +427,13 @@ impl Store {
         conn.busy_timeout(BUSY_WAIT)?;
         conn.execute_batch(SCHEMA)?;
         uplink::migrate(&conn)?;
+        let hidden = conn.execute(concat!("DELETE FROM chunks WHERE NOT ", valid!()), [])?;
+        if hidden > 0 {
+            tracing::info!(
+                chunks = hidden,
+                "removed the chunks of a seal cut short by the last stop; the journal they came from is kept and sealed again"
+            );
+        }
         let mut store = Self::with_connection(conn, path, metrics)?;
         store.note_boot()?;
         Ok(store)
@@ -482,6 +543,10 @@ impl Store {
             metrics,
             auto_journal: None,
             open_degraded: HashMap::new(),
+            seal: SealState {
+                pass_points: SEAL_PASS_POINTS,
+                ..SealState::default()
+            },
         };
         store
             .metrics
@@ -553,7 +618,10 @@ impl Store {
         let m = &self.metrics.store;
         m.bytes_used.store(self.used_bytes()?, Relaxed);
         let (points, bytes, oldest): (i64, i64, Option<i64>) = self.conn.query_row(
-            "SELECT COALESCE(SUM(count), 0), COALESCE(SUM(length(data)), 0), MIN(ts_min) FROM chunks",
+            concat!(
+                "SELECT COALESCE(SUM(count), 0), COALESCE(SUM(length(data)), 0), MIN(ts_min) FROM chunks WHERE ",
+                valid!()
+            ),
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
@@ -678,7 +746,8 @@ impl Store {
         let victims: Vec<(i64, u32, i64, i64, i64)> = {
             let mut stmt = tx.prepare(&format!(
                 "SELECT id, series, ts_min, ts_max, count FROM chunks
-                 WHERE series != 0 AND ts_max < ?1{busy} ORDER BY id LIMIT ?2"
+                 WHERE series != 0 AND ts_max < ?1{busy} AND {} ORDER BY id LIMIT ?2",
+                valid!()
             ))?;
             let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), max as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
@@ -888,31 +957,6 @@ impl Store {
             .collect()
     }
 
-    /// Seals journal chunks into per-series chunks, in runs that no sink cursor
-    /// splits. Returns the number of journal chunks sealed.
-    pub fn seal(&mut self) -> Result<usize, StoreError> {
-        let cursors = self.boundaries();
-        let journal: Vec<(i64, i64)> = {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT id, count FROM chunks WHERE id >= ?1 AND series = 0 ORDER BY id",
-            )?;
-            let rows = stmt.query_map([self.journal_lo()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        let runs = plan_runs(&journal, &cursors, SEAL_MAX_POINTS);
-        let mut sealed = 0;
-        for run in runs {
-            sealed += run.len();
-            self.seal_run(&run)?;
-        }
-        self.metrics
-            .store
-            .sealed_rows
-            .fetch_add(sealed as u64, Relaxed);
-        self.update_size();
-        Ok(sealed)
-    }
-
     /// Merges small sealed chunks of a series into larger ones (size-tiered, as
     /// an LSM tree does), so slow series reach the ratio of large blocks.
     /// Never merges across a sink's cursor. Returns the merges done, at most `max_merges`.
@@ -926,9 +970,11 @@ impl Store {
                     r.get(0)
                 })?;
         let chunks: Vec<ChunkInfo> = {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT series, id, count, ts_max FROM chunks WHERE series != 0 AND count < ?1 ORDER BY series, id",
-            )?;
+            let mut stmt = self.conn.prepare_cached(concat!(
+                "SELECT series, id, count, ts_max FROM chunks WHERE series != 0 AND count < ?1 AND ",
+                valid!(),
+                " ORDER BY series, id"
+            ))?;
             let rows = stmt.query_map([TARGET_CHUNK_POINTS], |r| {
                 Ok(ChunkInfo {
                     series: r.get(0)?,
@@ -987,63 +1033,170 @@ impl Store {
         Ok(())
     }
 
-    fn seal_run(&mut self, run: &[i64]) -> Result<(), StoreError> {
-        let first_seq = run[0] >> SERIES_BITS;
-        let last_seq = run[run.len() - 1] >> SERIES_BITS;
-        let tx = self.conn.transaction()?;
+    /// Seals the journal flushed so far into per-series chunks, in runs that
+    /// no sink cursor splits, all at once. Returns the number of journal
+    /// chunks sealed. The store task seals in steps instead ([`Store::seal_step`]).
+    pub fn seal(&mut self) -> Result<usize, StoreError> {
+        let before = self.journal.len();
+        self.seal_begin();
+        while self.seal_step()? {}
+        Ok(before - self.journal.len())
+    }
+
+    /// Starts a seal of the journal flushed so far; [`Store::seal_step`] does
+    /// the work, a step at a time. What is flushed meanwhile waits for the next seal.
+    pub fn seal_begin(&mut self) {
+        self.seal.upto = self.journal.last().copied();
+    }
+
+    /// Does one step of the seal begun by [`Store::seal_begin`], each in its
+    /// own transaction, so appends and flushes go on between steps: plan a
+    /// run, count its points per series, seal one group of series, or
+    /// delete the run's journal chunks (which makes its sealed chunks valid,
+    /// see [`VALID`]). Returns whether steps remain. On an error the seal is
+    /// dropped; what it wrote stays hidden and is removed when the run is
+    /// sealed again.
+    pub fn seal_step(&mut self) -> Result<bool, StoreError> {
+        let step = self.seal_step_inner();
+        if step.is_err() {
+            self.seal_abort();
+        }
+        step
+    }
+
+    fn seal_step_inner(&mut self) -> Result<bool, StoreError> {
+        let Some(mut job) = self.seal.job.take() else {
+            let run = self.next_run()?;
+            self.seal.job = run.map(SealJob::new);
+            if self.seal.job.is_none() {
+                self.seal.upto = None;
+                self.update_size();
+            }
+            return Ok(self.seal.job.is_some());
+        };
+        if job.counts.is_empty() {
+            self.seal_count(&mut job)?;
+        } else if let Some(group) = job.groups.pop_front() {
+            self.seal_group(&mut job, group)?;
+        } else {
+            self.seal_finish(&job)?;
+            return Ok(true);
+        }
+        self.seal.job = Some(job);
+        Ok(true)
+    }
+
+    /// Whether a run is being sealed (its steps not all done).
+    pub fn sealing(&self) -> bool {
+        self.seal.job.is_some()
+    }
+
+    /// Drops the seal under way, if any (a clock correction is about to
+    /// rewrite the journal it reads). Its sealed chunks stay hidden.
+    pub(super) fn seal_abort(&mut self) {
+        self.seal.job = None;
+        self.seal.upto = None;
+    }
+
+    /// The first run of journal chunks up to `seal.upto` that may be sealed
+    /// now. Planned afresh for each run: sinks read on between steps.
+    fn next_run(&self) -> Result<Option<Vec<i64>>, StoreError> {
+        let Some(upto) = self.seal.upto else {
+            return Ok(None);
+        };
+        let journal: Vec<(i64, i64)> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT id, count FROM chunks WHERE id >= ?1 AND id <= ?2 AND series = 0 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([self.journal_lo(), upto], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let runs = plan_runs(&journal, &self.boundaries(), SEAL_MAX_POINTS);
+        Ok(runs.into_iter().next())
+    }
+
+    /// Decodes every journal chunk of `run`, in order, keeping the points of
+    /// the series in `ids` (only the frames that hold them are decoded).
+    fn each_run_chunk(
+        conn: &Connection,
+        run: &[i64],
+        checksum: codec::Checksum,
+        ids: RangeInclusive<u32>,
+        f: &mut ColumnsFn<'_>,
+    ) -> Result<(), StoreError> {
+        let mut get = conn.prepare_cached("SELECT data FROM chunks WHERE id = ?1")?;
         let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
-        // The first pass checks each chunk's checksum; the rest read the
-        // same bytes in the same transaction.
-        let mut checked = false;
-        let mut each_chunk =
-            |ids: RangeInclusive<u32>, f: &mut ColumnsFn<'_>| -> Result<(), StoreError> {
-                let mut get = tx.prepare_cached("SELECT data FROM chunks WHERE id = ?1")?;
-                let checksum = if checked {
-                    codec::Checksum::Skip
-                } else {
-                    codec::Checksum::Verify
-                };
-                for &id in run {
-                    let data: Vec<u8> = get.query_row([id], |r| r.get(0))?;
-                    s.clear();
-                    t.clear();
-                    v.clear();
-                    codec::decode_mixed_with(&data, checksum, ids.clone(), &mut s, &mut t, &mut v)
-                        .map_err(|e| StoreError::Corrupt(format!("chunk {id}: {e}")))?;
-                    f(&s, &t, &v);
+        for &id in run {
+            let data: Vec<u8> = get.query_row([id], |r| r.get(0))?;
+            s.clear();
+            t.clear();
+            v.clear();
+            codec::decode_mixed_with(&data, checksum, ids.clone(), &mut s, &mut t, &mut v)
+                .map_err(|e| StoreError::Corrupt(format!("chunk {id}: {e}")))?;
+            f(&s, &t, &v);
+        }
+        Ok(())
+    }
+
+    /// The first step of a run: checks each chunk's checksum and counts the
+    /// points per series, then splits the series into groups whose points
+    /// fit in `seal.pass_points` (memory on a Pi is scarce). Removes first
+    /// what an earlier, dropped seal of the run left.
+    fn seal_count(&mut self, job: &mut SealJob) -> Result<(), StoreError> {
+        let first = job.run[0];
+        let tx = self.conn.transaction()?;
+        tx.prepare_cached("DELETE FROM chunks WHERE id > ?1 AND id < ?2")?
+            .execute([first, first + (1 << SERIES_BITS)])?;
+        let counts = &mut job.counts;
+        Self::each_run_chunk(
+            &tx,
+            &job.run,
+            codec::Checksum::Verify,
+            0..=u32::MAX,
+            &mut |s, _, _| {
+                for &id in s {
+                    *counts.entry(id).or_default() += 1;
                 }
-                checked = true;
-                Ok(())
-            };
-        // Pass 0 counts points per series; then each pass keeps one group of
-        // series whose points fit in SEAL_PASS_POINTS (memory on a Pi is
-        // scarce), decoding only the journal frames that hold them.
-        let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
-        each_chunk(0..=u32::MAX, &mut |s, _, _| {
-            for &id in s {
-                *counts.entry(id).or_default() += 1;
-            }
-        })?;
-        let groups = seal_groups(&counts, SEAL_PASS_POINTS);
-        // One pair of flat columns for every pass, each series' points in one
-        // slice of them: a handful of allocations per seal instead of two
-        // growing vectors per series, which left the allocator's arenas
+            },
+        )?;
+        tx.commit()?;
+        job.groups = seal_groups(&job.counts, self.seal.pass_points).into();
+        Ok(())
+    }
+
+    /// Seals one group of series of the job's run into a chunk per series,
+    /// keyed `first seq << 20 | series`: hidden until the run's journal goes.
+    fn seal_group(
+        &mut self,
+        job: &mut SealJob,
+        group: RangeInclusive<u32>,
+    ) -> Result<(), StoreError> {
+        let first_seq = job.run[0] >> SERIES_BITS;
+        let last_seq = job.run[job.run.len() - 1] >> SERIES_BITS;
+        // (series, start of its slice, next free slot), ascending ids: one
+        // pair of flat columns, each series' points in one slice of them.
+        // Two growing vectors per series left the allocator's arenas
         // fragmented and the agent's RSS megabytes higher after each seal.
-        let (mut ts, mut vals): (Vec<i64>, Vec<f64>) = (Vec::new(), Vec::new());
-        let mut data = Vec::new();
-        for group in groups {
-            // (series, start of its slice, next free slot), ascending ids.
-            let mut slices: Vec<(u32, usize, usize)> = Vec::new();
-            let mut total = 0;
-            for (&sid, &n) in counts.range(group.clone()) {
-                slices.push((sid, total, total));
-                total += n;
-            }
-            ts.clear();
-            ts.resize(total, 0);
-            vals.clear();
-            vals.resize(total, 0.0);
-            each_chunk(group.clone(), &mut |s, t, v| {
+        let mut slices: Vec<(u32, usize, usize)> = Vec::new();
+        let mut total = 0;
+        for (&sid, &n) in job.counts.range(group.clone()) {
+            slices.push((sid, total, total));
+            total += n;
+        }
+        let (ts, vals) = (&mut job.ts, &mut job.vals);
+        ts.clear();
+        ts.resize(total, 0);
+        vals.clear();
+        vals.resize(total, 0.0);
+        let tx = self.conn.transaction()?;
+        // The count step checked every checksum, and nothing writes the
+        // run's chunks while its seal is under way (a clock correction drops it).
+        Self::each_run_chunk(
+            &tx,
+            &job.run,
+            codec::Checksum::Skip,
+            group.clone(),
+            &mut |s, t, v| {
                 for i in 0..s.len() {
                     if group.contains(&s[i]) {
                         // In arrival order within each series.
@@ -1054,11 +1207,14 @@ impl Store {
                         vals[at] = v[i];
                     }
                 }
-            })?;
+            },
+        )?;
+        {
             let mut ins = tx.prepare_cached(
                 "INSERT INTO chunks (id, series, seq_hi, ts_min, ts_max, count, data)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
+            let mut data = Vec::new();
             for &(sid, start, end) in &slices {
                 let (ts, vals) = (&ts[start..end], &vals[start..end]);
                 data.clear();
@@ -1079,17 +1235,46 @@ impl Store {
                 ])?;
             }
         }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The last step of a run: deletes its journal chunks, which makes its
+    /// sealed chunks valid in the same commit.
+    fn seal_finish(&mut self, job: &SealJob) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
         {
             let mut del = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
-            for &id in run {
+            for &id in &job.run {
                 del.execute([id])?;
             }
         }
         tx.commit()?;
-        for id in run {
+        for id in &job.run {
             self.journal.remove(id);
         }
+        self.metrics
+            .store
+            .sealed_rows
+            .fetch_add(job.run.len() as u64, Relaxed);
         Ok(())
+    }
+
+    /// Where a sink may read while a seal is under way: not into its run,
+    /// whose points are about to move (a cursor inside it would then point
+    /// at nothing). A sink behind the run waits for the seal's last step.
+    fn read_limit(&self, from: Cursor) -> i64 {
+        match &self.seal.job {
+            Some(job) if from.key <= job.run[job.run.len() - 1] => job.run[0],
+            _ => i64::MAX,
+        }
+    }
+
+    /// Whether a read from `from` to `until` stops short at the run of the
+    /// seal under way: an empty answer then means "wait", not "caught up".
+    pub fn read_held(&self, from: Cursor, until: Option<Cursor>) -> bool {
+        let limit = self.read_limit(from);
+        limit < i64::MAX && until.is_none_or(|u| u.key > limit)
     }
 
     /// The smallest journal chunk key (everything, when there is none).
@@ -1217,10 +1402,13 @@ impl Store {
         let mut batch = Batch::with_capacity(limit.min(65_536));
         let mut next = from;
         {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT id, data FROM chunks WHERE id >= ?1 AND id < ?2 ORDER BY id",
-            )?;
-            let mut rows = stmt.query([from.key, until.map_or(i64::MAX, |u| u.key)])?;
+            let mut stmt = self.conn.prepare_cached(concat!(
+                "SELECT id, data FROM chunks WHERE id >= ?1 AND id < ?2 AND ",
+                valid!(),
+                " ORDER BY id"
+            ))?;
+            let until = until.map_or(i64::MAX, |u| u.key).min(self.read_limit(from));
+            let mut rows = stmt.query([from.key, until])?;
             let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
             while batch.len() < limit {
                 let Some(row) = rows.next()? else { break };
@@ -1266,7 +1454,10 @@ impl Store {
     /// timestamp among their chunks (a chunk partly consumed counts whole).
     pub fn backlog_age(&self, from: Cursor) -> Result<(u64, Option<i64>), StoreError> {
         let (n, oldest): (i64, Option<i64>) = self.conn.query_row(
-            "SELECT COALESCE(SUM(count), 0), MIN(ts_min) FROM chunks WHERE id >= ?1",
+            concat!(
+                "SELECT COALESCE(SUM(count), 0), MIN(ts_min) FROM chunks WHERE id >= ?1 AND ",
+                valid!()
+            ),
             [from.key],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
@@ -1319,13 +1510,19 @@ impl Store {
     pub fn chunk_bytes(&self, series: Option<&SeriesKey>) -> Result<u64, StoreError> {
         let n: i64 = match series {
             None => self.conn.query_row(
-                "SELECT COALESCE(SUM(length(data)), 0) FROM chunks",
+                concat!(
+                    "SELECT COALESCE(SUM(length(data)), 0) FROM chunks WHERE ",
+                    valid!()
+                ),
                 [],
                 |r| r.get(0),
             )?,
             Some(k) => match self.ids.get(k) {
                 Some(&sid) => self.conn.query_row(
-                    "SELECT COALESCE(SUM(length(data)), 0) FROM chunks WHERE series = ?1 AND series != 0",
+                    concat!(
+                        "SELECT COALESCE(SUM(length(data)), 0) FROM chunks WHERE series = ?1 AND series != 0 AND ",
+                        valid!()
+                    ),
                     [sid],
                     |r| r.get(0),
                 )?,
@@ -1926,6 +2123,132 @@ mod tests {
             let have: Vec<_> = got.iter().filter(|p| p.series.as_str() == key).collect();
             assert_eq!(want, have, "series {key}");
         }
+    }
+
+    /// A store with `flushes` journal chunks of series "m 0".."m 5", and
+    /// seals gathering at most 2 series' points a step (three groups).
+    fn stepped_store(flushes: i64) -> (tempfile::TempDir, Store, Vec<Point>) {
+        let (d, mut st) = open();
+        st.seal.pass_points = 2 * flushes as usize;
+        let mut all = Vec::new();
+        for i in 0..flushes {
+            let b = Batch {
+                points: (0..6)
+                    .map(|k| point(&format!("m {k}"), i, (i * 10 + k) as f64))
+                    .collect(),
+            };
+            all.extend(b.points.clone());
+            st.append(&b).unwrap();
+            st.flush().unwrap();
+        }
+        (d, st, all)
+    }
+
+    /// Every point of `all` is read exactly once, per series and by a sink
+    /// reading from the start, and no hidden chunk is counted.
+    fn assert_once(st: &mut Store, all: &[Point]) {
+        for k in 0..6 {
+            let key = SeriesKey::from_canonical(&format!("m {k}"));
+            let want: Vec<(i64, f64)> = all
+                .iter()
+                .filter(|p| p.series == key)
+                .map(|p| (p.ts_ns, p.value))
+                .collect();
+            assert_eq!(st.read(&key, i64::MIN, i64::MAX).unwrap(), want, "{key:?}");
+        }
+        assert_eq!(st.backlog(Cursor::default()).unwrap(), all.len() as u64);
+        let (got, _) = drain(st, "reader", Cursor::default(), 7);
+        let mut got: Vec<_> = got.iter().map(|p| (p.series.clone(), p.ts_ns)).collect();
+        let mut want: Vec<_> = all.iter().map(|p| (p.series.clone(), p.ts_ns)).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    fn hidden_chunks(st: &Store) -> i64 {
+        st.conn
+            .query_row(
+                concat!("SELECT COUNT(*) FROM chunks WHERE NOT ", valid!()),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn a_seal_in_steps_hides_its_chunks_until_its_last_step() {
+        let (_d, mut st, all) = stepped_store(10);
+        // A sink that has read nothing yet: it must wait while the run is sealed.
+        let _ = st.cursor("s").unwrap();
+        st.seal_begin();
+        let mut steps = 0;
+        let mut hidden_seen = 0;
+        while st.seal_step().unwrap() {
+            steps += 1;
+            if st.seal.job.is_some() {
+                let (b, next) = st.after("s", Cursor::default(), None, 100).unwrap();
+                assert!(b.is_empty(), "a sink read into a run being sealed");
+                assert_eq!(next, Cursor::default());
+                // The store task holds such a read rather than answer "caught up"...
+                assert!(st.read_held(Cursor::default(), None));
+                // ...but not one that ends before the run.
+                let first = st.seal.job.as_ref().unwrap().run[0];
+                let before = Cursor {
+                    key: first,
+                    offset: 0,
+                };
+                assert!(!st.read_held(Cursor::default(), Some(before)));
+            }
+            hidden_seen = hidden_seen.max(hidden_chunks(&st));
+            let read: Vec<i64> = st
+                .read(&SeriesKey::from_canonical("m 0"), 0, 100)
+                .unwrap()
+                .iter()
+                .map(|p| p.0)
+                .collect();
+            assert_eq!(read, (0..10).collect::<Vec<_>>(), "after step {steps}");
+        }
+        // Plan, count, three groups, the last step.
+        assert_eq!(steps, 6);
+        assert_eq!(hidden_seen, 6, "the groups' chunks were not hidden");
+        assert!(st.journal.is_empty());
+        assert_eq!(hidden_chunks(&st), 0);
+        assert_once(&mut st, &all);
+    }
+
+    #[test]
+    fn a_seal_dropped_part_way_is_done_again_from_the_journal() {
+        let (_d, mut st, all) = stepped_store(10);
+        st.seal_begin();
+        for _ in 0..3 {
+            assert!(st.seal_step().unwrap()); // plan, count, one group
+        }
+        assert_eq!(hidden_chunks(&st), 2);
+        // As a clock correction (or an error) drops it.
+        st.seal_abort();
+        assert_once(&mut st, &all);
+        // Sealing again replaces what the dropped seal wrote.
+        assert_eq!(st.seal().unwrap(), 10);
+        assert_eq!(hidden_chunks(&st), 0);
+        assert_once(&mut st, &all);
+    }
+
+    #[test]
+    fn a_seal_cut_short_by_a_stop_is_undone_at_open() {
+        let (d, mut st, all) = stepped_store(10);
+        st.seal_begin();
+        for _ in 0..4 {
+            assert!(st.seal_step().unwrap()); // plan, count, two groups
+        }
+        assert_eq!(hidden_chunks(&st), 4);
+        // Each step committed: dropping the store here is a kill between steps.
+        drop(st);
+        let mut st = Store::open(&d.path().join("s.db"), Metrics::new("t")).unwrap();
+        assert_eq!(hidden_chunks(&st), 0);
+        assert_eq!(st.journal.len(), 10);
+        assert_once(&mut st, &all);
+        assert_eq!(st.seal().unwrap(), 10);
+        assert_once(&mut st, &all);
     }
 
     #[test]

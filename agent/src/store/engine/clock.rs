@@ -144,6 +144,8 @@ impl Store {
             }
         }
         let handed: Vec<Cursor> = self.sinks.values().map(|p| p.read).collect();
+        // A seal under way read this journal before the step: it starts again.
+        self.seal_abort();
         let tx = self.conn.transaction()?;
         {
             let mut rows = tx.prepare(

@@ -336,9 +336,11 @@ impl Store {
                 }
             }
         }
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, data FROM chunks WHERE ts_max >= ?1 AND ts_min < ?2 ORDER BY id",
-        )?;
+        let mut stmt = self.conn.prepare_cached(concat!(
+            "SELECT id, data FROM chunks WHERE ts_max >= ?1 AND ts_min < ?2 AND ",
+            valid!(),
+            " ORDER BY id"
+        ))?;
         let mut rows = stmt.query(params![from, to])?;
         let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
         while let Some(row) = rows.next()? {
