@@ -427,14 +427,17 @@ impl Store {
         conn.busy_timeout(BUSY_WAIT)?;
         conn.execute_batch(SCHEMA)?;
         uplink::migrate(&conn)?;
-        let hidden = conn.execute(concat!("DELETE FROM chunks WHERE NOT ", valid!()), [])?;
+        let mut store = Self::with_connection(conn, path, metrics)?;
+        let mut hidden = 0;
+        for &key in &store.journal {
+            hidden += drop_hidden(&store.conn, key)?;
+        }
         if hidden > 0 {
             tracing::info!(
                 chunks = hidden,
                 "removed the chunks of a seal cut short by the last stop; the journal they came from is kept and sealed again"
             );
         }
-        let mut store = Self::with_connection(conn, path, metrics)?;
         store.note_boot()?;
         Ok(store)
     }
@@ -1145,8 +1148,7 @@ impl Store {
     fn seal_count(&mut self, job: &mut SealJob) -> Result<(), StoreError> {
         let first = job.run[0];
         let tx = self.conn.transaction()?;
-        tx.prepare_cached("DELETE FROM chunks WHERE id > ?1 AND id < ?2")?
-            .execute([first, first + (1 << SERIES_BITS)])?;
+        drop_hidden(&tx, first)?;
         let counts = &mut job.counts;
         Self::each_run_chunk(
             &tx,
@@ -1563,6 +1565,15 @@ fn bump(tx: &rusqlite::Transaction<'_>, name: &str, by: i64) -> Result<(), Store
     )?
     .execute(params![name, by])?;
     Ok(())
+}
+
+/// Deletes the sealed chunks of a seal of the run starting at journal chunk
+/// `key` that was cut short (hidden, see `valid!`): they are keyed
+/// `key | series`. A key range, so no scan. Returns how many went.
+fn drop_hidden(conn: &Connection, key: i64) -> Result<usize, StoreError> {
+    Ok(conn
+        .prepare_cached("DELETE FROM chunks WHERE id > ?1 AND id < ?2")?
+        .execute([key, key + (1 << SERIES_BITS)])?)
 }
 
 /// A visitor of decoded columns: series ids, timestamps, values.
@@ -2165,6 +2176,14 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    /// Begins a seal and takes `n` of its steps, each of which must leave more to do.
+    fn seal_steps(st: &mut Store, n: usize) {
+        st.seal_begin();
+        for _ in 0..n {
+            assert!(st.seal_step().unwrap());
+        }
+    }
+
     fn hidden_chunks(st: &Store) -> i64 {
         st.conn
             .query_row(
@@ -2219,10 +2238,7 @@ mod tests {
     #[test]
     fn a_seal_dropped_part_way_is_done_again_from_the_journal() {
         let (_d, mut st, all) = stepped_store(10);
-        st.seal_begin();
-        for _ in 0..3 {
-            assert!(st.seal_step().unwrap()); // plan, count, one group
-        }
+        seal_steps(&mut st, 3); // plan, count, one group
         assert_eq!(hidden_chunks(&st), 2);
         // As a clock correction (or an error) drops it.
         st.seal_abort();
@@ -2236,10 +2252,7 @@ mod tests {
     #[test]
     fn a_seal_cut_short_by_a_stop_is_undone_at_open() {
         let (d, mut st, all) = stepped_store(10);
-        st.seal_begin();
-        for _ in 0..4 {
-            assert!(st.seal_step().unwrap()); // plan, count, two groups
-        }
+        seal_steps(&mut st, 4); // plan, count, two groups
         assert_eq!(hidden_chunks(&st), 4);
         // Each step committed: dropping the store here is a kill between steps.
         drop(st);
