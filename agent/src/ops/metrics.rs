@@ -139,6 +139,10 @@ pub struct SourceStats {
     /// MQTT messages the broker sent again (DUP) while their first copy was
     /// still unacknowledged here: acknowledged, not stored twice.
     pub redelivered: AtomicU64,
+    /// MQTT messages read and not yet acknowledged to the broker, now.
+    pub unacked: AtomicU64,
+    /// The most MQTT messages unacknowledged at once, since start.
+    pub unacked_max: AtomicU64,
     /// Whether the port is open now.
     pub connected: AtomicBool,
     /// Wall time (ns) of the last second in which points arrived (updated by [`Metrics::tick`]).
@@ -396,6 +400,8 @@ impl Metrics {
                 points: s.points.load(Relaxed),
                 connected: s.connected.load(Relaxed),
                 redelivered: s.redelivered.load(Relaxed),
+                unacked: s.unacked.load(Relaxed),
+                unacked_max: s.unacked_max.load(Relaxed),
                 rejects: s.rejects_snapshot(),
                 rate: f64::from_bits(s.rate.load(Relaxed)),
                 last_seen_ns: s.last_seen_ns.load(Relaxed),
@@ -541,6 +547,13 @@ pub struct SourceStatus {
     /// MQTT redeliveries recognised and not stored twice.
     #[serde(default)]
     pub redelivered: u64,
+    /// MQTT messages read and not yet acknowledged (waiting for a commit).
+    #[serde(default)]
+    pub unacked: u64,
+    /// The most messages unacknowledged at once since start: against the
+    /// broker's window (`broker_inflight`), how full it got.
+    #[serde(default)]
+    pub unacked_max: u64,
     /// Rejected lines by reason.
     pub rejects: BTreeMap<String, u64>,
     /// Points per second (EWMA over about 5 s).

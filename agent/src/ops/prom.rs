@@ -141,6 +141,12 @@ fn encode_status(f: &mut Family, s: &Status, healthy: Option<bool>) -> std::fmt:
             .map(|x| (vec![("source", x.name.clone())], v(x)))
             .collect()
     };
+    let gauge_by_source = |v: &dyn Fn(&SourceStatus) -> u64| -> Vec<(Labels, f64)> {
+        by_source(v)
+            .into_iter()
+            .map(|(l, n)| (l, n as f64))
+            .collect()
+    };
     f.counter(
         "tidegate_source_lines",
         "Lines or messages received by a source, valid or not.",
@@ -169,10 +175,12 @@ fn encode_status(f: &mut Family, s: &Status, healthy: Option<bool>) -> std::fmt:
     f.gauge(
         "tidegate_source_connected",
         "1 while the source's port or broker connection is open.",
-        by_source(&|x| x.connected as u64)
-            .into_iter()
-            .map(|(l, v)| (l, v as f64))
-            .collect(),
+        gauge_by_source(&|x| x.connected as u64),
+    )?;
+    f.gauge(
+        "tidegate_source_unacked_messages",
+        "MQTT messages read and not yet acknowledged to the broker (their points wait for a commit).",
+        gauge_by_source(&|x| x.unacked),
     )?;
     f.gauge(
         "tidegate_source_last_seen_timestamp_seconds",

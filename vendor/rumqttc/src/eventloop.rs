@@ -89,6 +89,9 @@ pub struct EventLoop {
     /// Keep alive time
     keepalive_timeout: Option<Pin<Box<Sleep>>>,
     pub network_options: NetworkOptions,
+    /// Whether `poll` leaves the network unread (Tidegate's patch): requests
+    /// and pings still go out.
+    reads_paused: bool,
 }
 
 /// Events which can be yielded by the event loop
@@ -118,7 +121,18 @@ impl EventLoop {
             network: None,
             keepalive_timeout: None,
             network_options: NetworkOptions::new(),
+            reads_paused: false,
         }
+    }
+
+    /// Stops (`true`) or resumes reading from the network (Tidegate's
+    /// patch). While paused, `poll` still writes requests (e.g. acks) and
+    /// pings and yields events already read; what the broker sends waits in
+    /// the socket. A client keeps to its own window of unacknowledged
+    /// messages with it, whatever the broker's. A pause longer than the
+    /// keep-alive loses the connection (the ping's answer is not read).
+    pub fn pause_reads(&mut self, paused: bool) {
+        self.reads_paused = paused;
     }
 
     /// Last session might contain packets which aren't acked. MQTT says these packets should be
@@ -203,7 +217,7 @@ impl EventLoop {
         // instead of returning a None event, we try again.
         select! {
             // Pull a bunch of packets from network, reply in bunch and yield the first item
-            o = network.readb(&mut self.state) => {
+            o = network.readb(&mut self.state), if !self.reads_paused => {
                 o?;
                 // flush all the acks and return first incoming packet
                 match time::timeout(network_timeout, network.flush()).await {
@@ -290,6 +304,9 @@ impl EventLoop {
                 };
                 Ok(self.state.events.pop_front().unwrap())
             }
+            // Reads paused and nothing to write: wait for the caller's own
+            // wake-ups (Tidegate's patch).
+            else => std::future::pending().await,
         }
     }
 
