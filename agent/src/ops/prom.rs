@@ -387,6 +387,7 @@ mod tests {
         let src = m.source("sim");
         src.points.store(42, Relaxed);
         src.reject("bad_number");
+        src.unacked.store(7, Relaxed);
         m.store.points_appended.store(42, Relaxed);
         let k = m.sink("influx");
         k.points_sent.store(40, Relaxed);
@@ -396,6 +397,7 @@ mod tests {
             "tidegate_build_info{version=\"",
             "tidegate_source_points_total{source=\"sim\"} 42",
             "tidegate_source_rejects_total{source=\"sim\",reason=\"bad_number\"} 1",
+            "tidegate_source_unacked_messages{source=\"sim\"} 7",
             "tidegate_store_points_appended_total 42",
             "tidegate_sink_points_sent_total{sink=\"influx\"} 40",
             "tidegate_sink_backlog_points{sink=\"influx\"} 2",

@@ -46,7 +46,7 @@ pub fn render_status(s: &Status) -> String {
             .collect();
         let _ = writeln!(
             o,
-            "  {:<16} {:<6} {:>9.1} pt/s  points {:>10}  lines {:>10}  last seen {}  rejects {}{}",
+            "  {:<16} {:<6} {:>9.1} pt/s  points {:>10}  lines {:>10}  last seen {}  rejects {}{}{}",
             src.name,
             if src.connected { "open" } else { "closed" },
             src.rate,
@@ -58,6 +58,12 @@ pub fn render_status(s: &Status) -> String {
                 String::new()
             } else {
                 format!(" ({})", rejects.join(", "))
+            },
+            // MQTT: against `broker_inflight`, how full the window gets.
+            if src.unacked_max > 0 {
+                format!("  unacked {} (most {})", src.unacked, src.unacked_max)
+            } else {
+                String::new()
             }
         );
     }
@@ -184,5 +190,20 @@ mod tests {
         assert_eq!(duration(3.25), "3.2s");
         assert_eq!(duration(3700.0), "1h 1m");
         assert_eq!(ago(0, 5), "never");
+    }
+
+    #[test]
+    fn an_mqtt_source_shows_how_full_its_window_got() {
+        let m = crate::ops::Metrics::new("gw1");
+        let serial = m.source("serial");
+        serial.points.store(5, std::sync::atomic::Ordering::Relaxed);
+        let mqtt = m.source("broker");
+        mqtt.unacked.store(3, std::sync::atomic::Ordering::Relaxed);
+        mqtt.unacked_max
+            .store(1000, std::sync::atomic::Ordering::Relaxed);
+        let text = render_status(&m.snapshot());
+        let line = |name: &str| text.lines().find(|l| l.contains(name)).unwrap().to_string();
+        assert!(line("broker").ends_with("unacked 3 (most 1000)"), "{text}");
+        assert!(!line("serial").contains("unacked"), "{text}");
     }
 }
