@@ -306,20 +306,29 @@ impl Broker {
         self.proc.pid()
     }
 
-    /// Waits until the log shows `client_id` subscribed to `filter`: what is
+    /// Where its log ends now: [`Broker::wait_subscribed`] looks past it.
+    pub fn log_mark(&self) -> usize {
+        std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize)
+    }
+
+    /// Waits until the log shows `client_id` subscribed to `filter` after
+    /// `mark` ([`Broker::log_mark`], taken before the subscriber started: an
+    /// earlier subscriber with the same client id does not count): what is
     /// published before that never reaches a fresh session.
     pub fn wait_subscribed(
         &self,
         client_id: &str,
         filter: &str,
         subscriber: &mut Proc,
+        mark: usize,
     ) -> anyhow::Result<()> {
         wait_for(
             &format!("{client_id}'s subscription to {filter}"),
             Duration::from_secs(30),
             || {
                 subscriber.check_alive()?;
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let log = std::fs::read(&self.log).unwrap_or_default();
+                let log = String::from_utf8_lossy(log.get(mark..).unwrap_or_default());
                 Ok(log
                     .lines()
                     .any(|l| {
@@ -594,16 +603,27 @@ precision = "ms"
         std::fs::write(&path, cfg)?;
         let mut cmd = Command::new(program);
         cmd.arg("run").arg("-c").arg(&path).stdout(Stdio::null());
+        let mark = broker.log_mark();
         let mut proc = Proc::spawn(
             cmd,
             "tidegate",
             &dir.join("tidegate.log"),
             "pass --tidegate PATH",
         )?;
-        broker.wait_subscribed(AGENT_CLIENT, &format!("{prefix}/+/+"), &mut proc)?;
+        broker.wait_subscribed(AGENT_CLIENT, &format!("{prefix}/+/+"), &mut proc, mark)?;
+        // The control socket comes up beside the sources, not before them.
+        let socket = state.join("tidegate.sock");
+        wait_for(
+            "the agent's control socket",
+            Duration::from_secs(30),
+            || {
+                proc.check_alive()?;
+                Ok(socket.exists().then_some(()))
+            },
+        )?;
         Ok(Agent {
             proc,
-            socket: state.join("tidegate.sock"),
+            socket,
             store: state.join("store.db"),
             state,
         })
@@ -731,6 +751,7 @@ LoadPlugin rrdtool
         cmd.arg("-C").arg(&conf).arg("-f").stdout(Stdio::null());
         let log = dir.join("collectd.log");
         std::fs::write(&log, "")?;
+        let mark = broker.log_mark();
         let mut proc = Proc::spawn_with(
             cmd,
             "collectd",
@@ -756,7 +777,7 @@ LoadPlugin rrdtool
                 }
             });
         }
-        broker.wait_subscribed(COLLECTD_CLIENT, &format!("{prefix}/#"), &mut proc)?;
+        broker.wait_subscribed(COLLECTD_CLIENT, &format!("{prefix}/#"), &mut proc, mark)?;
         Ok(Collectd {
             proc,
             csv,
