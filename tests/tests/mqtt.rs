@@ -214,6 +214,9 @@ fn sigkill_with_a_backlog_at_the_broker_loses_nothing() {
     // give or take the 10 packets rumqttc reads at a time.
     let most = status.sources[0].unacked_max;
     assert!(most <= 256 + 10, "{most} messages unacknowledged at once");
+    // ...and it did fill past the 15 at which it asks for a commit (the
+    // figure is counted at all).
+    assert!(most > 20, "only {most} messages unacknowledged at once");
     eprintln!(
         "backlog after restart: {} messages, {redelivered} points redelivered, at most {most} unacknowledged",
         status.sources[0].lines

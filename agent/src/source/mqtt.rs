@@ -823,8 +823,8 @@ pub async fn run(
     // acknowledgements are back before it runs dry.
     let window = (cfg.broker_inflight * 3 / 4).max(1);
     // And read no further than the window, whatever the broker does
-    // (mosquitto 2.0.11 was seen sending ~30% more): what waits for a commit
-    // stays bounded. Not below a batch, so that a `broker_inflight` set
+    // (mosquitto 2.0.11 sent ~30% more live, 4.5 times as many to an agent
+    // draining a backlog): what waits for a commit stays bounded. Not below a batch, so that a `broker_inflight` set
     // smaller than the broker's window does not throttle the stream.
     let cap = cfg.broker_inflight.max(GATHER);
     let mut backoff = Backoff::new(Duration::from_millis(200), cfg.backoff_max);
