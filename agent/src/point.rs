@@ -83,8 +83,23 @@ impl KeyCache {
 /// The identity of one time series: `measurement,tagA=x,tagB=y field`.
 ///
 /// Cheap to clone (an `Arc<str>`): the same key is attached to many points.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SeriesKey(Arc<str>);
+
+/// The same allocation first: a source's key cache hands out clones of one
+/// `Arc`, so the guard's and the store's lookups mostly compare a pointer.
+impl PartialEq for SeriesKey {
+    fn eq(&self, other: &SeriesKey) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+/// Hashes the text, as equality compares it (the pointer is only a shortcut).
+impl std::hash::Hash for SeriesKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state)
+    }
+}
 
 impl SeriesKey {
     /// Builds a key from unescaped parts. Tags are sorted by key; later

@@ -377,9 +377,10 @@ impl Decoder {
         if let Some((k, _)) = bound.tags.iter().find(|(_, v)| v.is_empty()) {
             return Err(Reject::EmptyTag(k.to_string()));
         }
-        let mut tags: Vec<(&str, &str)> = (self.tags.iter().chain(&sub.cfg.tags))
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let mut tags: smallvec::SmallVec<[(&str, &str); 8]> =
+            (self.tags.iter().chain(&sub.cfg.tags))
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
         tags.extend(bound.tags.iter().map(|(k, v)| (*k, v.as_ref())));
         let topic_field = bound.field.as_deref().filter(|f| !f.is_empty());
         let measurement = bound
@@ -396,7 +397,10 @@ impl Decoder {
                 let msg = self
                     .sparkplug
                     .decode(topic, payload, now_ns, self.max_fields)?;
-                tags.extend(msg.tags.iter().map(|(k, v)| (*k, v.as_str())));
+                // A copy declared after `msg`, so dropped before it.
+                let tags: smallvec::SmallVec<[(&str, &str); 8]> = (tags.iter().copied())
+                    .chain(msg.tags.iter().map(|(k, v)| (*k, v.as_str())))
+                    .collect();
                 return Ok(push_points(
                     &mut self.keys,
                     (measurement, &tags),
@@ -901,13 +905,22 @@ pub async fn run(
                 // each, never waiting).
                 let mut publishes = vec![p];
                 while held.messages + publishes.len() < GATHER && waiting + publishes.len() < cap {
-                    match futures_util::FutureExt::now_or_never(eventloop.poll()) {
-                        Some(Ok(Event::Incoming(Packet::Publish(p)))) => publishes.push(p),
-                        Some(other) => {
+                    // Events the last network read queued come straight off
+                    // the queue (`poll` would return them first): a `poll`
+                    // future a message, built and moved, was ~2% of the CPU.
+                    let event = match eventloop.state.events.pop_front() {
+                        Some(e) => Ok(e),
+                        None => match futures_util::FutureExt::now_or_never(eventloop.poll()) {
+                            Some(e) => e,
+                            None => break,
+                        },
+                    };
+                    match event {
+                        Ok(Event::Incoming(Packet::Publish(p))) => publishes.push(p),
+                        other => {
                             next = Some(other);
                             break;
                         }
-                        None => break,
                     }
                 }
                 last_read = Instant::now();

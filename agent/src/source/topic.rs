@@ -30,8 +30,8 @@ pub struct TopicPattern {
 /// What a topic bound.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Bound<'t> {
-    /// Tags, in pattern order.
-    pub tags: Vec<(&'t str, std::borrow::Cow<'t, str>)>,
+    /// Tags, in pattern order (on the stack: bound for every message).
+    pub tags: smallvec::SmallVec<[(&'t str, std::borrow::Cow<'t, str>); 4]>,
     /// The field name, if the pattern binds `field`.
     pub field: Option<std::borrow::Cow<'t, str>>,
     /// The measurement, if the pattern binds `measurement`.
@@ -153,7 +153,7 @@ impl TopicPattern {
 mod tests {
     use super::*;
 
-    fn tags<'a>(b: &'a Bound<'a>) -> Vec<(&'a str, &'a str)> {
+    fn tags<'a>(b: &'a Bound<'_>) -> Vec<(&'a str, &'a str)> {
         b.tags.iter().map(|(k, v)| (*k, v.as_ref())).collect()
     }
 
