@@ -371,6 +371,17 @@ mod tests {
     }
 
     #[test]
+    fn keys_built_apart_are_equal_and_hash_alike() {
+        let a = SeriesKey::new("m", [("site", "lab")], "f");
+        let b = SeriesKey::from_canonical("m,site=lab f");
+        assert!(!Arc::ptr_eq(&a.0, &b.0));
+        assert!(a == b && a == a.clone());
+        let h = ahash::RandomState::new();
+        assert_eq!(h.hash_one(&a), h.hash_one(&b));
+        assert_ne!(a, SeriesKey::from_canonical("m,site=lab g"));
+    }
+
+    #[test]
     fn later_duplicate_tag_wins() {
         let k = SeriesKey::new("m", [("a", "1"), ("a", "2")], "f");
         assert_eq!(k.as_str(), "m,a=2 f");
