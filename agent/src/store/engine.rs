@@ -1149,7 +1149,10 @@ impl Store {
         let first = job.run[0];
         let tx = self.conn.transaction()?;
         drop_hidden(&tx, first)?;
-        let counts = &mut job.counts;
+        // Counted by id in a flat table (ids are dense, given out in order):
+        // a map entry per point was 4% of the store's CPU at 10k series.
+        let mut dense: Vec<u32> = Vec::new();
+        let mut stray = None;
         Self::each_run_chunk(
             &tx,
             &job.run,
@@ -1157,11 +1160,30 @@ impl Store {
             0..=u32::MAX,
             &mut |s, _, _| {
                 for &id in s {
-                    *counts.entry(id).or_default() += 1;
+                    if id > MAX_SERIES {
+                        stray = Some(id);
+                        continue;
+                    }
+                    let i = id as usize;
+                    if i >= dense.len() {
+                        dense.resize(i + 1, 0);
+                    }
+                    dense[i] += 1;
                 }
             },
         )?;
+        if let Some(id) = stray {
+            return Err(StoreError::Corrupt(format!(
+                "journal chunk names series {id}, beyond the largest id"
+            )));
+        }
         tx.commit()?;
+        job.counts = dense
+            .iter()
+            .enumerate()
+            .filter(|&(_, &n)| n > 0)
+            .map(|(id, &n)| (id as u32, n as usize))
+            .collect();
         job.groups = seal_groups(&job.counts, self.seal.pass_points).into();
         Ok(())
     }
