@@ -64,11 +64,12 @@ const CACHE_KIB: i64 = 1024;
 const SEAL_MAX_POINTS: usize = 8 * 1024 * 1024;
 /// Most points held in memory while sealing: a large run is sealed in passes,
 /// each keeping only a group of series, so chunks are large and memory small
-/// (16 bytes a point: 2 MiB). Smaller passes cost RSS elsewhere: the seal
-/// takes longer, and what arrives meanwhile waits in memory (64K points a
-/// pass: 31.0 MiB peak in a 660 s footprint against 25.9 at 128K, though
-/// with glibc's arenas capped at two in that run).
-const SEAL_PASS_POINTS: usize = 128 * 1024;
+/// (16 bytes a point: 1 MiB). Each pass reads the whole run again and
+/// commits once: in a 660 s footprint at 10k points/s (2026-12-04) 64K
+/// points a pass peaked at 16.2 MiB against 17.0 at 128K and 16.3 at 32K,
+/// for 15-20% more CPU in sealing and 15.1 B/pt written against 14.4
+/// (`bench store --series 10000 --rate 10000 --seconds 660`).
+const SEAL_PASS_POINTS: usize = 64 * 1024;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS series (
