@@ -367,9 +367,9 @@ impl Store {
 
     /// `JournalMode::Auto`: counts a commit and its points and, once a
     /// window has passed, switches SQLite's mode if the average commit has
-    /// crossed over. A switch
-    /// needs the file to itself (a `tidegate query` in WAL mode holds it);
-    /// it is tried without waiting, and again a window later.
+    /// crossed over. A switch needs the file to itself (a `tidegate query`
+    /// in WAL mode holds it); it is tried without waiting, and again a
+    /// window later.
     fn adapt_journal(&mut self, points: usize) {
         let Some(auto) = &mut self.auto_journal else {
             return;
@@ -2684,6 +2684,38 @@ mod tests {
             .read(&SeriesKey::from_canonical("m a"), 0, i64::MAX)
             .unwrap();
         assert_eq!(got.len(), 3000);
+    }
+
+    #[test]
+    fn a_journal_chunk_naming_an_impossible_series_stops_the_seal_and_keeps_the_journal() {
+        let (_dir, mut st) = open();
+        st.append(&Batch {
+            points: vec![point("m a", 1, 1.0)],
+        })
+        .unwrap();
+        st.flush().unwrap();
+        // A chunk with a good checksum whose id no series can have: its
+        // sealed key would spill into the sequence bits.
+        let mut data = Vec::new();
+        codec::encode_mixed(&[MAX_SERIES + 1], &[1], &[1.0], &mut data);
+        st.conn
+            .execute("UPDATE chunks SET data = ?1 WHERE series = 0", [&data])
+            .unwrap();
+        let err = st.seal().unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt(m) if m.contains("beyond the largest id")),
+            "{err}"
+        );
+        // The journal chunk stays, nothing sealed was kept.
+        let (journal, sealed): (i64, i64) = st
+            .conn
+            .query_row(
+                "SELECT SUM(series = 0), SUM(series != 0) FROM chunks",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((journal, sealed), (1, 0));
     }
 
     #[test]
