@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::parse::Reject;
-use crate::point::{Point, SeriesKey, SeriesMap};
+use crate::point::{Point, SeriesKey, SeriesMap, SeriesMemo};
 
 /// A source's limits, and the series it has let through.
 pub struct Guard {
@@ -15,6 +15,8 @@ pub struct Guard {
     max_past_ns: Option<i64>,
     /// Series let through, and whether one was seen stamped on arrival.
     seen: SeriesMap<bool>,
+    /// Keys of `seen` remembered on the keys (a lookup a point).
+    memo: SeriesMemo,
 }
 
 impl Guard {
@@ -30,12 +32,14 @@ impl Guard {
             max_future_ns: max_future_skew.map(ns),
             max_past_ns: max_past_age.map(ns),
             seen: SeriesMap::default(),
+            memo: SeriesMemo::guard(),
         }
     }
 
     /// These limits, with the series `old` let through (a source's settings
     /// changed live: the cardinality count goes on).
     pub fn carry_over(mut self, old: Guard) -> Guard {
+        // `self.memo` is new: its first lookup of each key finds it in `seen`.
         self.seen = old.seen;
         self
     }
@@ -57,9 +61,12 @@ impl Guard {
         }
         let mut new = 0;
         for (i, p) in points.iter().enumerate() {
-            if !self.seen.contains_key(&p.series)
-                && !points[..i].iter().any(|q| q.series == p.series)
-            {
+            if self.memo.get(&p.series).is_some() {
+                continue;
+            }
+            if let Some(&stamped) = self.seen.get(&p.series) {
+                self.memo.set(&p.series, memo_of(stamped));
+            } else if !points[..i].iter().any(|q| q.series == p.series) {
                 new += 1;
             }
         }
@@ -68,7 +75,8 @@ impl Guard {
                 return Err(Reject::TooManySeries(self.max_series));
             }
             for p in points {
-                self.seen.entry(p.series.clone()).or_insert(false);
+                let stamped = *self.seen.entry(p.series.clone()).or_insert(false);
+                self.memo.set(&p.series, memo_of(stamped));
             }
         }
         Ok(())
@@ -90,10 +98,20 @@ impl Guard {
             if p.ts_ns != now_ns {
                 return None;
             }
+            if self.memo.get(&p.series) == Some(memo_of(true)) {
+                return None;
+            }
             let stamped = self.seen.get_mut(&p.series)?;
+            self.memo.set(&p.series, memo_of(true));
             (!std::mem::replace(stamped, true)).then_some(&p.series)
         })
     }
+}
+
+/// What [`Guard::memo`] keeps of a series let through: whether it was seen
+/// stamped on arrival.
+fn memo_of(stamped: bool) -> u32 {
+    1 + u32::from(stamped)
 }
 
 #[cfg(test)]

@@ -690,7 +690,8 @@ impl Held {
 /// least once.)
 struct Outstanding {
     hasher: ahash::RandomState,
-    prints: HashMap<u64, u32>,
+    /// aHash: SipHash over each fingerprint was 1% of the agent's CPU at 10k messages/s.
+    prints: HashMap<u64, u32, ahash::RandomState>,
     count: usize,
     /// Fingerprints of the last messages acknowledged, oldest first: the
     /// broker resends at most its window of them.
@@ -703,7 +704,7 @@ impl Outstanding {
     fn new(window: usize) -> Outstanding {
         Outstanding {
             hasher: ahash::RandomState::new(),
-            prints: HashMap::new(),
+            prints: HashMap::default(),
             count: 0,
             recent: std::collections::VecDeque::new(),
             recent_max: window.saturating_mul(2).max(64),

@@ -41,7 +41,7 @@ pub use clock::{ClockStep, Correction, CorrectionRow};
 mod dead;
 pub use dead::DeadLetterRow;
 mod uplink;
-use crate::point::{Batch, Point, SeriesKey, SeriesMap};
+use crate::point::{Batch, Point, SeriesKey, SeriesMap, SeriesMemo};
 pub use uplink::{DegradedPending, DegradedRange};
 
 /// Bits of a chunk key given to the series id: at most about a million series.
@@ -232,6 +232,8 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     ids: SeriesMap<u32>,
+    /// `ids` remembered on the keys (a lookup a point).
+    memo: SeriesMemo,
     /// Series keys by id; index 0 is unused.
     keys: Vec<SeriesKey>,
     /// Ids assigned since the last successful flush.
@@ -559,6 +561,7 @@ impl Store {
             conn,
             path: path.to_path_buf(),
             ids,
+            memo: SeriesMemo::store(),
             keys,
             unsaved_series: Vec::new(),
             journal,
@@ -602,7 +605,11 @@ impl Store {
     }
 
     fn series_id(&mut self, key: &SeriesKey) -> Result<u32, StoreError> {
+        if let Some(id) = self.memo.get(key) {
+            return Ok(id);
+        }
         if let Some(&id) = self.ids.get(key) {
+            self.memo.set(key, id);
             return Ok(id);
         }
         let id = self.keys.len() as u32;
@@ -611,6 +618,7 @@ impl Store {
         }
         self.keys.push(key.clone());
         self.ids.insert(key.clone(), id);
+        self.memo.set(key, id);
         self.unsaved_series.push(id);
         self.metrics.store.series.store(id as u64, Relaxed);
         Ok(id)
