@@ -470,6 +470,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             cfg.resolve_credentials()?;
             let boot = boot.enabled().then_some(boot);
             init_logging(&cfg.agent.log);
+            tidegate::ops::memory::share_arenas();
             let rt = runtime()?;
             rt.block_on(async {
                 let metrics = Metrics::new(&cfg.agent.device);
