@@ -13,8 +13,9 @@ use triomphe::HeaderSlice;
 use serde::{Deserialize, Serialize};
 
 /// A map keyed by series, hashed with aHash: several times faster than the
-/// default SipHash on keys of 30–80 bytes, looked up for every point by the
-/// sources' guard and the store. Seeded at random, as SipHash is: series keys
+/// default SipHash on keys of 30–80 bytes. The sources' guard and the store
+/// look a point's key up here only when the key does not carry their entry
+/// already (see [`SeriesMemo`]). Seeded at random, as SipHash is: series keys
 /// come from devices, and a fixed seed would let crafted keys collide.
 pub type SeriesMap<V> = std::collections::HashMap<SeriesKey, V, ahash::RandomState>;
 
