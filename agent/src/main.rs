@@ -227,6 +227,12 @@ enum BenchCommand {
         /// wall clock, so a replay shorter than a minute stays in WAL).
         #[arg(long, value_enum, default_value = "wal")]
         journal: tidegate::store::JournalMode,
+        /// Commits per simulated second: 1 is the flush interval alone; an
+        /// MQTT source acknowledging QoS 1 commits whenever three quarters
+        /// of `broker_inflight` wait (~13 a second at 10k messages/s and
+        /// mosquitto's window at 1000).
+        #[arg(long, default_value_t = 1)]
+        commits: u32,
     },
     /// Drain a QoS 1 backlog from a real local mosquitto through the MQTT
     /// source into a fresh store: points/s and the agent's CPU per million points.
@@ -519,6 +525,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     seconds,
                     dir,
                     journal,
+                    commits,
                 },
         } => {
             let feed = match series {
@@ -533,7 +540,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let tmp = tempfile::tempdir()?;
             let dir = dir.unwrap_or_else(|| tmp.path().to_path_buf());
             std::fs::create_dir_all(&dir)?;
-            print!("{}", bench::run(&feed, &dir, journal)?);
+            print!("{}", bench::run(&feed, &dir, journal, commits)?);
             Ok(())
         }
         Command::Bench {

@@ -132,8 +132,14 @@ pub(crate) fn proc_field(file: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Runs the bench in `dir` (a fresh store) and returns the printed report.
-pub fn run(feed: &Feed, dir: &Path, journal: JournalMode) -> Result<String, StoreError> {
+/// Runs the bench in `dir` (a fresh store) and returns the printed report;
+/// `commits` a simulated second (at least one).
+pub fn run(
+    feed: &Feed,
+    dir: &Path,
+    journal: JournalMode,
+    commits: u32,
+) -> Result<String, StoreError> {
     let series = load(feed).map_err(|e| StoreError::Io {
         path: dir.to_path_buf(),
         source: e,
@@ -158,27 +164,30 @@ pub fn run(feed: &Feed, dir: &Path, journal: JournalMode) -> Result<String, Stor
     let wall = Instant::now();
 
     const SECOND: i64 = 1_000_000_000;
-    let mut second = order.first().map_or(0, |o| o.0.div_euclid(SECOND));
+    // A commit each `slot` of simulated time; the seal's clock stays in seconds.
+    let slot = SECOND / i64::from(commits.max(1));
+    let mut second = order.first().map_or(0, |o| o.0.div_euclid(slot));
     // As the agent does by default (store.seal_interval).
     let seal_every = crate::config::StoreConfig::default()
         .seal_interval
         .as_secs() as i64;
-    let mut next_seal = second + seal_every;
+    let mut next_seal = order.first().map_or(0, |o| o.0.div_euclid(SECOND)) + seal_every;
     let mut batch = Batch::default();
     let progress = crate::ops::progress::bar(order.len() as u64, "points replayed");
     for &(t, si, j) in &order {
-        let s = t.div_euclid(SECOND);
+        let s = t.div_euclid(slot);
         if s != second {
-            // The simulated clock crosses a second: what arrived is flushed.
+            // The simulated clock crosses a slot: what arrived is flushed.
             progress.inc(batch.len() as u64);
             store.append(&batch)?;
             batch.points.clear();
             store.flush()?;
             second = s;
-            if s >= next_seal {
+            let now = t.div_euclid(SECOND);
+            if now >= next_seal {
                 store.seal()?;
                 store.compact(64)?;
-                next_seal = s + seal_every;
+                next_seal = now + seal_every;
             }
         }
         let sr = &series[si as usize];

@@ -181,6 +181,21 @@ pub enum Effort {
     Thorough,
 }
 
+impl Effort {
+    /// pco's configuration for integer columns (timestamps, mantissas): a
+    /// block that stays lets pco search delta orders and lookbacks; one on
+    /// its way to a merge takes first-order deltas, the choice it makes
+    /// for jittered timestamps and slowly moving readings anyway.
+    fn pco(self) -> pco::ChunkConfig {
+        match self {
+            Effort::Thorough => pco::ChunkConfig::default(),
+            Effort::Quick => {
+                pco::ChunkConfig::default().with_delta_spec(pco::DeltaSpec::TryConsecutive(1))
+            }
+        }
+    }
+}
+
 /// [`encode_series`] at the given effort; both decode alike.
 pub fn encode_series_with(ts: &[i64], values: &[f64], effort: Effort, out: &mut Vec<u8>) {
     assert_eq!(ts.len(), values.len(), "one value per timestamp");
@@ -188,7 +203,7 @@ pub fn encode_series_with(ts: &[i64], values: &[f64], effort: Effort, out: &mut 
     let start = out.len();
     out.push(SERIES_V2);
     put_varint(out, ts.len() as u64);
-    encode_ts_column(ts, out);
+    encode_ts_column(ts, effort, out);
     encode_value_column(values, effort, out);
     seal(start, out);
 }
@@ -226,7 +241,7 @@ pub fn encode_windows(windows: &[(i64, Agg)], out: &mut Vec<u8>) {
         int(|w| w.1.first_ts.wrapping_sub(w.0)),
         int(|w| w.1.last_ts.wrapping_sub(w.0)),
     ] {
-        encode_ts_column(&col, out);
+        encode_ts_column(&col, Effort::Thorough, out);
     }
     let float = |f: fn(&Agg) -> f64| windows.iter().map(|w| f(&w.1)).collect::<Vec<_>>();
     for col in [
@@ -279,7 +294,7 @@ pub fn decode_windows(bytes: &[u8]) -> Result<Vec<(i64, Agg)>, CodecError> {
         .collect())
 }
 
-fn encode_ts_column(ts: &[i64], out: &mut Vec<u8>) {
+fn encode_ts_column(ts: &[i64], effort: Effort, out: &mut Vec<u8>) {
     let (first, step) = match ts {
         [] => (0, 0),
         [a] => (*a, 0),
@@ -305,7 +320,7 @@ fn encode_ts_column(ts: &[i64], out: &mut Vec<u8>) {
     // and saved 0.09% on jittered synthetic timestamps, for a pco run each.
     let mut best = Vec::with_capacity(ts.len() / 2 + 64);
     best.push(TS_PCO);
-    put_pco(ts, &pco::ChunkConfig::default(), &mut best);
+    put_pco(ts, &effort.pco(), &mut best);
     if let Some(c) = encode_ts_steps(ts, best.len()) {
         best = c;
     }
@@ -400,7 +415,7 @@ fn encode_value_column(values: &[f64], effort: Effort, out: &mut Vec<u8>) {
     // the blocks sealed and merged from the NAB recordings they saved 0.07%
     // of the bytes, but on some final blocks 8% (rds_cpu_utilization), and
     // they are two of the four pco runs.
-    let decimal = encode_decimal(values);
+    let decimal = encode_decimal(values, effort);
     // A block on its way to a merge takes exact decimals as they are: they
     // beat pco over the floats on nearly every sealed block, and skipping
     // that pco run took `bench store --series 10000` from about 0.85M to
@@ -484,7 +499,7 @@ fn decimal_mantissa(v: f64, k: usize) -> Option<i64> {
 
 /// Values as `mantissa / 10^k` with exceptions, or None when no `k` fits
 /// well enough to be worth a try.
-fn encode_decimal(values: &[f64]) -> Option<(Vec<u8>, usize)> {
+fn encode_decimal(values: &[f64], effort: Effort) -> Option<(Vec<u8>, usize)> {
     // Pick k by a cost model: an exception costs about 10 bytes, a decimal
     // digit about log2(10) bits on every point. Exceptions never grow with k
     // (m/10^k = 10m/10^(k+1)) until mantissas leave the exact range.
@@ -527,7 +542,7 @@ fn encode_decimal(values: &[f64]) -> Option<(Vec<u8>, usize)> {
     let mut out = Vec::with_capacity(n * 2);
     out.push(V_DECIMAL);
     out.push(k as u8);
-    put_pco(&mantissas, &pco::ChunkConfig::default(), &mut out);
+    put_pco(&mantissas, &effort.pco(), &mut out);
     put_varint(&mut out, exceptions.len() as u64);
     let misses = exceptions.len();
     let mut last = 0;
@@ -618,15 +633,37 @@ enum Last<T> {
 
 impl<T: Copy + Default> Last<T> {
     fn new(ids: RangeInclusive<u32>) -> Self {
+        Self::with_slots(Vec::new(), ids)
+    }
+
+    /// As [`Last::new`], the dense table in `slots` (each slot default, as
+    /// [`Last::recycle`] leaves them).
+    fn with_slots(mut slots: Vec<T>, ids: RangeInclusive<u32>) -> Self {
         let (lo, hi) = (*ids.start(), *ids.end());
         if hi.saturating_sub(lo) < DENSE_IDS {
             let span = hi.saturating_sub(lo) as usize + 1;
-            Last::Dense {
-                base: lo,
-                slots: vec![T::default(); span],
+            if slots.len() < span {
+                slots.resize(span, T::default());
             }
+            Last::Dense { base: lo, slots }
         } else {
             Last::Sparse(HashMap::new())
+        }
+    }
+
+    /// The dense table back for the next frame, the slots of `touched` (the
+    /// series of every point taken) reset: clearing only those costs a
+    /// frame its points, not its span (a small commit over a large fleet
+    /// makes frames of a few points over thousands of ids).
+    fn recycle(self, touched: &[u32]) -> Vec<T> {
+        match self {
+            Last::Dense { base, mut slots } => {
+                for &s in touched {
+                    slots[(s - base) as usize] = T::default();
+                }
+                slots
+            }
+            Last::Sparse(_) => Vec::new(),
         }
     }
 
@@ -716,8 +753,8 @@ pub fn encode_mixed(series: &[u32], ts: &[i64], values: &[f64], out: &mut Vec<u8
     // Ordered by series (stably), then cut into frames of whole series.
     let mut order: Vec<u32> = (0..n as u32).collect();
     order.sort_by_key(|&i| series[i as usize]);
-    let mut zstd = zstd::bulk::Compressor::new(MIXED_LEVEL).expect("zstd level 1 exists");
     let (mut fs, mut ft, mut fv, mut raw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut z = Vec::new();
     let mut head = Vec::new();
     let mut frames = Vec::new();
     let mut count = 0usize;
@@ -747,13 +784,12 @@ pub fn encode_mixed(series: &[u32], ts: &[i64], values: &[f64], out: &mut Vec<u8
         }
         raw.clear();
         encode_mixed_raw(&fs, &ft, &fv, &mut raw);
-        let z = zstd.compress(&raw).expect("zstd compresses any input");
+        let z_len = compress_onto(&raw, &mut z, &mut frames);
         put_varint(&mut head, lo as u64);
         put_varint(&mut head, (hi - lo) as u64);
         put_varint(&mut head, fs.len() as u64);
         put_varint(&mut head, raw.len() as u64);
-        put_varint(&mut head, z.len() as u64);
-        frames.extend_from_slice(&z);
+        put_varint(&mut head, z_len as u64);
         count += 1;
     }
     let start = out.len();
@@ -945,7 +981,30 @@ pub fn decode_mixed_with(
     })
 }
 
+/// Appends `raw` compressed at [`MIXED_LEVEL`] to `out`, with this
+/// thread's context, through `z` (scratch); returns the compressed length.
+fn compress_onto(raw: &[u8], z: &mut Vec<u8>, out: &mut Vec<u8>) -> usize {
+    COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let zstd = cell.get_or_insert_with(|| {
+            zstd::bulk::Compressor::new(MIXED_LEVEL).expect("zstd level 1 exists")
+        });
+        z.clear();
+        z.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+        let n = zstd
+            .compress_to_buffer(raw, z)
+            .expect("zstd compresses any input into its bound");
+        out.extend_from_slice(z);
+        n
+    })
+}
+
 thread_local! {
+    /// A zstd compression context per thread, kept: a journal chunk is
+    /// encoded at every flush (many a second when QoS 1 acknowledgements
+    /// ask for commits), and a context set up for each showed in profiles.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
     /// A zstd decompression context per thread, kept: a seal decodes every
     /// journal chunk of its run once per group of series, and creating a
     /// context for each (it allocates and sets up its tables) was 8.7% of
@@ -999,12 +1058,20 @@ fn decode_mixed_raw(
     let mut c = Reader::new(raw);
     let first = series.len();
     let ids = read_ids(&mut c, n, series)?;
-    let mut deltas = Vec::with_capacity(n);
+    // Scratch of this thread, reused: a seal decodes thousands of frames.
+    // Taken out while in use, and not put back after an error.
+    let mut scratch = FRAME_SCRATCH.with(|cell| cell.take());
+    let FrameScratch {
+        deltas,
+        mantissas,
+        prev,
+    } = &mut scratch;
+    deltas.clear();
+    mantissas.clear();
     for _ in 0..n {
         deltas.push(unzigzag(c.varint()?));
     }
     let ks = c.take(n)?;
-    let mut mantissas = Vec::with_capacity(n);
     for &k in ks {
         match k {
             0..=JOURNAL_DECIMALS => mantissas.push(unzigzag(c.varint()?)),
@@ -1015,7 +1082,7 @@ fn decode_mixed_raw(
     let e = n - mantissas.len();
     let planes = c.take(e * 8)?;
     c.finish()?;
-    let mut last: Last<Prev> = Last::new(ids);
+    let mut last: Last<Prev> = Last::with_slots(std::mem::take(prev), ids);
     let (mut prev_ts, mut next_m, mut next_x) = (0i64, 0, 0);
     ts.reserve(n);
     values.reserve(n);
@@ -1046,7 +1113,29 @@ fn decode_mixed_raw(
         ts.push(t);
         values.push(f64::from_bits(bits));
     }
+    *prev = last.recycle(&series[first..]);
+    // A table for a frame of tens of thousands of ids is not kept.
+    if prev.len() <= KEEP_SCRATCH_IDS {
+        FRAME_SCRATCH.with(|cell| cell.set(scratch));
+    }
     Ok(())
+}
+
+/// Slots of the largest previous-point table a thread keeps between frames
+/// (24 bytes each).
+const KEEP_SCRATCH_IDS: usize = 8192;
+
+/// What decoding a journal frame needs besides its output, kept per thread.
+#[derive(Default)]
+struct FrameScratch {
+    deltas: Vec<i64>,
+    mantissas: Vec<i64>,
+    /// A dense [`Last`] table, every slot default.
+    prev: Vec<Prev>,
+}
+
+thread_local! {
+    static FRAME_SCRATCH: std::cell::Cell<FrameScratch> = std::cell::Cell::new(FrameScratch::default());
 }
 
 /// Reads a journal chunk's column of `n` varint series ids onto `series`;
@@ -1186,6 +1275,7 @@ impl<'a> Reader<'a> {
         Reader { buf, at: 0 }
     }
 
+    #[inline]
     fn u8(&mut self) -> Result<u8, CodecError> {
         let b = *self
             .buf
@@ -1218,6 +1308,17 @@ impl<'a> Reader<'a> {
 
     #[inline]
     fn varint(&mut self) -> Result<u64, CodecError> {
+        // One or two bytes, most of them: no loop, one bounds check.
+        if let Some(&[a, b]) = self.buf.get(self.at..self.at + 2) {
+            if a < 0x80 {
+                self.at += 1;
+                return Ok(u64::from(a));
+            }
+            if b < 0x80 {
+                self.at += 2;
+                return Ok(u64::from(a & 0x7f) | u64::from(b) << 7);
+            }
+        }
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.u8()?;
@@ -1388,7 +1489,9 @@ mod tests {
     }
 
     /// Both efforts round-trip; returns the thorough encoding's size, which
-    /// is never larger than the quick one's.
+    /// is never larger than the quick one's by more than a few bytes (the
+    /// quick one fixes pco's delta order, the thorough one lets pco choose
+    /// by its estimate, which can miss by a byte or two on tiny blocks).
     fn series_round_trip(ts: &[i64], vs: &[f64]) -> usize {
         let sizes = [Effort::Quick, Effort::Thorough].map(|effort| {
             let mut buf = vec![0xEE]; // Appends: bytes before are left alone.
@@ -1400,7 +1503,7 @@ mod tests {
             buf.len() - 1
         });
         assert!(
-            sizes[1] <= sizes[0],
+            sizes[1] <= sizes[0] + 4,
             "thorough {} > quick {}",
             sizes[1],
             sizes[0]
