@@ -2309,6 +2309,17 @@ mod tests {
         }
     }
 
+    /// Journal chunks and sealed chunks in the file.
+    fn journal_and_sealed(st: &Store) -> (i64, i64) {
+        st.conn
+            .query_row(
+                "SELECT COALESCE(SUM(series = 0), 0), COALESCE(SUM(series != 0), 0) FROM chunks",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    }
+
     fn hidden_chunks(st: &Store) -> i64 {
         st.conn
             .query_row(
@@ -2382,14 +2393,7 @@ mod tests {
         };
         check(&mut st);
         st.seal().unwrap();
-        let (journal, sealed): (i64, i64) = st
-            .conn
-            .query_row(
-                "SELECT SUM(series = 0), SUM(series != 0) FROM chunks",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap();
+        let (journal, sealed) = journal_and_sealed(&st);
         assert_eq!((journal, sealed), (0, series));
         check(&mut st);
     }
@@ -2856,14 +2860,7 @@ mod tests {
             "{err}"
         );
         // The journal chunk stays, nothing sealed was kept.
-        let (journal, sealed): (i64, i64) = st
-            .conn
-            .query_row(
-                "SELECT SUM(series = 0), SUM(series != 0) FROM chunks",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap();
+        let (journal, sealed) = journal_and_sealed(&st);
         assert_eq!((journal, sealed), (1, 0));
     }
 
