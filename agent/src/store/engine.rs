@@ -70,12 +70,13 @@ const SEAL_MAX_POINTS: usize = 8 * 1024 * 1024;
 /// for 15-20% more CPU in sealing and 15.1 B/pt written against 14.4
 /// (`bench store --series 10000 --rate 10000 --seconds 660`).
 const SEAL_PASS_POINTS: usize = 64 * 1024;
-/// Points of a journal row, about: a flush of more is cut, by series ids,
-/// into rows of consecutive sequence numbers committed together. Each pass
-/// of a seal reads only the rows that hold its series: one row a flush
-/// made each of the ~100 passes of a 10-minute seal at 10k series read the
-/// whole journal of the run, a fifth of `bench store`'s CPU. 512 points
-/// (two frames) fill about a page, so a row needs no overflow pages.
+/// Fewest points of a journal row cut from a flush: a flush of at least
+/// twice this many is cut, by series ids, into rows of consecutive sequence
+/// numbers committed together. Each pass of a seal reads only the rows
+/// that hold its series: one row a flush made each of the ~100 passes of a
+/// 10-minute seal at 10k series read the whole journal of the run, a fifth
+/// of `bench store`'s CPU. Rows of 512 points sealed as fast but wrote 14%
+/// more bytes (a ~3.5 KB row takes a page to itself); 4096 sealed slower.
 const JOURNAL_PART_POINTS: usize = 2048;
 
 const SCHEMA: &str = "
