@@ -759,8 +759,10 @@ pub fn encode_mixed(series: &[u32], ts: &[i64], values: &[f64], out: &mut Vec<u8
 /// `bench store`.
 pub fn by_series(series: &[u32]) -> Vec<u32> {
     let n = series.len();
-    let top = series.iter().copied().max().map_or(0, |m| m as usize + 1);
-    if top <= 4 * n + 1024 {
+    // In u64: the largest id plus one does not fit a 32-bit usize.
+    let top = series.iter().copied().max().map_or(0, |m| u64::from(m) + 1);
+    if top <= 4 * n as u64 + 1024 {
+        let top = top as usize;
         let mut start = vec![0u32; top + 1];
         for &s in series {
             start[s as usize + 1] += 1;
