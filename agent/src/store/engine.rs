@@ -2281,10 +2281,9 @@ mod tests {
         (d, st, all)
     }
 
-    /// Every point of `all` is read exactly once, per series and by a sink
-    /// reading from the start, and no hidden chunk is counted.
-    fn assert_once(st: &mut Store, all: &[Point]) {
-        for k in 0..6 {
+    /// Series `m {k}` for each `k` reads back as `all` holds it, in order.
+    fn assert_series_read(st: &Store, all: &[Point], ks: impl IntoIterator<Item = usize>) {
+        for k in ks {
             let key = SeriesKey::from_canonical(&format!("m {k}"));
             let want: Vec<(i64, f64)> = all
                 .iter()
@@ -2293,6 +2292,12 @@ mod tests {
                 .collect();
             assert_eq!(st.read(&key, i64::MIN, i64::MAX).unwrap(), want, "{key:?}");
         }
+    }
+
+    /// Every point of `all` is read exactly once, per series and by a sink
+    /// reading from the start, and no hidden chunk is counted.
+    fn assert_once(st: &mut Store, all: &[Point]) {
+        assert_series_read(st, all, 0..6);
         assert_eq!(st.backlog(Cursor::default()).unwrap(), all.len() as u64);
         let (got, _) = drain(st, "reader", Cursor::default(), 7);
         let mut got: Vec<_> = got.iter().map(|p| (p.series.clone(), p.ts_ns)).collect();
@@ -2382,15 +2387,7 @@ mod tests {
             got.sort();
             want.sort();
             assert_eq!(got, want);
-            for k in [0, 99, 100, 2777, 4999] {
-                let key = SeriesKey::from_canonical(&format!("m {k}"));
-                let want: Vec<(i64, f64)> = all
-                    .iter()
-                    .filter(|p| p.series == key)
-                    .map(|p| (p.ts_ns, p.value))
-                    .collect();
-                assert_eq!(st.read(&key, i64::MIN, i64::MAX).unwrap(), want, "{key:?}");
-            }
+            assert_series_read(st, &all, [0, 99, 100, 2777, 4999]);
         };
         check(&mut st);
         st.seal().unwrap();
