@@ -1,8 +1,9 @@
 //! `tidegate bench store`: the store fed as a gateway would feed it, measured.
 //!
 //! Real recordings (or a synthetic fleet of series) are replayed in timestamp
-//! order on a simulated clock: a flush every simulated second, a seal and a
-//! bounded compaction every `store.seal_interval` (default), as the store task does live.
+//! order on a simulated clock: a flush every simulated second (`--commits`
+//! a second), a seal and a bounded compaction every `store.seal_interval`
+//! (default), as the store task does live.
 //! Figures come from the process itself: CPU time (getrusage), bytes written
 //! (`/proc/self/io`), peak RSS (`VmHWM`).
 
@@ -166,7 +167,7 @@ pub fn run(
     const SECOND: i64 = 1_000_000_000;
     // A commit each `slot` of simulated time; the seal's clock stays in seconds.
     let slot = SECOND / i64::from(commits.max(1));
-    let mut second = order.first().map_or(0, |o| o.0.div_euclid(slot));
+    let mut current = order.first().map_or(0, |o| o.0.div_euclid(slot));
     // As the agent does by default (store.seal_interval).
     let seal_every = crate::config::StoreConfig::default()
         .seal_interval
@@ -176,13 +177,13 @@ pub fn run(
     let progress = crate::ops::progress::bar(order.len() as u64, "points replayed");
     for &(t, si, j) in &order {
         let s = t.div_euclid(slot);
-        if s != second {
+        if s != current {
             // The simulated clock crosses a slot: what arrived is flushed.
             progress.inc(batch.len() as u64);
             store.append(&batch)?;
             batch.points.clear();
             store.flush()?;
-            second = s;
+            current = s;
             let now = t.div_euclid(SECOND);
             if now >= next_seal {
                 store.seal()?;
