@@ -945,11 +945,8 @@ impl Store {
             )?;
             let mut data = Vec::with_capacity(n.min(JOURNAL_PART_POINTS * 2) * 8);
             for (k, part) in parts.iter().enumerate() {
-                let (ts_min, ts_max) = order[part.clone()]
-                    .iter()
-                    .fold((i64::MAX, i64::MIN), |(lo, hi), &i| {
-                        (lo.min(p.ts[i as usize]), hi.max(p.ts[i as usize]))
-                    });
+                let (ts_min, ts_max) =
+                    min_max(order[part.clone()].iter().map(|&i| p.ts[i as usize]));
                 data.clear();
                 codec::encode_mixed_part(
                     &p.series,
@@ -1082,7 +1079,7 @@ impl Store {
                 vals.extend_from_slice(&v);
             }
         }
-        let (lo, hi) = min_max(&ts);
+        let (lo, hi) = min_max(ts.iter().copied());
         let settled = hi < now.saturating_sub(SETTLE_NS);
         let mut data = Vec::new();
         codec::encode_series_with(&ts, &vals, effort(ts.len(), settled), &mut data);
@@ -1328,7 +1325,7 @@ impl Store {
                     .store
                     .sealed_bytes
                     .fetch_add(data.len() as u64, Relaxed);
-                let (lo, hi) = min_max(ts);
+                let (lo, hi) = min_max(ts.iter().copied());
                 ins.execute(params![
                     first_seq << SERIES_BITS | sid as i64,
                     sid,
@@ -1924,9 +1921,9 @@ fn journal_parts(series: &[u32], order: &[u32], part_points: usize) -> Vec<std::
     parts
 }
 
-fn min_max(ts: &[i64]) -> (i64, i64) {
-    ts.iter()
-        .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)))
+fn min_max(ts: impl IntoIterator<Item = i64>) -> (i64, i64) {
+    ts.into_iter()
+        .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)))
 }
 
 /// A chunk whose newest point is this much older than the newest point seen

@@ -198,7 +198,7 @@ impl Store {
                 } else {
                     codec::encode_series(&t, &v, &mut data);
                 }
-                let (ts_min, ts_max) = min_max(&t);
+                let (ts_min, ts_max) = min_max(t.iter().copied());
                 update.execute(params![id, data, ts_min, ts_max])?;
             }
         }
