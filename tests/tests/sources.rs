@@ -14,7 +14,7 @@ use tidegate::point::SeriesKey;
 use tidegate_e2e::agent::{
     dead_letters, expected_points, mqtt_values, sim_config, stored_raw, Agent, FleetSim, Sim,
 };
-use tidegate_e2e::{wait_until, Mosquitto};
+use tidegate_e2e::{poll_until, wait_until, Mosquitto};
 
 const FRAMINGS: [&str; 5] = ["kv", "json", "lp", "csv", "binary"];
 
@@ -217,14 +217,32 @@ registers = [{{ field = "temp", address = 0, type = "i16", scale = 0.1 }}, {{ fi
         "the devices were asked for duplicates"
     );
     let total = serial_points + mqtt_points + modbus_points as u64;
-    let status = wait_until(
-        "every line, message and answer read and flushed",
-        Duration::from_secs(60),
-        || {
-            let s = agent.status();
-            (s.store.points_flushed >= total).then_some(s)
-        },
-    );
+    // On a timeout, say how far the agent got, per source: a slow machine
+    // (counts still rising) reads differently from points lost (counts
+    // short of the ledger's, e.g. a Modbus answer later than its timeout).
+    let mut last = None;
+    let status = poll_until(Duration::from_secs(60), Duration::from_millis(25), || {
+        let s = agent.status();
+        if s.store.points_flushed >= total {
+            return Some(s);
+        }
+        last = Some(s);
+        None
+    })
+    .unwrap_or_else(|| {
+        let s = last.expect("polled at least once");
+        let sources: Vec<_> = s
+            .sources
+            .iter()
+            .map(|src| (&src.name, src.lines, src.points, &src.rejects))
+            .collect();
+        panic!(
+            "timed out after 60 s: {} of {total} points flushed ({serial_points} serial, \
+             {mqtt_points} MQTT, {modbus_points} Modbus expected; {messages} MQTT messages, \
+             {crc} bad CRCs); per source (name, lines, points, rejects): {sources:?}",
+            s.store.points_flushed
+        )
+    });
     for src in &status.sources {
         match src.name.as_str() {
             "broker" => assert_eq!(src.lines, messages, "every MQTT message read once"),
