@@ -84,7 +84,7 @@ impl RemoteWriteSink {
         let url = reqwest::Url::parse(&cfg.url)
             .map_err(|e| anyhow::anyhow!("sink {}: bad url {}: {e}", cfg.name, cfg.url))?;
         Ok(RemoteWriteSink {
-            client: http::client(&cfg.name, cfg.timeout, cfg.ca_file.as_deref())?,
+            client: http::client(&cfg.name, &url, cfg.timeout, cfg.ca_file.as_deref())?,
             url,
             auth: Auth::bearer_or_basic(
                 cfg.bearer_token.as_deref(),
