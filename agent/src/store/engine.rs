@@ -58,8 +58,13 @@ const FANOUT: usize = 4;
 /// SQLite's page cache, KiB (its default is 2000). The hot pages are the
 /// chunk and index pages a flush appends to, a few dozen; a miss is
 /// usually served by the kernel's page cache rather than the card. What the
-/// rest held showed as peak RSS (`tidegate bench footprint`).
-const CACHE_KIB: i64 = 1024;
+/// rest held showed as peak RSS (`tidegate bench footprint`): a seal's
+/// reads filled it. 2026-12-06, 256 against 1024 KiB: a 660 s footprint at
+/// 10k points/s (side by side) peaked at 15.1 against 15.7 MiB, 5.6 against
+/// 6.7 MiB anonymous at the end, CPU alike; `bench store` ingested alike
+/// (1.74–1.84M against 1.51–1.85M points per CPU second, alternating, a
+/// busy hour) and wrote 15.28 against 15.15 B/pt; queries alike.
+const CACHE_KIB: i64 = 256;
 /// Most points in one sealing run: the journal it turns into one chunk per series.
 const SEAL_MAX_POINTS: usize = 8 * 1024 * 1024;
 /// Most points held in memory while sealing: a large run is sealed in passes,
