@@ -234,23 +234,17 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// `bytes` gzip-compressed at the fast level (`Content-Encoding: gzip`): on
-/// a gateway's CPU, most of the ratio for a fraction of the time.
-pub fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut gz = Gzip::new(bytes.len());
-    gz.write(bytes);
-    gz.finish()
-}
-
 /// Deflate's state, ~400 KB: kept between requests rather than allocated,
 /// zeroed and freed for each, and one for the process, not one for each
 /// worker thread that happens to encode. A `Gzip` takes it while it lives;
 /// one made meanwhile gets a state of its own, dropped when done.
 static DEFLATE: std::sync::Mutex<Option<flate2::Compress>> = std::sync::Mutex::new(None);
 
-/// A gzip body written piece by piece, so that the plain text never exists
-/// whole: a request of 5,000 points is ~450 KB of line protocol but ~60 KB
-/// of gzip. Deflate at the fast level, the process's state reused.
+/// A gzip body (`Content-Encoding: gzip`) written piece by piece, so that
+/// the plain text never exists whole: a request of 5,000 points is ~450 KB
+/// of line protocol but ~60 KB of gzip. Deflate at the fast level (on a
+/// gateway's CPU, most of the ratio for a fraction of the time), the
+/// process's state reused.
 pub struct Gzip {
     // Put back in `DEFLATE` on drop.
     deflate: Option<flate2::Compress>,
@@ -306,14 +300,17 @@ impl Gzip {
             let status = deflate
                 .compress_vec(&bytes[done..], &mut self.out, flush)
                 .expect("deflating into a Vec cannot fail");
-            let taken = (deflate.total_in() - start) as usize == bytes.len();
-            match flush {
-                flate2::FlushCompress::Finish if status == flate2::Status::StreamEnd => return,
-                flate2::FlushCompress::Finish => {}
+            let finished = match flush {
+                flate2::FlushCompress::Finish => status == flate2::Status::StreamEnd,
                 // All taken and room left over: deflate holds nothing back
                 // that it could have written.
-                _ if taken && self.out.len() < self.out.capacity() => return,
-                _ => {}
+                _ => {
+                    (deflate.total_in() - start) as usize == bytes.len()
+                        && self.out.len() < self.out.capacity()
+                }
+            };
+            if finished {
+                return;
             }
         }
     }
@@ -423,6 +420,13 @@ mod tests {
             parse_http_date("Thu, 29 Feb 2024 00:00:00 GMT"),
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_164_800))
         );
+    }
+
+    /// `bytes` as one gzip body.
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut gz = Gzip::new(bytes.len());
+        gz.write(bytes);
+        gz.finish()
     }
 
     #[test]
