@@ -345,6 +345,30 @@ pub fn now_ns() -> i64 {
     now - test_clock_lag()
 }
 
+/// The time a source stamps on a reading that carries none: [`now_ns`]
+/// rounded down to the millisecond.
+///
+/// An arrival time holds the jitter of the serial line, the broker and the
+/// scheduler, a millisecond or more, so its digits below the millisecond are
+/// noise, and noise is what a store cannot compress: about 20 bits a point,
+/// paid in the journal and again in the sealed block (`tidegate bench store`
+/// at 10k series: 15.3 B/pt written with nanosecond stamps, see the README).
+/// Telegraf rounds its timestamps too (`precision`, by default to the
+/// collection interval). A time the device sends is stored as sent.
+pub fn arrival_ns() -> i64 {
+    to_arrival(now_ns())
+}
+
+/// `ns` rounded down to an arrival stamp's unit: for sources that tell
+/// arrival-stamped points apart by their exact nanosecond first (see
+/// [`crate::source::guard::Guard::newly_stamped`]).
+pub fn to_arrival(ns: i64) -> i64 {
+    ns.div_euclid(ARRIVAL_NS) * ARRIVAL_NS
+}
+
+/// The unit of arrival stamps, ns.
+pub const ARRIVAL_NS: i64 = 1_000_000;
+
 /// Test hook `TIDEGATE_TEST_CLOCK_STEP=AFTER:BY` (humantime durations, e.g.
 /// `3s:1day`): the agent's wall clock runs `BY` behind for the first `AFTER`
 /// of the process, then steps forward to the true time, as a Raspberry Pi's

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::Metrics;
-use crate::point::now_ns;
+use crate::point::{now_ns, ARRIVAL_NS};
 use crate::store::{ClockStep, StoreHandle};
 
 /// A wall-clock jump larger than this, against the monotonic clock, is a step.
@@ -101,6 +101,8 @@ pub async fn run(metrics: Arc<Metrics>, store: StoreHandle, shutdown: Cancellati
         let Some(step) = watch.observe(wall, start.elapsed()) else {
             continue;
         };
+        // Whole milliseconds, as arrival stamps are: moved points stay on them.
+        let step = (step as f64 / ARRIVAL_NS as f64).round() as i64 * ARRIVAL_NS;
         // A step counts in status once its correction is done, so a reader
         // that sees the step sees what it moved.
         let counted = || {

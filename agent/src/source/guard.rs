@@ -108,6 +108,18 @@ impl Guard {
     }
 }
 
+/// Rounds the points of `points` stamped on arrival (with `now_ns`, that
+/// very nanosecond) down to an arrival stamp's unit ([`arrival_ns`]),
+/// once [`Guard::newly_stamped`] has told them apart from the device's own.
+///
+/// [`arrival_ns`]: crate::point::arrival_ns
+pub fn round_arrivals(points: &mut [Point], now_ns: i64) {
+    let stamp = crate::point::to_arrival(now_ns);
+    for p in points.iter_mut().filter(|p| p.ts_ns == now_ns) {
+        p.ts_ns = stamp;
+    }
+}
+
 /// What [`Guard::memo`] keeps of a series let through: whether it was seen
 /// stamped on arrival.
 fn memo_of(stamped: bool) -> u32 {
@@ -151,6 +163,21 @@ mod tests {
         let later = [pt("m b", 9)];
         g.check(&later, 9).unwrap();
         assert_eq!(g.newly_stamped(&later, 9).count(), 1);
+    }
+
+    #[test]
+    fn arrival_stamps_are_rounded_to_the_millisecond_device_times_kept() {
+        let now = 1_764_000_000_123_456_789;
+        // A device clock on the same millisecond is not an arrival stamp.
+        let device = 1_764_000_000_123_000_000;
+        let mut msg = [pt("m a", now), pt("m b", device), pt("m a", now - 1)];
+        let mut g = Guard::new(10, None, None);
+        g.check(&msg, now).unwrap();
+        let stamped: Vec<_> = g.newly_stamped(&msg, now).cloned().collect();
+        assert_eq!(stamped, [SeriesKey::from_canonical("m a")]);
+        round_arrivals(&mut msg, now);
+        let ts: Vec<i64> = msg.iter().map(|p| p.ts_ns).collect();
+        assert_eq!(ts, [device, device, now - 1]);
     }
 
     #[test]

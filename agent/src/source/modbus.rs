@@ -29,7 +29,7 @@ use tracing::warn;
 use crate::config::{Parity, SerialSourceConfig};
 use crate::ops::metrics::SourceStats;
 use crate::ops::{Metrics, RateLimit};
-use crate::point::{now_ns, Batch, DeadLetter, Point, SeriesKey};
+use crate::point::{arrival_ns, Batch, DeadLetter, Point, SeriesKey};
 use crate::store::StoreHandle;
 use crate::sync::Backoff;
 
@@ -667,7 +667,7 @@ impl Bus {
                     break;
                 };
                 d.stats.lines.fetch_add(1, Relaxed);
-                let now = now_ns();
+                let now = arrival_ns();
                 let fault = match answer {
                     Ok(Ok(Ok(words))) => {
                         d.stats.connected.store(true, Relaxed);

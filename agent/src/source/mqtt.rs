@@ -964,6 +964,7 @@ pub async fn run(
                                 for key in guard.newly_stamped(&batch.points[start..], now) {
                                     stats.stamped_on_arrival(key.clone());
                                 }
+                                super::guard::round_arrivals(&mut batch.points[start..], now);
                             }
                             Err(reason) => {
                                 batch.points.truncate(start);

@@ -21,7 +21,7 @@ use super::parse::Reject;
 use crate::config::TimeUnit;
 use crate::ops::metrics::SourceStats;
 use crate::ops::RateLimit;
-use crate::point::now_ns;
+use crate::point::arrival_ns;
 use crate::point::Batch;
 use crate::store::StoreHandle;
 
@@ -118,7 +118,7 @@ impl Relay {
             body
         };
         self.stats.lines.fetch_add(1, Relaxed);
-        let points = match super::lp::parse_lines(body, precision, now_ns()) {
+        let points = match super::lp::parse_lines(body, precision, arrival_ns()) {
             Ok(p) => p,
             Err(reject) => return self.refuse(reject),
         };

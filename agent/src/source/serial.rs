@@ -343,6 +343,7 @@ impl Lines {
                 for key in self.guard.newly_stamped(&batch.points[start..], arrival_ns) {
                     self.stats.stamped_on_arrival(key.clone());
                 }
+                super::guard::round_arrivals(&mut batch.points[start..], arrival_ns);
             }
             Err(reason) => {
                 batch.points.truncate(start);

@@ -91,7 +91,9 @@ fn load(feed: &Feed) -> std::io::Result<Vec<Series>> {
             seconds,
         } => {
             // Random walks quantised to 0.01, each series at rate/series Hz
-            // with a little jitter: a busy regional gateway.
+            // with a little jitter, stamped on arrival to the millisecond as
+            // the agent's sources do (`point::arrival_ns`): a busy regional
+            // gateway.
             let mut rng = fastrand::Rng::with_seed(7);
             let per = (*rate as f64 / *series as f64).max(1e-9);
             let n = ((*seconds as f64) * per) as usize;
@@ -104,7 +106,9 @@ fn load(feed: &Feed) -> std::io::Result<Vec<Series>> {
                     let (mut ts, mut vs) = (Vec::with_capacity(n), Vec::with_capacity(n));
                     for j in 0..n as i64 {
                         x += rng.i64(-3..=3);
-                        ts.push(t0 + phase + j * step + rng.i64(0..1_000_000));
+                        ts.push(crate::point::to_arrival(
+                            t0 + phase + j * step + rng.i64(0..1_000_000),
+                        ));
                         vs.push(x as f64 / 100.0);
                     }
                     let name = format!("s{i:05}");
