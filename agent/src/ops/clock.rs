@@ -102,7 +102,7 @@ pub async fn run(metrics: Arc<Metrics>, store: StoreHandle, shutdown: Cancellati
             continue;
         };
         // Whole milliseconds, as arrival stamps are: moved points stay on them.
-        let step = (step as f64 / ARRIVAL_NS as f64).round() as i64 * ARRIVAL_NS;
+        let step = step.saturating_add(ARRIVAL_NS / 2).div_euclid(ARRIVAL_NS) * ARRIVAL_NS;
         // A step counts in status once its correction is done, so a reader
         // that sees the step sees what it moved.
         let counted = || {
