@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use super::parse::Reject;
+use crate::ops::metrics::SourceStats;
 use crate::point::{Point, SeriesKey, SeriesMap, SeriesMemo};
 
 /// A source's limits, and the series it has let through.
@@ -82,6 +83,24 @@ impl Guard {
         Ok(())
     }
 
+    /// Settles the arrival stamps of `points` (a message [`Guard::check`]
+    /// took, received at `now_ns`): tells `stats` the series seen stamped on
+    /// arrival for the first time, then rounds those stamps down to an
+    /// arrival stamp's unit ([`arrival_ns`]). The telling comes first: an
+    /// arrival stamp is told from a device's own time by that very
+    /// nanosecond.
+    ///
+    /// [`arrival_ns`]: crate::point::arrival_ns
+    pub fn settle_arrivals(&mut self, points: &mut [Point], now_ns: i64, stats: &SourceStats) {
+        for key in self.newly_stamped(points, now_ns) {
+            stats.stamped_on_arrival(key.clone());
+        }
+        let stamp = crate::point::to_arrival(now_ns);
+        for p in points.iter_mut().filter(|p| p.ts_ns == now_ns) {
+            p.ts_ns = stamp;
+        }
+    }
+
     /// The series of `points` (a message [`Guard::check`] took, received at
     /// `now_ns`) seen stamped with the arrival time for the first time.
     ///
@@ -105,18 +124,6 @@ impl Guard {
             self.memo.set(&p.series, memo_of(true));
             (!std::mem::replace(stamped, true)).then_some(&p.series)
         })
-    }
-}
-
-/// Rounds the points of `points` stamped on arrival (with `now_ns`, that
-/// very nanosecond) down to an arrival stamp's unit ([`arrival_ns`]),
-/// once [`Guard::newly_stamped`] has told them apart from the device's own.
-///
-/// [`arrival_ns`]: crate::point::arrival_ns
-pub fn round_arrivals(points: &mut [Point], now_ns: i64) {
-    let stamp = crate::point::to_arrival(now_ns);
-    for p in points.iter_mut().filter(|p| p.ts_ns == now_ns) {
-        p.ts_ns = stamp;
     }
 }
 
@@ -173,11 +180,12 @@ mod tests {
         let mut msg = [pt("m a", now), pt("m b", device), pt("m a", now - 1)];
         let mut g = Guard::new(10, None, None);
         g.check(&msg, now).unwrap();
-        let stamped: Vec<_> = g.newly_stamped(&msg, now).cloned().collect();
-        assert_eq!(stamped, [SeriesKey::from_canonical("m a")]);
-        round_arrivals(&mut msg, now);
+        let metrics = crate::ops::Metrics::new("test");
+        g.settle_arrivals(&mut msg, now, &metrics.source("s"));
         let ts: Vec<i64> = msg.iter().map(|p| p.ts_ns).collect();
         assert_eq!(ts, [device, device, now - 1]);
+        // Told by the nanosecond before the rounding: "m a" only.
+        assert_eq!(metrics.arrival_series(), [SeriesKey::from_canonical("m a")]);
     }
 
     #[test]

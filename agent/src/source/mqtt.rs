@@ -961,10 +961,7 @@ pub async fn run(
                         match decoded {
                             Ok(n) => {
                                 stats.points.fetch_add(n as u64, Relaxed);
-                                for key in guard.newly_stamped(&batch.points[start..], now) {
-                                    stats.stamped_on_arrival(key.clone());
-                                }
-                                super::guard::round_arrivals(&mut batch.points[start..], now);
+                                guard.settle_arrivals(&mut batch.points[start..], now, &stats);
                             }
                             Err(reason) => {
                                 batch.points.truncate(start);

@@ -340,10 +340,8 @@ impl Lines {
         match parsed {
             Ok(n) => {
                 self.stats.points.fetch_add(n as u64, Relaxed);
-                for key in self.guard.newly_stamped(&batch.points[start..], arrival_ns) {
-                    self.stats.stamped_on_arrival(key.clone());
-                }
-                super::guard::round_arrivals(&mut batch.points[start..], arrival_ns);
+                self.guard
+                    .settle_arrivals(&mut batch.points[start..], arrival_ns, &self.stats);
             }
             Err(reason) => {
                 batch.points.truncate(start);
