@@ -1059,14 +1059,26 @@ impl Store {
             rows.collect::<Result<_, _>>()?
         };
         let groups = plan_merges(&chunks, &cursors, now, max_merges);
+        // One commit for all of them: a merge commits page 1, the leaves of
+        // the runs it reads from and the index, each copied to the rollback
+        // journal first, ~80 KB for ~1 KB of merged data. `bench store
+        // --seconds 7200 --journal rollback`: 47.8 B/pt written with a commit
+        // a merge, 12.7 with one a call. A merge is planned again if this
+        // one is undone (an error, a crash), so none is lost.
+        let tx = self.conn.transaction()?;
         for group in &groups {
-            self.merge_chunks(group, now)?;
+            Self::merge_chunks(&tx, &self.metrics, group, now)?;
         }
+        tx.commit()?;
         Ok(groups.len())
     }
 
-    fn merge_chunks(&mut self, ids: &[i64], now: i64) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+    fn merge_chunks(
+        tx: &rusqlite::Transaction<'_>,
+        metrics: &Metrics,
+        ids: &[i64],
+        now: i64,
+    ) -> Result<(), StoreError> {
         let (mut ts, mut vals) = (Vec::new(), Vec::new());
         let mut seq_hi = 0i64;
         {
@@ -1088,7 +1100,7 @@ impl Store {
         let settled = hi < now.saturating_sub(SETTLE_NS);
         let mut data = Vec::new();
         codec::encode_series_with(&ts, &vals, effort(ts.len(), settled), &mut data);
-        self.metrics
+        metrics
             .store
             .merged_bytes
             .fetch_add(data.len() as u64, Relaxed);
@@ -1102,7 +1114,6 @@ impl Store {
             "INSERT INTO chunks (id, series, seq_hi, ts_min, ts_max, count, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
         .execute(params![ids[0], ids[0] & SERIES_MASK, seq_hi, lo, hi, ts.len() as i64, data])?;
-        tx.commit()?;
         Ok(())
     }
 
