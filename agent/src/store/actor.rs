@@ -367,16 +367,14 @@ enum Upkeep {
     Idle,
     /// Sealing the journal, a run's group of series per step.
     Seal,
-    /// Compacting, so many merges left this round (bounded, so a long
-    /// backlog of merges does not hold the rest up).
-    Compact(usize),
+    /// Compacting: the round planned after the seal, a step at a time. Every
+    /// merge the seal made possible is done before the next seal; a round
+    /// of 64 merges (the first rule) left 10k series ever further behind,
+    /// ~3,300 merges a seal at one point a second each.
+    Compact,
     /// Eviction, figures for status, memory handed back.
     Tidy,
 }
-
-/// Merges a round of upkeep does, and per step.
-const COMPACT_ROUND: usize = 64;
-const COMPACT_STEP: usize = 8;
 
 /// Does one step of `state`; returns the next.
 fn upkeep_step(store: &mut Store, state: Upkeep, errors: &mut RateLimit) -> Upkeep {
@@ -387,17 +385,23 @@ fn upkeep_step(store: &mut Store, state: Upkeep, errors: &mut RateLimit) -> Upke
     };
     match state {
         Upkeep::Idle => Upkeep::Idle,
-        Upkeep::Seal => match store.seal_step() {
-            Ok(true) => Upkeep::Seal,
-            Ok(false) => Upkeep::Compact(COMPACT_ROUND),
-            Err(e) => {
-                fail("sealing failed, journal kept as it is and sealed later", e);
-                Upkeep::Compact(COMPACT_ROUND)
+        Upkeep::Seal => {
+            match store.seal_step() {
+                Ok(true) => return Upkeep::Seal,
+                Ok(false) => {}
+                Err(e) => fail("sealing failed, journal kept as it is and sealed later", e),
             }
-        },
-        Upkeep::Compact(left) => match store.compact(left.min(COMPACT_STEP)) {
-            Ok(n) if n > 0 && n < left => Upkeep::Compact(left - n),
-            Ok(_) => Upkeep::Tidy,
+            match store.compact_begin() {
+                Ok(_) => Upkeep::Compact,
+                Err(e) => {
+                    fail("compaction failed, chunks kept as they are", e);
+                    Upkeep::Tidy
+                }
+            }
+        }
+        Upkeep::Compact => match store.compact_step() {
+            Ok(true) => Upkeep::Compact,
+            Ok(false) => Upkeep::Tidy,
             Err(e) => {
                 fail("compaction failed, chunks kept as they are", e);
                 Upkeep::Tidy

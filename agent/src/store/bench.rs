@@ -190,8 +190,9 @@ pub fn run(
             current = s;
             let now = t.div_euclid(SECOND);
             if now >= next_seal {
+                // As the agent's upkeep does: seal, then a round of compaction.
                 store.seal()?;
-                store.compact(64)?;
+                store.compact()?;
                 next_seal = now + seal_every;
             }
         }
@@ -209,7 +210,7 @@ pub fn run(
     let ingest_cpu = cpu_seconds() - cpu_before;
     let ingest_wall = wall.elapsed().as_secs_f64();
     // Compaction to the end: the figure "after compaction".
-    while store.compact(1024)? > 0 {}
+    while store.compact()? > 0 {}
     store.checkpoint()?;
     let written = proc_field("/proc/self/io", "write_bytes:").unwrap_or(0) - written_before;
 

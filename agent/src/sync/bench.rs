@@ -299,7 +299,7 @@ fn fill(path: &Path, points: u64, series: usize) -> anyhow::Result<(i64, i64)> {
     }
     progress.finish_and_clear();
     store.seal()?;
-    while store.compact(1024)? > 0 {}
+    while store.compact()? > 0 {}
     store.checkpoint()?;
     Ok((first / 1_000_000, last / 1_000_000))
 }
