@@ -230,12 +230,31 @@ struct SealState {
 /// A round of compaction under way (see [`Store::compact_step`]).
 #[derive(Default)]
 struct CompactState {
-    /// Merges planned and not done yet, each a series' chunk ids.
-    groups: std::collections::VecDeque<Vec<i64>>,
+    /// The chunk ids of the merges planned, one group after another (flat:
+    /// ~3,300 merges a round at 10k series).
+    ids: Vec<i64>,
+    /// Where each group ends in `ids`.
+    ends: Vec<usize>,
+    /// Groups done (or skipped) so far.
+    done: usize,
     /// The newest point stored when the round was planned ("settled" is judged by it).
     now: i64,
     /// Merges of the round left for the next (a cursor moved into them).
     skipped: usize,
+}
+
+impl CompactState {
+    /// The ids of the next group of the plan, if any is left.
+    fn next_group(&mut self) -> Option<std::ops::Range<usize>> {
+        let end = *self.ends.get(self.done)?;
+        let start = self.done.checked_sub(1).map_or(0, |k| self.ends[k]);
+        self.done += 1;
+        Some(start..end)
+    }
+
+    fn remaining(&self) -> bool {
+        self.done < self.ends.len()
+    }
 }
 
 /// One run of journal chunks being sealed.
@@ -1079,29 +1098,48 @@ impl Store {
                 .query_row("SELECT COALESCE(MAX(ts_max), 0) FROM chunks", [], |r| {
                     r.get(0)
                 })?;
-        let chunks: Vec<ChunkInfo> = {
+        let cursors = self.boundaries();
+        let mut plan = CompactState {
+            now,
+            ..CompactState::default()
+        };
+        {
             let mut stmt = self.conn.prepare_cached(concat!(
                 "SELECT series, id, count, ts_max FROM chunks WHERE series != 0 AND count < ?1 AND ",
                 valid!(),
                 " ORDER BY series, id"
             ))?;
-            let rows = stmt.query_map([TARGET_CHUNK_POINTS], |r| {
-                Ok(ChunkInfo {
-                    series: r.get(0)?,
-                    id: r.get(1)?,
-                    count: r.get(2)?,
-                    ts_max: r.get(3)?,
-                })
-            })?;
-            rows.collect::<Result<_, _>>()?
-        };
-        let groups = plan_merges(&chunks, &self.boundaries(), now);
-        let planned = groups.len();
-        self.compaction = CompactState {
-            groups: groups.into(),
-            now,
-            skipped: 0,
-        };
+            let mut rows = stmt.query([TARGET_CHUNK_POINTS])?;
+            // A series at a time (no merge joins two): a store of months holds
+            // hundreds of thousands of chunks below the target, most of which
+            // will never merge again; all at once they did not fit in memory.
+            let mut series: Vec<ChunkInfo> = Vec::new();
+            loop {
+                let chunk = match rows.next()? {
+                    Some(r) => Some(ChunkInfo {
+                        series: r.get(0)?,
+                        id: r.get(1)?,
+                        count: r.get(2)?,
+                        ts_max: r.get(3)?,
+                    }),
+                    None => None,
+                };
+                let next_series = chunk.map(|c| c.series);
+                if series.last().is_some_and(|l| next_series != Some(l.series)) {
+                    for group in plan_merges(&series, &cursors, now) {
+                        plan.ids.extend_from_slice(&group);
+                        plan.ends.push(plan.ids.len());
+                    }
+                    series.clear();
+                }
+                match chunk {
+                    Some(c) => series.push(c),
+                    None => break,
+                }
+            }
+        }
+        let planned = plan.ends.len();
+        self.compaction = plan;
         Ok(planned)
     }
 
@@ -1119,7 +1157,7 @@ impl Store {
     }
 
     fn compact_step_inner(&mut self) -> Result<bool, StoreError> {
-        if self.compaction.groups.is_empty() {
+        if !self.compaction.remaining() {
             return Ok(false);
         }
         let cursors = self.boundaries();
@@ -1132,13 +1170,14 @@ impl Store {
         let tx = self.conn.transaction()?;
         let mut points = 0;
         while points < COMPACT_STEP_POINTS {
-            let Some(group) = self.compaction.groups.pop_front() else {
+            let Some(group) = self.compaction.next_group() else {
                 break;
             };
-            let merged = if splits(&cursors, &group) {
+            let group = &self.compaction.ids[group];
+            let merged = if splits(&cursors, group) {
                 None
             } else {
-                Self::merge_chunks(&tx, &self.metrics, &group, self.compaction.now)?
+                Self::merge_chunks(&tx, &self.metrics, group, self.compaction.now)?
             };
             match merged {
                 Some(n) => points += n,
@@ -1146,7 +1185,7 @@ impl Store {
             }
         }
         tx.commit()?;
-        Ok(!self.compaction.groups.is_empty())
+        Ok(self.compaction.remaining())
     }
 
     /// Merges the chunks `ids` (one series, ascending) into one chunk keyed
