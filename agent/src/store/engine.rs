@@ -2452,7 +2452,14 @@ mod tests {
         let (d, mut st) = open();
         st.seal.pass_points = 2 * flushes as usize;
         let mut all = Vec::new();
-        for i in 0..flushes {
+        stepped_flushes(&mut st, 0..flushes, &mut all);
+        (d, st, all)
+    }
+
+    /// Flushes `at` of [`stepped_store`]'s feed (a point of each series `m
+    /// 0`..`m 5` at each time), adding the points to `all`.
+    fn stepped_flushes(st: &mut Store, at: std::ops::Range<i64>, all: &mut Vec<Point>) {
+        for i in at {
             let b = Batch {
                 points: (0..6)
                     .map(|k| point(&format!("m {k}"), i, (i * 10 + k) as f64))
@@ -2462,7 +2469,6 @@ mod tests {
             st.append(&b).unwrap();
             st.flush().unwrap();
         }
-        (d, st, all)
     }
 
     /// Series `m {k}` for each `k` reads back as `all` holds it, in order.
@@ -2643,20 +2649,27 @@ mod tests {
         st.seal_abort();
         // More flushes: the next seal's run ends past the dropped one's,
         // whose hidden chunks are keyed by its own last journal chunk.
-        for i in 10..14 {
-            let b = Batch {
-                points: (0..6)
-                    .map(|k| point(&format!("m {k}"), i, (i * 10 + k) as f64))
-                    .collect(),
-            };
-            all.extend(b.points.clone());
-            st.append(&b).unwrap();
-            st.flush().unwrap();
-        }
+        stepped_flushes(&mut st, 10..14, &mut all);
         assert_eq!(st.seal().unwrap(), 14);
         assert_eq!(hidden_chunks(&st), 0);
         assert_once(&mut st, &all);
         assert_series_read(&st, &all, 0..6);
+    }
+
+    #[test]
+    fn the_head_during_a_seal_is_after_the_whole_run() {
+        let (_d, mut st, _all) = stepped_store(10);
+        seal_steps(&mut st, 3); // plan, count, one group: some chunks hidden
+        assert_eq!(hidden_chunks(&st), 2);
+        let head = st.head().unwrap();
+        st.track("live", head);
+        while st.seal_step().unwrap() {}
+        let (b, _) = st.after("live", head, None, 100).unwrap();
+        assert!(
+            b.is_empty(),
+            "points flushed before the head: {:?}",
+            b.points
+        );
     }
 
     #[test]

@@ -85,9 +85,21 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
 impl Store {
     /// The position after the newest flushed point.
     pub fn head(&self) -> Result<Cursor, StoreError> {
+        // Valid chunks only: a seal under way keys its hidden chunks after
+        // its run's last journal chunk, and a head among them would put
+        // the rest of the run's series, once sealed, after it.
         let max: Option<i64> = self
             .conn
-            .query_row("SELECT MAX(id) FROM chunks", [], |r| r.get(0))?;
+            .query_row(
+                concat!(
+                    "SELECT id FROM chunks WHERE ",
+                    valid!(),
+                    " ORDER BY id DESC LIMIT 1"
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
         Ok(max.map(Cursor::after_chunk).unwrap_or_default())
     }
 
