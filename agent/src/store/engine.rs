@@ -1320,6 +1320,20 @@ impl Store {
         Ok(runs.into_iter().next())
     }
 
+    /// Hands each journal chunk of `run` to `f`, in order.
+    fn each_run_row(
+        conn: &Connection,
+        run: &[i64],
+        mut f: impl FnMut(&[u8]) -> Result<(), codec::CodecError>,
+    ) -> Result<(), StoreError> {
+        let mut get = conn.prepare_cached("SELECT data FROM chunks WHERE id = ?1")?;
+        for &id in run {
+            let data: Vec<u8> = get.query_row([id], |r| r.get(0))?;
+            f(&data).map_err(|e| StoreError::Corrupt(format!("chunk {id}: {e}")))?;
+        }
+        Ok(())
+    }
+
     /// Decodes every journal chunk of `run`, in order, keeping the points of
     /// the series in `ids` (only the frames that hold them are decoded).
     fn each_run_chunk(
@@ -1329,18 +1343,15 @@ impl Store {
         ids: RangeInclusive<u32>,
         f: &mut ColumnsFn<'_>,
     ) -> Result<(), StoreError> {
-        let mut get = conn.prepare_cached("SELECT data FROM chunks WHERE id = ?1")?;
         let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
-        for &id in run {
-            let data: Vec<u8> = get.query_row([id], |r| r.get(0))?;
+        Self::each_run_row(conn, run, |data| {
             s.clear();
             t.clear();
             v.clear();
-            codec::decode_mixed_with(&data, checksum, ids.clone(), &mut s, &mut t, &mut v)
-                .map_err(|e| StoreError::Corrupt(format!("chunk {id}: {e}")))?;
+            codec::decode_mixed_with(data, checksum, ids.clone(), &mut s, &mut t, &mut v)?;
             f(&s, &t, &v);
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The first step of a run: checks each chunk's checksum and counts the
@@ -1355,29 +1366,28 @@ impl Store {
         let mut dense: Vec<u32> = Vec::new();
         let mut stray = None;
         let mut spans = Vec::with_capacity(job.run.len());
-        Self::each_run_chunk(
-            &tx,
-            &job.run,
-            codec::Checksum::Verify,
-            0..=u32::MAX,
-            &mut |s, _, _| {
-                spans.push(
-                    s.iter()
-                        .fold((u32::MAX, 0), |(lo, hi), &id| (lo.min(id), hi.max(id))),
-                );
-                for &id in s {
-                    if id > MAX_SERIES {
-                        stray = Some(id);
-                        continue;
-                    }
-                    let i = id as usize;
-                    if i >= dense.len() {
-                        dense.resize(i + 1, 0);
-                    }
-                    dense[i] += 1;
+        let mut s = Vec::new();
+        // Series ids only: times and values are decoded pass by pass.
+        Self::each_run_row(&tx, &job.run, |data| {
+            s.clear();
+            codec::mixed_series(data, codec::Checksum::Verify, &mut s)?;
+            spans.push(
+                s.iter()
+                    .fold((u32::MAX, 0), |(lo, hi), &id| (lo.min(id), hi.max(id))),
+            );
+            for &id in &s {
+                if id > MAX_SERIES {
+                    stray = Some(id);
+                    continue;
                 }
-            },
-        )?;
+                let i = id as usize;
+                if i >= dense.len() {
+                    dense.resize(i + 1, 0);
+                }
+                dense[i] += 1;
+            }
+            Ok(())
+        })?;
         if let Some(id) = stray {
             return Err(StoreError::Corrupt(format!(
                 "journal chunk names series {id}, beyond the largest id"
