@@ -30,14 +30,20 @@ use super::{Cursor, StoreError};
 use crate::ops::Metrics;
 
 /// The condition a row of `chunks` must meet to be read: it is not a sealed
-/// chunk whose run's last journal chunk (key `id - series`) still exists.
-/// A seal writes its chunks in several commits and deletes the run's journal
-/// in its last, so its chunks become valid all at once, and those of a seal
-/// cut short (an error, a crash) stay hidden until they are removed (at open,
-/// or when the run is sealed again). One primary-key probe per sealed chunk.
+/// chunk past the sealing watermark (`sealed_through` in `counters`: the
+/// last journal sequence number whose chunk was sealed and deleted). A seal
+/// writes its chunks in several commits, keyed and marked (`seq_hi`) by its
+/// run's last journal chunk, and moves the watermark in its last commit, so
+/// its chunks become valid all at once, and those of a seal cut short (an
+/// error, a crash) stay hidden until they are removed (at open, or when the
+/// run is sealed again). The subquery is evaluated once per statement; it
+/// replaced a primary-key probe per sealed chunk for the run's journal
+/// chunk, which a journal kept outside SQLite could not answer. A store
+/// from before the watermark, opened read-only, falls back to the same
+/// rule: sealed up to the first journal chunk.
 macro_rules! valid {
     () => {
-        "(series = 0 OR NOT EXISTS (SELECT 1 FROM chunks j WHERE j.id = chunks.id - chunks.series))"
+        "(series = 0 OR seq_hi <= COALESCE((SELECT value FROM counters WHERE name = 'sealed_through'), (SELECT MIN(seq_hi) - 1 FROM chunks WHERE series = 0), 9223372036854775807))"
     };
 }
 
@@ -516,10 +522,7 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         uplink::migrate(&conn)?;
         let mut store = Self::with_connection(conn, path, metrics)?;
-        let mut hidden = 0;
-        for &key in &store.journal {
-            hidden += drop_hidden(&store.conn, key..=key)?;
-        }
+        let hidden = store.undo_cut_seal()?;
         if hidden > 0 {
             tracing::info!(
                 chunks = hidden,
@@ -528,6 +531,45 @@ impl Store {
         }
         store.note_boot()?;
         Ok(store)
+    }
+
+    /// Removes the chunks a seal cut short left (hidden: past the sealing
+    /// watermark) and returns how many; records the watermark first in a
+    /// store made before it was kept.
+    fn undo_cut_seal(&mut self) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction()?;
+        let saved: Option<i64> = tx
+            .query_row(
+                "SELECT value FROM counters WHERE name = 'sealed_through'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let mut hidden = 0;
+        let through = match saved {
+            Some(through) => through,
+            None => {
+                // The rule before the watermark: a sealed chunk was hidden
+                // while its run's last (or, before that, first) journal chunk
+                // existed, keyed as it is. Everything before the journal is sealed.
+                for &key in &self.journal {
+                    hidden += drop_hidden(&tx, key..=key)?;
+                }
+                let through = self
+                    .journal
+                    .first()
+                    .map_or(self.next_seq - 1, |&key| (key >> SERIES_BITS) - 1);
+                set_sealed_through(&tx, through)?;
+                through
+            }
+        };
+        // A run's sealed chunks are keyed by its last journal chunk: those of
+        // a run past the watermark lie after every valid chunk's key.
+        hidden += tx
+            .prepare_cached("DELETE FROM chunks WHERE id >= ?1 AND series != 0")?
+            .execute([(through + 1) << SERIES_BITS])?;
+        tx.commit()?;
+        Ok(hidden)
     }
 
     /// Opens the store; if it is corrupt or unreadable, moves it aside under a
@@ -1496,6 +1538,7 @@ impl Store {
                 del.execute([id])?;
             }
         }
+        set_sealed_through(&tx, job.run[job.run.len() - 1] >> SERIES_BITS)?;
         tx.commit()?;
         for id in &job.run {
             self.journal.remove(id);
@@ -1809,6 +1852,16 @@ fn bump(tx: &rusqlite::Transaction<'_>, name: &str, by: i64) -> Result<(), Store
          ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
     )?
     .execute(params![name, by])?;
+    Ok(())
+}
+
+/// Moves the sealing watermark (see `valid!`) to journal sequence `seq`.
+fn set_sealed_through(tx: &Connection, seq: i64) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO counters (name, value) VALUES ('sealed_through', ?1)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([seq])?;
     Ok(())
 }
 
@@ -2694,6 +2747,37 @@ mod tests {
         assert_eq!(st.journal.len(), 10);
         assert_once(&mut st, &all);
         assert_eq!(st.seal().unwrap(), 10);
+        assert_once(&mut st, &all);
+    }
+
+    #[test]
+    fn a_store_from_before_the_sealing_watermark_reads_and_seals_on() {
+        // Sealed twice, then a seal of the rest cut short: hidden chunks.
+        let (d, mut st, mut all) = stepped_store(10);
+        st.seal().unwrap();
+        stepped_flushes(&mut st, 10..20, &mut all);
+        st.seal().unwrap();
+        stepped_flushes(&mut st, 20..30, &mut all);
+        seal_steps(&mut st, 4);
+        assert_eq!(hidden_chunks(&st), 4);
+        // What such a store held: no watermark.
+        st.conn
+            .execute("DELETE FROM counters WHERE name = 'sealed_through'", [])
+            .unwrap();
+        drop(st);
+        let path = d.path().join("s.db");
+        // Read-only, its chunks are judged by the journal's first chunk.
+        let ro = Store::open_read_only(&path).unwrap();
+        assert_eq!(hidden_chunks(&ro), 4);
+        assert_series_read(&ro, &all, 0..6);
+        drop(ro);
+        // Opened for writing: the watermark is recorded, the cut seal undone.
+        let mut st = Store::open(&path, Metrics::new("t")).unwrap();
+        assert_eq!(hidden_chunks(&st), 0);
+        assert_eq!(st.counter("sealed_through").unwrap(), 20);
+        assert_once(&mut st, &all);
+        assert_eq!(st.seal().unwrap(), 10);
+        assert_eq!(st.counter("sealed_through").unwrap(), 30);
         assert_once(&mut st, &all);
     }
 
