@@ -29,21 +29,18 @@ use super::rollup::{window_start, Agg};
 use super::{Cursor, StoreError};
 use crate::ops::Metrics;
 
-/// The condition a row of `chunks` must meet to be read: it is not a sealed
-/// chunk past the sealing watermark (`sealed_through` in `counters`: the
-/// last journal sequence number whose chunk was sealed and deleted). A seal
-/// writes its chunks in several commits, keyed and marked (`seq_hi`) by its
-/// run's last journal chunk, and moves the watermark in its last commit, so
-/// its chunks become valid all at once, and those of a seal cut short (an
-/// error, a crash) stay hidden until they are removed (at open, or when the
-/// run is sealed again). The subquery is evaluated once per statement; it
-/// replaced a primary-key probe per sealed chunk for the run's journal
-/// chunk, which a journal kept outside SQLite could not answer. A store
-/// from before the watermark, opened read-only, falls back to the same
-/// rule: sealed up to the first journal chunk.
+/// The condition a row of `chunks` (sealed chunks) must meet to be read:
+/// it is not past the sealing watermark (`sealed_through` in `counters`:
+/// the last journal sequence number whose chunk was sealed and deleted). A
+/// seal writes its chunks in several commits, keyed and marked (`seq_hi`)
+/// by its run's last journal chunk, and moves the watermark in its last
+/// commit, so its chunks become valid all at once, and those of a seal cut
+/// short (an error, a crash) stay hidden until they are removed (at open, or
+/// when the run is sealed again). Valid chunks therefore sort before every
+/// journal chunk. The subquery is evaluated once per statement.
 macro_rules! valid {
     () => {
-        "(series = 0 OR seq_hi <= COALESCE((SELECT value FROM counters WHERE name = 'sealed_through'), (SELECT MIN(seq_hi) - 1 FROM chunks WHERE series = 0), 9223372036854775807))"
+        "seq_hi <= (SELECT value FROM counters WHERE name = 'sealed_through')"
     };
 }
 
@@ -107,18 +104,30 @@ CREATE TABLE IF NOT EXISTS series (
     id   INTEGER PRIMARY KEY,
     key  TEXT NOT NULL UNIQUE
 );
+-- Sealed (and merged) chunks: one series each. Journal chunks were rows of
+-- this table, with series 0, until 2026-12-06 (moved at open).
 CREATE TABLE IF NOT EXISTS chunks (
     id     INTEGER PRIMARY KEY,   -- seq << 20 | series
-    series INTEGER NOT NULL,      -- 0 for a journal chunk
+    series INTEGER NOT NULL,
     seq_hi INTEGER NOT NULL,      -- last journal seq the chunk covers
     ts_min INTEGER NOT NULL,
     ts_max INTEGER NOT NULL,
     count  INTEGER NOT NULL,
     data   BLOB NOT NULL
 );
--- Sealed chunks only: journal chunks, written every second, skip the index
--- (one page write less per flush) and are found by key range instead.
 CREATE INDEX IF NOT EXISTS chunks_by_series ON chunks (series, ts_max) WHERE series != 0;
+-- The journal: flushed points not yet sealed, a chunk of many series per
+-- part of a flush (codec's format 8), keyed seq << 20, after every valid
+-- sealed chunk. A table of its own, so that every reader of the journal
+-- says so (it is to move to an append-only file), and so that a seal's
+-- inserts and deletes and the flushes' appends rebalance separate trees.
+CREATE TABLE IF NOT EXISTS journal (
+    id     INTEGER PRIMARY KEY,   -- seq << 20
+    ts_min INTEGER NOT NULL,
+    ts_max INTEGER NOT NULL,
+    count  INTEGER NOT NULL,
+    data   BLOB NOT NULL
+);
 -- Rollup windows of raw chunks that eviction removed. While raw points
 -- exist their windows are computed from them; only what eviction takes is
 -- kept here, compressed, up to 64 windows a row per series and tier. A row
@@ -152,7 +161,7 @@ CREATE TABLE IF NOT EXISTS cursors (
 ";
 
 /// Chunks that may hold points of series `?1` in `[?2, ?3]`: its sealed chunks
-/// and the journal from key `?4`, in key order. `series != 0` is spelt out:
+/// and the journal's, in key order. `series != 0` is spelt out:
 /// SQLite uses the partial index `chunks_by_series` only when the query
 /// itself implies the index's condition, and `series = ?1` alone does not
 /// (without it, every query scanned the whole table: 4.4 ms at 10k series).
@@ -160,7 +169,7 @@ const SERIES_CHUNKS: &str = concat!(
     "SELECT id, data FROM chunks WHERE series = ?1 AND series != 0 AND ts_max >= ?2 AND ts_min <= ?3 AND ",
     valid!(),
     " UNION ALL
-     SELECT id, data FROM chunks WHERE id >= ?4 AND series = 0 AND ts_max >= ?2 AND ts_min <= ?3
+     SELECT id, data FROM journal WHERE ts_max >= ?2 AND ts_min <= ?3
      ORDER BY id"
 );
 /// The oldest sealed timestamp of series `?1` (see [`SERIES_CHUNKS`] on `series != 0`).
@@ -508,7 +517,7 @@ impl Store {
                 source: e,
             })?;
         }
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         // WAL by default (see JournalMode). FULL: a committed flush survives
         // power loss, which is the durability contract.
         conn.pragma_update(None, "journal_mode", JournalMode::default().pragma())?;
@@ -521,8 +530,9 @@ impl Store {
         conn.busy_timeout(BUSY_WAIT)?;
         conn.execute_batch(SCHEMA)?;
         uplink::migrate(&conn)?;
+        let mut hidden = migrate_journal(&mut conn)?;
         let mut store = Self::with_connection(conn, path, metrics)?;
-        let hidden = store.undo_cut_seal()?;
+        hidden += store.undo_cut_seal()?;
         if hidden > 0 {
             tracing::info!(
                 chunks = hidden,
@@ -534,42 +544,15 @@ impl Store {
     }
 
     /// Removes the chunks a seal cut short left (hidden: past the sealing
-    /// watermark) and returns how many; records the watermark first in a
-    /// store made before it was kept.
+    /// watermark) and returns how many.
     fn undo_cut_seal(&mut self) -> Result<usize, StoreError> {
-        let tx = self.conn.transaction()?;
-        let saved: Option<i64> = tx
-            .query_row(
-                "SELECT value FROM counters WHERE name = 'sealed_through'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let mut hidden = 0;
-        let through = match saved {
-            Some(through) => through,
-            None => {
-                // The rule before the watermark: a sealed chunk was hidden
-                // while its run's last (or, before that, first) journal chunk
-                // existed, keyed as it is. Everything before the journal is sealed.
-                for &key in &self.journal {
-                    hidden += drop_hidden(&tx, key..=key)?;
-                }
-                let through = self
-                    .journal
-                    .first()
-                    .map_or(self.next_seq - 1, |&key| (key >> SERIES_BITS) - 1);
-                set_sealed_through(&tx, through)?;
-                through
-            }
-        };
+        let through = self.counter("sealed_through")? as i64;
         // A run's sealed chunks are keyed by its last journal chunk: those of
         // a run past the watermark lie after every valid chunk's key.
-        hidden += tx
-            .prepare_cached("DELETE FROM chunks WHERE id >= ?1 AND series != 0")?
-            .execute([(through + 1) << SERIES_BITS])?;
-        tx.commit()?;
-        Ok(hidden)
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM chunks WHERE id >= ?1")?
+            .execute([(through + 1) << SERIES_BITS])?)
     }
 
     /// Opens the store; if it is corrupt or unreadable, moves it aside under a
@@ -629,6 +612,9 @@ impl Store {
         )?;
         // The agent's commit holds the file for milliseconds: wait for it.
         conn.busy_timeout(BUSY_WAIT)?;
+        if !table_exists(&conn, "journal")? {
+            return Err(StoreError::Outdated);
+        }
         Self::with_connection(conn, path, Metrics::new("query"))
     }
 
@@ -652,10 +638,13 @@ impl Store {
                 ids.insert(key, id);
             }
         }
-        let max_seq: Option<i64> =
-            conn.query_row("SELECT MAX(seq_hi) FROM chunks", [], |r| r.get(0))?;
+        let max_seq: Option<i64> = conn.query_row(
+            "SELECT MAX(s) FROM (SELECT MAX(seq_hi) AS s FROM chunks UNION ALL SELECT MAX(id) >> 20 FROM journal)",
+            [],
+            |r| r.get(0),
+        )?;
         let journal = {
-            let mut stmt = conn.prepare("SELECT id FROM chunks WHERE series = 0")?;
+            let mut stmt = conn.prepare("SELECT id FROM journal")?;
             let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
             rows.collect::<Result<_, _>>()?
         };
@@ -759,8 +748,10 @@ impl Store {
         m.bytes_used.store(self.used_bytes()?, Relaxed);
         let (points, bytes, oldest): (i64, i64, Option<i64>) = self.conn.query_row(
             concat!(
-                "SELECT COALESCE(SUM(count), 0), COALESCE(SUM(length(data)), 0), MIN(ts_min) FROM chunks WHERE ",
-                valid!()
+                "SELECT COALESCE(SUM(n), 0), COALESCE(SUM(b), 0), MIN(t) FROM (
+                 SELECT SUM(count) AS n, SUM(length(data)) AS b, MIN(ts_min) AS t FROM chunks WHERE ",
+                valid!(),
+                " UNION ALL SELECT SUM(count), SUM(length(data)), MIN(ts_min) FROM journal)"
             ),
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -1031,8 +1022,7 @@ impl Store {
         let parts = journal_parts(&p.series, &order, JOURNAL_PART_POINTS);
         if n > 0 {
             let mut ins = tx.prepare_cached(
-                "INSERT INTO chunks (id, series, seq_hi, ts_min, ts_max, count, data)
-                 VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO journal (id, ts_min, ts_max, count, data) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             let mut data = Vec::with_capacity(n.min(JOURNAL_PART_POINTS * 2) * 8);
             for (k, part) in parts.iter().enumerate() {
@@ -1053,7 +1043,6 @@ impl Store {
                 let part_seq = seq + k as i64;
                 ins.execute(params![
                     part_seq << SERIES_BITS,
-                    part_seq,
                     ts_min,
                     ts_max,
                     part.len() as i64,
@@ -1137,9 +1126,11 @@ impl Store {
         // gateway whose clock is wrong still compacts by the data's own time.
         let now: i64 =
             self.conn
-                .query_row("SELECT COALESCE(MAX(ts_max), 0) FROM chunks", [], |r| {
-                    r.get(0)
-                })?;
+                .query_row(
+                    "SELECT COALESCE(MAX(t), 0) FROM (SELECT MAX(ts_max) AS t FROM chunks UNION ALL SELECT MAX(ts_max) FROM journal)",
+                    [],
+                    |r| r.get(0),
+                )?;
         let cursors = self.boundaries();
         let mut plan = CompactState {
             now,
@@ -1352,10 +1343,10 @@ impl Store {
             return Ok(None);
         };
         let journal: Vec<(i64, i64)> = {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT id, count FROM chunks WHERE id >= ?1 AND id <= ?2 AND series = 0 ORDER BY id",
-            )?;
-            let rows = stmt.query_map([self.journal_lo(), upto], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT id, count FROM journal WHERE id <= ?1 ORDER BY id")?;
+            let rows = stmt.query_map([upto], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<Result<_, _>>()?
         };
         let runs = plan_runs(&journal, &self.boundaries(), SEAL_MAX_POINTS);
@@ -1368,7 +1359,7 @@ impl Store {
         run: &[i64],
         mut f: impl FnMut(&[u8]) -> Result<(), codec::CodecError>,
     ) -> Result<(), StoreError> {
-        let mut get = conn.prepare_cached("SELECT data FROM chunks WHERE id = ?1")?;
+        let mut get = conn.prepare_cached("SELECT data FROM journal WHERE id = ?1")?;
         for &id in run {
             let data: Vec<u8> = get.query_row([id], |r| r.get(0))?;
             f(&data).map_err(|e| StoreError::Corrupt(format!("chunk {id}: {e}")))?;
@@ -1533,7 +1524,7 @@ impl Store {
     fn seal_finish(&mut self, job: &SealJob) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
-            let mut del = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
+            let mut del = tx.prepare_cached("DELETE FROM journal WHERE id = ?1")?;
             for &id in &job.run {
                 del.execute([id])?;
             }
@@ -1565,11 +1556,6 @@ impl Store {
     pub fn read_held(&self, from: Cursor, until: Option<Cursor>) -> bool {
         let limit = self.read_limit(from);
         limit < i64::MAX && until.is_none_or(|u| u.key > limit)
-    }
-
-    /// The smallest journal chunk key (everything, when there is none).
-    fn journal_lo(&self) -> i64 {
-        self.journal.first().copied().unwrap_or(i64::MAX)
     }
 
     /// Windows of `tier` (seconds) for one series over `[from, to]`: windows
@@ -1611,12 +1597,7 @@ impl Store {
             }
         }
         let mut stmt = self.conn.prepare_cached(SERIES_CHUNKS)?;
-        let mut rows = stmt.query(params![
-            sid,
-            lo,
-            to.saturating_add(width),
-            self.journal_lo()
-        ])?;
+        let mut rows = stmt.query(params![sid, lo, to.saturating_add(width)])?;
         let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
         while let Some(row) = rows.next()? {
             let id: i64 = row.get(0)?;
@@ -1695,7 +1676,7 @@ impl Store {
             let mut stmt = self.conn.prepare_cached(concat!(
                 "SELECT id, data FROM chunks WHERE id >= ?1 AND id < ?2 AND ",
                 valid!(),
-                " ORDER BY id"
+                " UNION ALL SELECT id, data FROM journal WHERE id >= ?1 AND id < ?2 ORDER BY id"
             ))?;
             let until = until.map_or(i64::MAX, |u| u.key).min(self.read_limit(from));
             let mut rows = stmt.query([from.key, until])?;
@@ -1745,8 +1726,10 @@ impl Store {
     pub fn backlog_age(&self, from: Cursor) -> Result<(u64, Option<i64>), StoreError> {
         let (n, oldest): (i64, Option<i64>) = self.conn.query_row(
             concat!(
-                "SELECT COALESCE(SUM(count), 0), MIN(ts_min) FROM chunks WHERE id >= ?1 AND ",
-                valid!()
+                "SELECT COALESCE(SUM(n), 0), MIN(t) FROM (
+                 SELECT SUM(count) AS n, MIN(ts_min) AS t FROM chunks WHERE id >= ?1 AND ",
+                valid!(),
+                " UNION ALL SELECT SUM(count), MIN(ts_min) FROM journal WHERE id >= ?1)"
             ),
             [from.key],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -1766,7 +1749,7 @@ impl Store {
         };
         let mut out = Vec::new();
         let mut stmt = self.conn.prepare_cached(SERIES_CHUNKS)?;
-        let mut rows = stmt.query(params![sid, from, to, self.journal_lo()])?;
+        let mut rows = stmt.query(params![sid, from, to])?;
         let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
         while let Some(row) = rows.next()? {
             let id: i64 = row.get(0)?;
@@ -1801,8 +1784,9 @@ impl Store {
         let n: i64 = match series {
             None => self.conn.query_row(
                 concat!(
-                    "SELECT COALESCE(SUM(length(data)), 0) FROM chunks WHERE ",
-                    valid!()
+                    "SELECT COALESCE(SUM(b), 0) FROM (SELECT SUM(length(data)) AS b FROM chunks WHERE ",
+                    valid!(),
+                    " UNION ALL SELECT SUM(length(data)) FROM journal)"
                 ),
                 [],
                 |r| r.get(0),
@@ -1853,6 +1837,48 @@ fn bump(tx: &rusqlite::Transaction<'_>, name: &str, by: i64) -> Result<(), Store
     )?
     .execute(params![name, by])?;
     Ok(())
+}
+
+/// Brings a store from before the journal had its table and the sealing
+/// watermark (2026-12-06) to both: its journal chunks (series 0 in
+/// `chunks`) move, and the chunks of a seal cut short go, by the rule of
+/// then (hidden while the run's last, or first, journal chunk existed,
+/// keyed as it). Everything before the journal was sealed. Returns the
+/// hidden chunks removed.
+fn migrate_journal(conn: &mut Connection) -> Result<usize, StoreError> {
+    let current: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM counters WHERE name = 'sealed_through')",
+        [],
+        |r| r.get(0),
+    )?;
+    if current {
+        return Ok(0);
+    }
+    let tx = conn.transaction()?;
+    let keys: Vec<i64> = {
+        let mut stmt = tx.prepare("SELECT id FROM chunks WHERE series = 0 ORDER BY id")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut hidden = 0;
+    for &key in &keys {
+        hidden += drop_hidden(&tx, key..=key)?;
+    }
+    tx.execute(
+        "INSERT INTO journal (id, ts_min, ts_max, count, data)
+         SELECT id, ts_min, ts_max, count, data FROM chunks WHERE series = 0",
+        [],
+    )?;
+    tx.execute("DELETE FROM chunks WHERE series = 0", [])?;
+    let through = match keys.first() {
+        Some(&key) => (key >> SERIES_BITS) - 1,
+        None => tx.query_row("SELECT COALESCE(MAX(seq_hi), 0) FROM chunks", [], |r| {
+            r.get(0)
+        })?,
+    };
+    set_sealed_through(&tx, through)?;
+    tx.commit()?;
+    Ok(hidden)
 }
 
 /// Moves the sealing watermark (see `valid!`) to journal sequence `seq`.
@@ -2426,7 +2452,7 @@ mod tests {
     #[test]
     fn series_queries_use_the_series_index() {
         let (_d, st) = open();
-        for (sql, n) in [(SERIES_CHUNKS, 4), (SERIES_OLDEST, 1)] {
+        for (sql, n) in [(SERIES_CHUNKS, 3), (SERIES_OLDEST, 1)] {
             let sql = format!("EXPLAIN QUERY PLAN {sql}");
             let mut stmt = st.conn.prepare(&sql).unwrap();
             let args = [1i64, 2, 3, 4];
@@ -2572,7 +2598,7 @@ mod tests {
     fn journal_and_sealed(st: &Store) -> (i64, i64) {
         st.conn
             .query_row(
-                "SELECT COALESCE(SUM(series = 0), 0), COALESCE(SUM(series != 0), 0) FROM chunks",
+                "SELECT (SELECT COUNT(*) FROM journal), (SELECT COUNT(*) FROM chunks)",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -2615,7 +2641,7 @@ mod tests {
         // Rows of at least JOURNAL_PART_POINTS points of whole series.
         let counts: Vec<i64> = st
             .conn
-            .prepare("SELECT count FROM chunks WHERE series = 0 ORDER BY id")
+            .prepare("SELECT count FROM journal ORDER BY id")
             .unwrap()
             .query_map([], |r| r.get(0))
             .unwrap()
@@ -2751,7 +2777,7 @@ mod tests {
     }
 
     #[test]
-    fn a_store_from_before_the_sealing_watermark_reads_and_seals_on() {
+    fn a_store_from_before_the_journal_table_is_brought_up_to_date_at_open() {
         // Sealed twice, then a seal of the rest cut short: hidden chunks.
         let (d, mut st, mut all) = stepped_store(10);
         st.seal().unwrap();
@@ -2760,25 +2786,34 @@ mod tests {
         stepped_flushes(&mut st, 20..30, &mut all);
         seal_steps(&mut st, 4);
         assert_eq!(hidden_chunks(&st), 4);
-        // What such a store held: no watermark.
+        // What such a store held: journal chunks as series 0 of `chunks`,
+        // no watermark.
         st.conn
-            .execute("DELETE FROM counters WHERE name = 'sealed_through'", [])
+            .execute_batch(
+                "INSERT INTO chunks (id, series, seq_hi, ts_min, ts_max, count, data)
+                 SELECT id, 0, id >> 20, ts_min, ts_max, count, data FROM journal;
+                 DROP TABLE journal;
+                 DELETE FROM counters WHERE name = 'sealed_through';",
+            )
             .unwrap();
         drop(st);
         let path = d.path().join("s.db");
-        // Read-only, its chunks are judged by the journal's first chunk.
-        let ro = Store::open_read_only(&path).unwrap();
-        assert_eq!(hidden_chunks(&ro), 4);
-        assert_series_read(&ro, &all, 0..6);
-        drop(ro);
-        // Opened for writing: the watermark is recorded, the cut seal undone.
+        // Read-only, it cannot be brought up to date: a clear error.
+        assert!(matches!(
+            Store::open_read_only(&path),
+            Err(StoreError::Outdated)
+        ));
+        // Opened for writing: journal moved, watermark recorded, cut seal undone.
         let mut st = Store::open(&path, Metrics::new("t")).unwrap();
         assert_eq!(hidden_chunks(&st), 0);
+        assert_eq!(journal_and_sealed(&st), (10, 12));
         assert_eq!(st.counter("sealed_through").unwrap(), 20);
         assert_once(&mut st, &all);
         assert_eq!(st.seal().unwrap(), 10);
         assert_eq!(st.counter("sealed_through").unwrap(), 30);
         assert_once(&mut st, &all);
+        let ro = Store::open_read_only(&path).unwrap();
+        assert_series_read(&ro, &all, 0..6);
     }
 
     #[test]
@@ -3165,7 +3200,7 @@ mod tests {
         let mut data = Vec::new();
         codec::encode_mixed(&[MAX_SERIES + 1], &[1], &[1.0], &mut data);
         st.conn
-            .execute("UPDATE chunks SET data = ?1 WHERE series = 0", [&data])
+            .execute("UPDATE journal SET data = ?1", [&data])
             .unwrap();
         let err = st.seal().unwrap_err();
         assert!(
@@ -3214,7 +3249,7 @@ mod tests {
         // file open in WAL mode: the switch waits for it, and holds up nothing.
         let reader = Connection::open(&path).unwrap();
         let n: i64 = reader
-            .query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))
+            .query_row("SELECT COUNT(*) FROM journal", [], |r| r.get(0))
             .unwrap();
         assert!(n > 0);
         let started = std::time::Instant::now();

@@ -74,6 +74,9 @@ pub enum StoreError {
     /// A flush failed (the first error's text; the points stay pending and are retried).
     #[error("store flush failed: {0}")]
     FlushFailed(String),
+    /// The store was made by an older Tidegate and cannot be upgraded read-only.
+    #[error("the store was made by an older Tidegate; start the agent once (it upgrades the store as it opens it), then read it again")]
+    Outdated,
     /// The store task has stopped.
     #[error("the store has stopped")]
     Closed,

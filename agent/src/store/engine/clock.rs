@@ -149,10 +149,14 @@ impl Store {
         let tx = self.conn.transaction()?;
         {
             let mut rows = tx.prepare(
-                "SELECT id, data FROM chunks WHERE id >= ?1 AND ts_max >= ?2 AND ts_min <= ?3 ORDER BY id",
+                "SELECT id, data FROM chunks WHERE id >= ?1 AND ts_max >= ?2 AND ts_min <= ?3
+                 UNION ALL SELECT id, data FROM journal WHERE id >= ?1 AND ts_max >= ?2 AND ts_min <= ?3
+                 ORDER BY id",
             )?;
             let mut update =
                 tx.prepare("UPDATE chunks SET data = ?2, ts_min = ?3, ts_max = ?4 WHERE id = ?1")?;
+            let mut update_journal =
+                tx.prepare("UPDATE journal SET data = ?2, ts_min = ?3, ts_max = ?4 WHERE id = ?1")?;
             let mut rows = rows.query(params![
                 self.boot_seq << SERIES_BITS,
                 step.from_ns,
@@ -199,7 +203,12 @@ impl Store {
                     codec::encode_series(&t, &v, &mut data);
                 }
                 let (ts_min, ts_max) = min_max(t.iter().copied());
-                update.execute(params![id, data, ts_min, ts_max])?;
+                let table = if series == 0 {
+                    &mut update_journal
+                } else {
+                    &mut update
+                };
+                table.execute(params![id, data, ts_min, ts_max])?;
             }
         }
         tx.execute(TABLE, [])?;

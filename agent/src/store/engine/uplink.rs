@@ -85,21 +85,25 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
 impl Store {
     /// The position after the newest flushed point.
     pub fn head(&self) -> Result<Cursor, StoreError> {
-        // Valid chunks only: a seal under way keys its hidden chunks after
+        // The journal's last chunk, else the last valid sealed one (they sort
+        // before the journal): a seal under way keys its hidden chunks after
         // its run's last journal chunk, and a head among them would put
         // the rest of the run's series, once sealed, after it.
-        let max: Option<i64> = self
-            .conn
-            .query_row(
-                concat!(
-                    "SELECT id FROM chunks WHERE ",
-                    valid!(),
-                    " ORDER BY id DESC LIMIT 1"
-                ),
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let max: Option<i64> = match self.journal.last() {
+            Some(&key) => Some(key),
+            None => self
+                .conn
+                .query_row(
+                    concat!(
+                        "SELECT id FROM chunks WHERE ",
+                        valid!(),
+                        " ORDER BY id DESC LIMIT 1"
+                    ),
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?,
+        };
         Ok(max.map(Cursor::after_chunk).unwrap_or_default())
     }
 
@@ -240,7 +244,8 @@ impl Store {
             return Ok(HashMap::new());
         };
         let mut stmt = self.conn.prepare_cached(
-            "SELECT series, MIN(ts_min) FROM chunks WHERE id >= ?1 GROUP BY series",
+            "SELECT series, MIN(ts_min) FROM chunks WHERE id >= ?1 GROUP BY series
+             UNION ALL SELECT 0, MIN(ts_min) FROM journal WHERE id >= ?1 HAVING COUNT(*) > 0",
         )?;
         let rows = stmt.query_map([pos.acked.key], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -309,6 +314,7 @@ impl Store {
     pub fn oldest(&self) -> Result<Option<i64>, StoreError> {
         Ok(self.conn.query_row(
             "SELECT MIN(t) FROM (SELECT MIN(ts_min) AS t FROM chunks
+             UNION ALL SELECT MIN(ts_min) FROM journal
              UNION ALL SELECT MIN(start_min) FROM rollup_chunks)",
             [],
             |r| r.get(0),
@@ -351,7 +357,7 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(concat!(
             "SELECT id, data FROM chunks WHERE ts_max >= ?1 AND ts_min < ?2 AND ",
             valid!(),
-            " ORDER BY id"
+            " UNION ALL SELECT id, data FROM journal WHERE ts_max >= ?1 AND ts_min < ?2 ORDER BY id"
         ))?;
         let mut rows = stmt.query(params![from, to])?;
         let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
