@@ -638,8 +638,15 @@ impl Store {
                 ids.insert(key, id);
             }
         }
+        // Sequence numbers go on past everything ever handed out, even once
+        // eviction has emptied both tables: below the watermark a new run's
+        // chunks would count as sealed before their seal ended, and keys
+        // before a sink's cursor would never be sent to it.
         let max_seq: Option<i64> = conn.query_row(
-            "SELECT MAX(s) FROM (SELECT MAX(seq_hi) AS s FROM chunks UNION ALL SELECT MAX(id) >> 20 FROM journal)",
+            "SELECT MAX(s) FROM (SELECT MAX(seq_hi) AS s FROM chunks
+             UNION ALL SELECT MAX(id) >> 20 FROM journal
+             UNION ALL SELECT value FROM counters WHERE name = 'sealed_through'
+             UNION ALL SELECT MAX(key) >> 20 FROM cursors)",
             [],
             |r| r.get(0),
         )?;
@@ -2774,6 +2781,47 @@ mod tests {
         assert_once(&mut st, &all);
         assert_eq!(st.seal().unwrap(), 10);
         assert_once(&mut st, &all);
+    }
+
+    #[test]
+    fn sequence_numbers_go_on_past_the_watermark_when_everything_was_evicted() {
+        let (d, mut st) = open();
+        for i in 0..10 {
+            st.append(&Batch {
+                points: vec![point("m a", i, i as f64)],
+            })
+            .unwrap();
+            st.flush().unwrap();
+        }
+        st.seal().unwrap();
+        let c = st.cursor("s").unwrap();
+        let (_, c) = drain(&mut st, "s", c, 100);
+        st.ack("s", c).unwrap();
+        st.flush().unwrap();
+        st.set_limits(Limits {
+            max_age_ns: Some(1),
+            ..Limits::default()
+        });
+        st.evict(1_000, None).unwrap();
+        assert!(st
+            .read(&SeriesKey::from_canonical("m a"), 0, i64::MAX)
+            .unwrap()
+            .is_empty());
+        let through = st.counter("sealed_through").unwrap() as i64;
+        drop(st);
+        let mut st = Store::open(&d.path().join("s.db"), Metrics::new("t")).unwrap();
+        let later = Batch {
+            points: vec![point("m a", 2_000, 1.0)],
+        };
+        st.append(&later).unwrap();
+        assert!(
+            st.flush().unwrap().unwrap() > through,
+            "a sequence number reused"
+        );
+        st.seal().unwrap();
+        let c = st.cursor("s").unwrap();
+        let (got, _) = drain(&mut st, "s", c, 100);
+        assert_eq!(got, later.points, "the sink gets what came after eviction");
     }
 
     #[test]
