@@ -161,6 +161,7 @@ pub fn run(
 
     let path = dir.join("bench.db");
     let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir_all(super::engine::journal_dir(&path));
     let metrics = Metrics::new("bench");
     let mut store = Store::open(&path, metrics.clone())?;
     store.set_journal_mode(journal)?;

@@ -1403,7 +1403,12 @@ const CRC_TABLE: [[u32; 256]; 8] = {
 
 /// CRC-32 (IEEE), slicing by 8: about a byte per cycle, noise next to zstd.
 fn crc32(bytes: &[u8]) -> u32 {
-    let mut c = !0u32;
+    crc32_update(0, bytes)
+}
+
+/// The CRC-32 of bytes whose CRC-32 is `crc`, followed by `bytes` (start from 0), for data in pieces.
+pub(crate) fn crc32_update(crc: u32, bytes: &[u8]) -> u32 {
+    let mut c = !crc;
     let mut chunks = bytes.chunks_exact(8);
     for b in &mut chunks {
         let lo = c ^ u32::from_le_bytes([b[0], b[1], b[2], b[3]]);

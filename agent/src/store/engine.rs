@@ -31,7 +31,10 @@ use crate::ops::Metrics;
 
 /// The condition a row of `chunks` (sealed chunks) must meet to be read:
 /// it is not past the sealing watermark (`sealed_through` in `counters`:
-/// the last journal sequence number whose chunk was sealed and deleted). A
+/// the last journal sequence number whose chunk was sealed), nor of a
+/// journal chunk left below it unsealed (`journal_kept`: a sink was
+/// part-way through it when a later run was sealed; it is sealed alone
+/// later, its chunks hidden until then the same way). A
 /// seal writes its chunks in several commits, keyed and marked (`seq_hi`)
 /// by its run's last journal chunk, and moves the watermark in its last
 /// commit, so its chunks become valid all at once, and those of a seal cut
@@ -40,7 +43,8 @@ use crate::ops::Metrics;
 /// journal chunk. The subquery is evaluated once per statement.
 macro_rules! valid {
     () => {
-        "seq_hi <= (SELECT value FROM counters WHERE name = 'sealed_through')"
+        "(seq_hi <= (SELECT value FROM counters WHERE name = 'sealed_through')
+          AND seq_hi NOT IN (SELECT key >> 20 FROM journal_kept))"
     };
 }
 
@@ -48,6 +52,8 @@ mod clock;
 pub use clock::{ClockStep, Correction, CorrectionRow};
 mod dead;
 pub use dead::DeadLetterRow;
+mod segments;
+use segments::{Frame, Sealed, Segments};
 mod uplink;
 use crate::point::{Batch, Point, SeriesKey, SeriesMap, SeriesMemo};
 pub use uplink::{DegradedPending, DegradedRange};
@@ -116,17 +122,20 @@ CREATE TABLE IF NOT EXISTS chunks (
     data   BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS chunks_by_series ON chunks (series, ts_max) WHERE series != 0;
--- The journal: flushed points not yet sealed, a chunk of many series per
--- part of a flush (codec's format 8), keyed seq << 20, after every valid
--- sealed chunk. A table of its own, so that every reader of the journal
--- says so (it is to move to an append-only file), and so that a seal's
--- inserts and deletes and the flushes' appends rebalance separate trees.
+-- The journal's table until 2026-12-07, empty since: the journal is kept
+-- in append-only segment files beside the database (`<db>.tgj/`), where a
+-- flush writes about its data once instead of SQLite's pages and their
+-- rollback journal. Rows found here at open move to the files.
 CREATE TABLE IF NOT EXISTS journal (
     id     INTEGER PRIMARY KEY,   -- seq << 20
     ts_min INTEGER NOT NULL,
     ts_max INTEGER NOT NULL,
     count  INTEGER NOT NULL,
     data   BLOB NOT NULL
+);
+-- Journal chunks below the sealing watermark not sealed yet (see `valid!`).
+CREATE TABLE IF NOT EXISTS journal_kept (
+    key INTEGER PRIMARY KEY
 );
 -- Rollup windows of raw chunks that eviction removed. While raw points
 -- exist their windows are computed from them; only what eviction takes is
@@ -160,17 +169,15 @@ CREATE TABLE IF NOT EXISTS cursors (
 );
 ";
 
-/// Chunks that may hold points of series `?1` in `[?2, ?3]`: its sealed chunks
-/// and the journal's, in key order. `series != 0` is spelt out:
+/// Sealed chunks that may hold points of series `?1` in `[?2, ?3]`, in key
+/// order (the journal's follow them, see [`Store::each_chunk`]). `series != 0` is spelt out:
 /// SQLite uses the partial index `chunks_by_series` only when the query
 /// itself implies the index's condition, and `series = ?1` alone does not
 /// (without it, every query scanned the whole table: 4.4 ms at 10k series).
 const SERIES_CHUNKS: &str = concat!(
     "SELECT id, data FROM chunks WHERE series = ?1 AND series != 0 AND ts_max >= ?2 AND ts_min <= ?3 AND ",
     valid!(),
-    " UNION ALL
-     SELECT id, data FROM journal WHERE ts_max >= ?2 AND ts_min <= ?3
-     ORDER BY id"
+    " ORDER BY id"
 );
 /// The oldest sealed timestamp of series `?1` (see [`SERIES_CHUNKS`] on `series != 0`).
 const SERIES_OLDEST: &str = concat!(
@@ -312,8 +319,11 @@ pub struct Store {
     keys: Vec<SeriesKey>,
     /// Ids assigned since the last successful flush.
     unsaved_series: Vec<u32>,
-    /// Keys of the journal chunks (not yet sealed), oldest first.
-    journal: std::collections::BTreeSet<i64>,
+    /// The journal: flushed points not yet sealed, in append-only segment
+    /// files beside the database, indexed by key in memory.
+    journal: Segments,
+    /// Which journal chunks are sealed (as the database says).
+    sealed: Sealed,
     pending: Pending,
     /// Rejected input waiting for the next flush.
     pending_dead: Vec<crate::point::DeadLetter>,
@@ -531,7 +541,20 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         uplink::migrate(&conn)?;
         let mut hidden = migrate_journal(&mut conn)?;
-        let mut store = Self::with_connection(conn, path, metrics)?;
+        let dir = journal_dir(path);
+        let (mut journal, damage) = Segments::open(&dir, &sealed(&conn)?)?;
+        for d in &damage {
+            if d.cut {
+                tracing::info!("store journal: {d}, the write a stop cut short (nothing flushed before it is lost)");
+            } else {
+                tracing::error!(
+                    "store journal damaged: {d}; the points after it in that file are lost, \
+                     the rest of the journal is kept (the file stays for inspection until sealed)"
+                );
+            }
+        }
+        move_journal_rows(&mut conn, &mut journal)?;
+        let mut store = Self::with_connection(conn, path, metrics, journal)?;
         hidden += store.undo_cut_seal()?;
         if hidden > 0 {
             tracing::info!(
@@ -546,13 +569,17 @@ impl Store {
     /// Removes the chunks a seal cut short left (hidden: past the sealing
     /// watermark) and returns how many.
     fn undo_cut_seal(&mut self) -> Result<usize, StoreError> {
-        let through = self.counter("sealed_through")? as i64;
         // A run's sealed chunks are keyed by its last journal chunk: those of
-        // a run past the watermark lie after every valid chunk's key.
-        Ok(self
+        // a run past the watermark lie after every valid chunk's key, those
+        // of a kept chunk's right after its key.
+        let mut n = self
             .conn
-            .prepare_cached("DELETE FROM chunks WHERE id >= ?1")?
-            .execute([(through + 1) << SERIES_BITS])?)
+            .prepare_cached("DELETE FROM chunks WHERE id > ?1")?
+            .execute([self.sealed.through | SERIES_MASK])?;
+        for &key in &self.sealed.kept {
+            n += drop_hidden(&self.conn, key..=key)?;
+        }
+        Ok(n)
     }
 
     /// Opens the store; if it is corrupt or unreadable, moves it aside under a
@@ -578,7 +605,7 @@ impl Store {
                     .to_string()
                     .replace(':', "");
                 let aside = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
-                for suffix in ["", "-wal", "-shm"] {
+                for suffix in ["", "-wal", "-shm", JOURNAL_SUFFIX] {
                     let from = PathBuf::from(format!("{}{suffix}", path.display()));
                     if from.exists() {
                         let to = PathBuf::from(format!("{}{suffix}", aside.display()));
@@ -612,16 +639,30 @@ impl Store {
         )?;
         // The agent's commit holds the file for milliseconds: wait for it.
         conn.busy_timeout(BUSY_WAIT)?;
-        if !table_exists(&conn, "journal")? {
+        if !table_exists(&conn, "journal")? || !table_exists(&conn, "journal_kept")? {
             return Err(StoreError::Outdated);
         }
-        Self::with_connection(conn, path, Metrics::new("query"))
+        // The journal's files are read before the database: a seal that
+        // ends in between turned frames read here into sealed chunks, which
+        // the watermark read below shows instead (those frames are dropped),
+        // and a file unlinked before was sealed before. One read transaction
+        // then holds the watermark and the chunks at the same moment.
+        let mut journal = Segments::open_read_only(&journal_dir(path), &Sealed::none())?;
+        conn.execute_batch("BEGIN")?;
+        journal.forget(&sealed(&conn)?);
+        let unmoved: bool =
+            conn.query_row("SELECT EXISTS (SELECT 1 FROM journal)", [], |r| r.get(0))?;
+        if unmoved {
+            return Err(StoreError::Outdated);
+        }
+        Self::with_connection(conn, path, Metrics::new("query"), journal)
     }
 
     fn with_connection(
         conn: Connection,
         path: &Path,
         metrics: Arc<Metrics>,
+        journal: Segments,
     ) -> Result<Store, StoreError> {
         let mut keys = vec![SeriesKey::from_canonical("")];
         let mut ids = SeriesMap::default();
@@ -642,19 +683,21 @@ impl Store {
         // eviction has emptied both tables: below the watermark a new run's
         // chunks would count as sealed before their seal ended, and keys
         // before a sink's cursor would never be sent to it.
-        let max_seq: Option<i64> = conn.query_row(
+        let sealed: Option<i64> = conn.query_row(
             "SELECT MAX(s) FROM (SELECT MAX(seq_hi) AS s FROM chunks
-             UNION ALL SELECT MAX(id) >> 20 FROM journal
              UNION ALL SELECT value FROM counters WHERE name = 'sealed_through'
              UNION ALL SELECT MAX(key) >> 20 FROM cursors)",
             [],
             |r| r.get(0),
         )?;
-        let journal = {
-            let mut stmt = conn.prepare("SELECT id FROM journal")?;
-            let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
-            rows.collect::<Result<_, _>>()?
-        };
+        let max_seq = sealed.max(
+            journal
+                .frames()
+                .keys()
+                .next_back()
+                .map(|k| k >> SERIES_BITS),
+        );
+        let sealed = self::sealed(&conn)?;
         let store = Store {
             conn,
             path: path.to_path_buf(),
@@ -663,6 +706,7 @@ impl Store {
             keys,
             unsaved_series: Vec::new(),
             journal,
+            sealed,
             pending: Pending::default(),
             pending_dead: Vec::new(),
             next_seq: max_seq.unwrap_or(0) + 1,
@@ -755,26 +799,23 @@ impl Store {
         m.bytes_used.store(self.used_bytes()?, Relaxed);
         let (points, bytes, oldest): (i64, i64, Option<i64>) = self.conn.query_row(
             concat!(
-                "SELECT COALESCE(SUM(n), 0), COALESCE(SUM(b), 0), MIN(t) FROM (
-                 SELECT SUM(count) AS n, SUM(length(data)) AS b, MIN(ts_min) AS t FROM chunks WHERE ",
-                valid!(),
-                " UNION ALL SELECT SUM(count), SUM(length(data)), MIN(ts_min) FROM journal)"
+                "SELECT COALESCE(SUM(count), 0), COALESCE(SUM(length(data)), 0), MIN(ts_min) FROM chunks WHERE ",
+                valid!()
             ),
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-        m.raw_points.store(points as u64, Relaxed);
-        m.chunk_bytes.store(bytes as u64, Relaxed);
+        let j = self.journal_sums(..);
+        let oldest = min_opt(oldest, j.ts_min);
+        m.raw_points.store(points as u64 + j.points, Relaxed);
+        m.chunk_bytes.store(bytes as u64 + j.bytes, Relaxed);
         m.oldest_raw_ns.store(oldest.unwrap_or(0), Relaxed);
         // While raw points exist their windows are computed from them, so the
         // oldest window is the older of the kept rollups and the oldest raw.
         let rollup: Option<i64> =
             self.conn
                 .query_row("SELECT MIN(start_min) FROM rollup_chunks", [], |r| r.get(0))?;
-        let oldest_window = match (rollup, oldest) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b).unwrap_or(0),
-        };
+        let oldest_window = min_opt(rollup, oldest).unwrap_or(0);
         m.oldest_rollup_ns.store(oldest_window, Relaxed);
         let degraded: i64 =
             self.conn
@@ -787,8 +828,9 @@ impl Store {
         Ok(())
     }
 
-    /// Bytes of live pages in the database. Freed pages are reused, so this is
-    /// what eviction steers; the WAL is bounded apart (`journal_size_limit`).
+    /// Bytes of live pages in the database and of the journal's files. Freed
+    /// pages are reused, so this is what eviction steers; the WAL is bounded
+    /// apart (`journal_size_limit`).
     pub fn used_bytes(&self) -> Result<u64, StoreError> {
         let page_size: i64 = self
             .conn
@@ -799,7 +841,7 @@ impl Store {
         let free: i64 = self
             .conn
             .pragma_query_value(None, "freelist_count", |r| r.get(0))?;
-        Ok(((pages - free) * page_size) as u64)
+        Ok(((pages - free) * page_size) as u64 + self.journal.bytes())
     }
 
     /// Keeps the store within its limits: the oldest raw chunks go first (their
@@ -1017,25 +1059,20 @@ impl Store {
         }
         let seq = self.next_seq;
         let n = self.pending.ts.len();
-        let tx = self.conn.transaction()?;
-        {
-            let mut ins = tx.prepare_cached("INSERT INTO series (id, key) VALUES (?1, ?2)")?;
-            for &id in &self.unsaved_series {
-                ins.execute(params![id, self.keys[id as usize].as_str()])?;
-            }
-        }
+        // The database first: the series the journal's frames name must be
+        // there before the frames are.
+        self.flush_database()?;
         let p = &self.pending;
         let mut order = codec::by_series(&p.series);
         let parts = journal_parts(&p.series, &order, JOURNAL_PART_POINTS);
         if n > 0 {
-            let mut ins = tx.prepare_cached(
-                "INSERT INTO journal (id, ts_min, ts_max, count, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            let mut data = Vec::with_capacity(n.min(JOURNAL_PART_POINTS * 2) * 8);
+            // The parts' encodings end to end, then one append (one sync).
+            let mut data = Vec::with_capacity(n * 6);
+            let mut heads = Vec::with_capacity(parts.len());
             for (k, part) in parts.iter().enumerate() {
                 let (ts_min, ts_max) =
                     min_max(order[part.clone()].iter().map(|&i| p.ts[i as usize]));
-                data.clear();
+                let start = data.len();
                 codec::encode_mixed_part(
                     &p.series,
                     &p.ts,
@@ -1043,18 +1080,61 @@ impl Store {
                     &mut order[part.clone()],
                     &mut data,
                 );
-                self.metrics
-                    .store
-                    .journal_bytes
-                    .fetch_add(data.len() as u64, Relaxed);
-                let part_seq = seq + k as i64;
-                ins.execute(params![
-                    part_seq << SERIES_BITS,
+                heads.push((
+                    seq + k as i64,
                     ts_min,
                     ts_max,
-                    part.len() as i64,
-                    data
-                ])?;
+                    part.len(),
+                    start..data.len(),
+                ));
+            }
+            let frames: Vec<Frame<'_>> = heads
+                .iter()
+                .map(|(seq, ts_min, ts_max, count, at)| Frame {
+                    key: seq << SERIES_BITS,
+                    ts_min: *ts_min,
+                    ts_max: *ts_max,
+                    count: *count as u32,
+                    data: &data[at.clone()],
+                })
+                .collect();
+            self.journal.append(&frames)?;
+            self.metrics
+                .store
+                .journal_bytes
+                .fetch_add(data.len() as u64, Relaxed);
+        }
+        self.metrics.store.flushes.fetch_add(1, Relaxed);
+        self.update_size();
+        let flushed = (n > 0).then(|| {
+            self.pending = Pending::default();
+            self.next_seq += parts.len() as i64;
+            let seq = self.next_seq - 1;
+            self.metrics
+                .store
+                .points_flushed
+                .fetch_add(n as u64, Relaxed);
+            seq
+        });
+        // Judged by the flushes' points, not by what SQLite commits (series
+        // and cursors): seals and compaction, whose commits the mode
+        // matters for, grow with them.
+        self.adapt_journal(n);
+        Ok(flushed)
+    }
+
+    /// Commits what a flush keeps in the database (new series, sinks'
+    /// cursors, dead letters), if anything.
+    fn flush_database(&mut self) -> Result<(), StoreError> {
+        let dirty_cursors = self.sinks.values().any(|s| s.dirty && !s.ephemeral);
+        if self.unsaved_series.is_empty() && !dirty_cursors && self.pending_dead.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut ins = tx.prepare_cached("INSERT INTO series (id, key) VALUES (?1, ?2)")?;
+            for &id in &self.unsaved_series {
+                ins.execute(params![id, self.keys[id as usize].as_str()])?;
             }
         }
         for (name, pos) in &self.sinks {
@@ -1073,31 +1153,14 @@ impl Store {
         for pos in self.sinks.values_mut() {
             pos.dirty = false;
         }
-        self.metrics.store.flushes.fetch_add(1, Relaxed);
-        self.update_size();
-        let flushed = (n > 0).then(|| {
-            self.pending = Pending::default();
-            for k in 0..parts.len() as i64 {
-                self.journal.insert((seq + k) << SERIES_BITS);
-            }
-            self.next_seq += parts.len() as i64;
-            let seq = self.next_seq - 1;
-            self.metrics
-                .store
-                .points_flushed
-                .fetch_add(n as u64, Relaxed);
-            seq
-        });
-        // Every commit counts, those of cursors alone too.
-        self.adapt_journal(n);
-        Ok(flushed)
+        Ok(())
     }
 
     fn update_size(&self) {
         let size = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
-        let total = size(self.path.clone()) + size(PathBuf::from(wal));
+        let total = size(self.path.clone()) + size(PathBuf::from(wal)) + self.journal.bytes();
         self.metrics.store.bytes_on_disk.store(total, Relaxed);
     }
 
@@ -1131,13 +1194,10 @@ impl Store {
     pub fn compact_begin(&mut self) -> Result<usize, StoreError> {
         // "Now" is the newest point stored, not the wall clock: a replay or a
         // gateway whose clock is wrong still compacts by the data's own time.
-        let now: i64 =
+        let sealed: Option<i64> =
             self.conn
-                .query_row(
-                    "SELECT COALESCE(MAX(t), 0) FROM (SELECT MAX(ts_max) AS t FROM chunks UNION ALL SELECT MAX(ts_max) FROM journal)",
-                    [],
-                    |r| r.get(0),
-                )?;
+                .query_row("SELECT MAX(ts_max) FROM chunks", [], |r| r.get(0))?;
+        let now = sealed.max(self.journal_sums(..).ts_max).unwrap_or(0);
         let cursors = self.boundaries();
         let mut plan = CompactState {
             now,
@@ -1282,16 +1342,16 @@ impl Store {
     /// no sink cursor splits, all at once. Returns the number of journal
     /// chunks sealed. The store task seals in steps instead ([`Store::seal_step`]).
     pub fn seal(&mut self) -> Result<usize, StoreError> {
-        let before = self.journal.len();
+        let before = self.journal.frames().len();
         self.seal_begin();
         while self.seal_step()? {}
-        Ok(before - self.journal.len())
+        Ok(before - self.journal.frames().len())
     }
 
     /// Starts a seal of the journal flushed so far; [`Store::seal_step`] does
     /// the work, a step at a time. What is flushed meanwhile waits for the next seal.
     pub fn seal_begin(&mut self) {
-        self.seal.upto = self.journal.last().copied();
+        self.seal.upto = self.journal.frames().keys().next_back().copied();
     }
 
     /// Does one step of the seal begun by [`Store::seal_begin`], each in its
@@ -1349,26 +1409,25 @@ impl Store {
         let Some(upto) = self.seal.upto else {
             return Ok(None);
         };
-        let journal: Vec<(i64, i64)> = {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT id, count FROM journal WHERE id <= ?1 ORDER BY id")?;
-            let rows = stmt.query_map([upto], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<Result<_, _>>()?
-        };
+        let journal: Vec<(i64, i64)> = self
+            .journal
+            .frames()
+            .range(..=upto)
+            .map(|(&key, f)| (key, i64::from(f.count)))
+            .collect();
         let runs = plan_runs(&journal, &self.boundaries(), SEAL_MAX_POINTS);
         Ok(runs.into_iter().next())
     }
 
     /// Hands each journal chunk of `run` to `f`, in order.
     fn each_run_row(
-        conn: &Connection,
+        journal: &Segments,
         run: &[i64],
         mut f: impl FnMut(&[u8]) -> Result<(), codec::CodecError>,
     ) -> Result<(), StoreError> {
-        let mut get = conn.prepare_cached("SELECT data FROM journal WHERE id = ?1")?;
+        let mut data = Vec::new();
         for &id in run {
-            let data: Vec<u8> = get.query_row([id], |r| r.get(0))?;
+            journal.read_into(id, &mut data)?;
             f(&data).map_err(|e| StoreError::Corrupt(format!("chunk {id}: {e}")))?;
         }
         Ok(())
@@ -1377,14 +1436,14 @@ impl Store {
     /// Decodes every journal chunk of `run`, in order, keeping the points of
     /// the series in `ids` (only the frames that hold them are decoded).
     fn each_run_chunk(
-        conn: &Connection,
+        journal: &Segments,
         run: &[i64],
         checksum: codec::Checksum,
         ids: RangeInclusive<u32>,
         f: &mut ColumnsFn<'_>,
     ) -> Result<(), StoreError> {
         let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
-        Self::each_run_row(conn, run, |data| {
+        Self::each_run_row(journal, run, |data| {
             s.clear();
             t.clear();
             v.clear();
@@ -1408,7 +1467,7 @@ impl Store {
         let mut spans = Vec::with_capacity(job.run.len());
         let mut s = Vec::new();
         // Series ids only: times and values are decoded pass by pass.
-        Self::each_run_row(&tx, &job.run, |data| {
+        Self::each_run_row(&self.journal, &job.run, |data| {
             s.clear();
             codec::mixed_series(data, codec::Checksum::Verify, &mut s)?;
             spans.push(
@@ -1479,7 +1538,7 @@ impl Store {
         // The count step checked every checksum, and nothing writes the
         // run's chunks while its seal is under way (a clock correction drops it).
         Self::each_run_chunk(
-            &tx,
+            &self.journal,
             &run,
             codec::Checksum::Skip,
             group.clone(),
@@ -1526,21 +1585,38 @@ impl Store {
         Ok(())
     }
 
-    /// The last step of a run: deletes its journal chunks, which makes its
-    /// sealed chunks valid in the same commit.
+    /// The last step of a run: moves the sealing watermark past it, which
+    /// makes its sealed chunks valid and its journal chunks sealed in one
+    /// commit; then the journal lets go of them (files wholly sealed are
+    /// unlinked; a stop before that leaves them to the next open).
     fn seal_finish(&mut self, job: &SealJob) -> Result<(), StoreError> {
+        let last = job.run[job.run.len() - 1];
+        // Chunks before the run that are not in it stay: a sink was
+        // part-way through them (see `plan_runs`).
+        let mut sealed = Sealed {
+            through: self.sealed.through.max(last),
+            kept: self
+                .journal
+                .frames()
+                .range(..=last)
+                .map(|(&k, _)| k)
+                .collect(),
+        };
+        for key in &job.run {
+            sealed.kept.remove(key);
+        }
         let tx = self.conn.transaction()?;
-        {
-            let mut del = tx.prepare_cached("DELETE FROM journal WHERE id = ?1")?;
-            for &id in &job.run {
-                del.execute([id])?;
+        set_sealed_through(&tx, sealed.through >> SERIES_BITS)?;
+        if sealed.kept != self.sealed.kept {
+            tx.execute("DELETE FROM journal_kept", [])?;
+            let mut ins = tx.prepare_cached("INSERT INTO journal_kept (key) VALUES (?1)")?;
+            for key in &sealed.kept {
+                ins.execute([key])?;
             }
         }
-        set_sealed_through(&tx, job.run[job.run.len() - 1] >> SERIES_BITS)?;
         tx.commit()?;
-        for id in &job.run {
-            self.journal.remove(id);
-        }
+        self.journal.seal(&sealed)?;
+        self.sealed = sealed;
         self.metrics
             .store
             .sealed_rows
@@ -1603,19 +1679,23 @@ impl Store {
                 }
             }
         }
-        let mut stmt = self.conn.prepare_cached(SERIES_CHUNKS)?;
-        let mut rows = stmt.query(params![sid, lo, to.saturating_add(width)])?;
         let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
-        while let Some(row) = rows.next()? {
-            let id: i64 = row.get(0)?;
-            let data: Vec<u8> = row.get(1)?;
-            decode_chunk(id, &data, &mut s, &mut t, &mut v)?;
-            for i in 0..t.len() {
-                if s[i] == sid {
-                    merge(window_start(t[i], width), &Agg::point(t[i], v[i]));
+        let hi = to.saturating_add(width);
+        self.each_chunk(
+            SERIES_CHUNKS,
+            params![sid, lo, hi],
+            ..,
+            lo..=hi,
+            |id, data| {
+                decode_chunk(id, data, &mut s, &mut t, &mut v)?;
+                for i in 0..t.len() {
+                    if s[i] == sid {
+                        merge(window_start(t[i], width), &Agg::point(t[i], v[i]));
+                    }
                 }
-            }
-        }
+                Ok(true)
+            },
+        )?;
         Ok(windows.into_iter().collect())
     }
 
@@ -1679,42 +1759,45 @@ impl Store {
     ) -> Result<(Batch, Cursor), StoreError> {
         let mut batch = Batch::with_capacity(limit.min(65_536));
         let mut next = from;
-        {
-            let mut stmt = self.conn.prepare_cached(concat!(
+        let until = until.map_or(i64::MAX, |u| u.key).min(self.read_limit(from));
+        if limit > 0 && from.key < until {
+            let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
+            let sealed = concat!(
                 "SELECT id, data FROM chunks WHERE id >= ?1 AND id < ?2 AND ",
                 valid!(),
-                " UNION ALL SELECT id, data FROM journal WHERE id >= ?1 AND id < ?2 ORDER BY id"
-            ))?;
-            let until = until.map_or(i64::MAX, |u| u.key).min(self.read_limit(from));
-            let mut rows = stmt.query([from.key, until])?;
-            let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
-            while batch.len() < limit {
-                let Some(row) = rows.next()? else { break };
-                let id: i64 = row.get(0)?;
-                let data: Vec<u8> = row.get(1)?;
-                decode_chunk(id, &data, &mut s, &mut t, &mut v)?;
-                let skip = if id == from.key {
-                    from.offset as usize
-                } else {
-                    0
-                };
-                let take = (limit - batch.len()).min(t.len().saturating_sub(skip));
-                for i in skip..skip + take {
-                    batch.points.push(Point {
-                        series: self.keys[s[i] as usize].clone(),
-                        ts_ns: t[i],
-                        value: v[i],
-                    });
-                }
-                next = if skip + take < t.len() {
-                    Cursor {
-                        key: id,
-                        offset: (skip + take) as u32,
+                " ORDER BY id"
+            );
+            self.each_chunk(
+                sealed,
+                [from.key, until],
+                from.key..until,
+                ..,
+                |id, data| {
+                    decode_chunk(id, data, &mut s, &mut t, &mut v)?;
+                    let skip = if id == from.key {
+                        from.offset as usize
+                    } else {
+                        0
+                    };
+                    let take = (limit - batch.len()).min(t.len().saturating_sub(skip));
+                    for i in skip..skip + take {
+                        batch.points.push(Point {
+                            series: self.keys[s[i] as usize].clone(),
+                            ts_ns: t[i],
+                            value: v[i],
+                        });
                     }
-                } else {
-                    Cursor::after_chunk(id)
-                };
-            }
+                    next = if skip + take < t.len() {
+                        Cursor {
+                            key: id,
+                            offset: (skip + take) as u32,
+                        }
+                    } else {
+                        Cursor::after_chunk(id)
+                    };
+                    Ok(batch.len() < limit)
+                },
+            )?;
         }
         let pos = self.sink_pos(sink)?;
         if next > pos.read {
@@ -1733,15 +1816,18 @@ impl Store {
     pub fn backlog_age(&self, from: Cursor) -> Result<(u64, Option<i64>), StoreError> {
         let (n, oldest): (i64, Option<i64>) = self.conn.query_row(
             concat!(
-                "SELECT COALESCE(SUM(n), 0), MIN(t) FROM (
-                 SELECT SUM(count) AS n, MIN(ts_min) AS t FROM chunks WHERE id >= ?1 AND ",
-                valid!(),
-                " UNION ALL SELECT SUM(count), MIN(ts_min) FROM journal WHERE id >= ?1)"
+                "SELECT COALESCE(SUM(count), 0), MIN(ts_min) FROM chunks WHERE id >= ?1 AND ",
+                valid!()
             ),
             [from.key],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        Ok(((n as u64).saturating_sub(from.offset as u64), oldest))
+        let j = self.journal_sums(from.key..);
+        let n = n as u64 + j.points;
+        Ok((
+            n.saturating_sub(from.offset as u64),
+            min_opt(oldest, j.ts_min),
+        ))
     }
 
     /// The points of one series with `from <= ts <= to`, sorted by time.
@@ -1755,19 +1841,22 @@ impl Store {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        let mut stmt = self.conn.prepare_cached(SERIES_CHUNKS)?;
-        let mut rows = stmt.query(params![sid, from, to])?;
         let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
-        while let Some(row) = rows.next()? {
-            let id: i64 = row.get(0)?;
-            let data: Vec<u8> = row.get(1)?;
-            decode_chunk(id, &data, &mut s, &mut t, &mut v)?;
-            for i in 0..t.len() {
-                if s[i] == sid && t[i] >= from && t[i] <= to {
-                    out.push((t[i], v[i]));
+        self.each_chunk(
+            SERIES_CHUNKS,
+            params![sid, from, to],
+            ..,
+            from..=to,
+            |id, data| {
+                decode_chunk(id, data, &mut s, &mut t, &mut v)?;
+                for i in 0..t.len() {
+                    if s[i] == sid && t[i] >= from && t[i] <= to {
+                        out.push((t[i], v[i]));
+                    }
                 }
-            }
-        }
+                Ok(true)
+            },
+        )?;
         out.sort_by_key(|p| p.0);
         Ok(out)
     }
@@ -1789,15 +1878,16 @@ impl Store {
     /// Bytes of chunk data (all chunks, or one series' sealed chunks).
     pub fn chunk_bytes(&self, series: Option<&SeriesKey>) -> Result<u64, StoreError> {
         let n: i64 = match series {
-            None => self.conn.query_row(
-                concat!(
-                    "SELECT COALESCE(SUM(b), 0) FROM (SELECT SUM(length(data)) AS b FROM chunks WHERE ",
-                    valid!(),
-                    " UNION ALL SELECT SUM(length(data)) FROM journal)"
-                ),
-                [],
-                |r| r.get(0),
-            )?,
+            None => {
+                self.conn.query_row(
+                    concat!(
+                        "SELECT COALESCE(SUM(length(data)), 0) FROM chunks WHERE ",
+                        valid!()
+                    ),
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )? + self.journal_sums(..).bytes as i64
+            }
             Some(k) => match self.ids.get(k) {
                 Some(&sid) => self.conn.query_row(
                     concat!(
@@ -1813,6 +1903,65 @@ impl Store {
         Ok(n as u64)
     }
 
+    /// Hands `f` chunks in key order: the sealed ones that `sealed` selects
+    /// (id and data, valid only, in key order, with `params`) merged with
+    /// the journal's with keys in `keys` and a time in `times`. (Valid
+    /// sealed chunks sort before the journal's, but for kept ones, see
+    /// `valid!`.) `f` returns whether to go on.
+    fn each_chunk(
+        &self,
+        sealed: &str,
+        params: impl rusqlite::Params,
+        keys: impl std::ops::RangeBounds<i64>,
+        times: impl std::ops::RangeBounds<i64>,
+        mut f: impl FnMut(i64, &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut frames = self
+            .journal
+            .frames()
+            .range(keys)
+            .filter(|(_, r)| overlaps(&times, r.ts_min, r.ts_max))
+            .map(|(&key, _)| key)
+            .peekable();
+        let mut data = Vec::new();
+        // Hands `f` the journal's chunks before `key`; whether to go on.
+        let mut frames_before = |key: i64, f: &mut ChunkFn<'_>| {
+            while let Some(k) = frames.next_if(|&k| k < key) {
+                self.journal.read_into(k, &mut data)?;
+                if !f(k, &data)? {
+                    return Ok(false);
+                }
+            }
+            Ok::<_, StoreError>(true)
+        };
+        let mut stmt = self.conn.prepare_cached(sealed)?;
+        let mut rows = stmt.query(params)?;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            if !frames_before(id, &mut f)? {
+                return Ok(());
+            }
+            let data: Vec<u8> = row.get(1)?;
+            if !f(id, &data)? {
+                return Ok(());
+            }
+        }
+        frames_before(i64::MAX, &mut f)?;
+        Ok(())
+    }
+
+    /// Totals over the journal's chunks with keys in `keys`.
+    fn journal_sums(&self, keys: impl std::ops::RangeBounds<i64>) -> JournalSums {
+        let mut sums = JournalSums::default();
+        for frame in self.journal.frames().range(keys).map(|(_, f)| f) {
+            sums.points += u64::from(frame.count);
+            sums.bytes += u64::from(frame.len);
+            sums.ts_min = min_opt(sums.ts_min, Some(frame.ts_min));
+            sums.ts_max = sums.ts_max.max(Some(frame.ts_max));
+        }
+        sums
+    }
+
     /// Folds the WAL into the database file and truncates it.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.conn
@@ -1825,6 +1974,112 @@ impl Store {
     pub fn series(&self) -> impl Iterator<Item = &SeriesKey> {
         self.keys.iter().skip(1)
     }
+}
+
+/// A visitor of chunks (key, encoded data) that says whether to go on.
+type ChunkFn<'a> = dyn FnMut(i64, &[u8]) -> Result<bool, StoreError> + 'a;
+
+/// Totals over journal chunks (see [`Store::journal_sums`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct JournalSums {
+    points: u64,
+    bytes: u64,
+    ts_min: Option<i64>,
+    ts_max: Option<i64>,
+}
+
+/// The smaller of two optional values, either standing alone.
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Whether `[lo, hi]` meets `range`.
+fn overlaps(range: &impl std::ops::RangeBounds<i64>, lo: i64, hi: i64) -> bool {
+    use std::ops::Bound::*;
+    let above = match range.start_bound() {
+        Included(&a) => hi >= a,
+        Excluded(&a) => hi > a,
+        Unbounded => true,
+    };
+    let below = match range.end_bound() {
+        Included(&b) => lo <= b,
+        Excluded(&b) => lo < b,
+        Unbounded => true,
+    };
+    above && below
+}
+
+/// The journal's directory beside the database at `path` (see [`Segments`]).
+pub(crate) fn journal_dir(path: &Path) -> PathBuf {
+    let mut dir = path.as_os_str().to_owned();
+    dir.push(JOURNAL_SUFFIX);
+    PathBuf::from(dir)
+}
+
+/// What [`journal_dir`] adds to the database's name.
+const JOURNAL_SUFFIX: &str = ".tgj";
+
+/// Which journal chunks the database says are sealed (see `valid!`).
+fn sealed(conn: &Connection) -> Result<Sealed, StoreError> {
+    let seq: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM counters WHERE name = 'sealed_through'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let mut stmt = conn.prepare_cached("SELECT key FROM journal_kept")?;
+    let kept = stmt.query_map([], |r| r.get(0))?;
+    Ok(Sealed {
+        through: seq.unwrap_or(0) << SERIES_BITS,
+        kept: kept.collect::<Result<_, _>>()?,
+    })
+}
+
+/// Moves journal chunks left in the `journal` table (by a Tidegate from
+/// before the segment files) to the files: appended there first, deleted
+/// here after, so a stop in between appends them again at the next open,
+/// the same keys, which the later frames of replace. Chunks below the
+/// watermark (a sink was part-way through them) are kept.
+fn move_journal_rows(conn: &mut Connection, journal: &mut Segments) -> Result<(), StoreError> {
+    let rows: Vec<(i64, i64, i64, i64, Vec<u8>)> = {
+        let mut stmt =
+            conn.prepare("SELECT id, ts_min, ts_max, count, data FROM journal ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let frames: Vec<Frame<'_>> = rows
+        .iter()
+        .map(|(key, ts_min, ts_max, count, data)| Frame {
+            key: *key,
+            ts_min: *ts_min,
+            ts_max: *ts_max,
+            count: *count as u32,
+            data,
+        })
+        .collect();
+    journal.append(&frames)?;
+    let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT OR IGNORE INTO journal_kept (key) SELECT id FROM journal
+         WHERE id >> 20 <= (SELECT value FROM counters WHERE name = 'sealed_through')",
+        [],
+    )?;
+    tx.execute("DELETE FROM journal", [])?;
+    tx.commit()?;
+    tracing::info!(
+        chunks = rows.len(),
+        "moved the journal out of the database into its own files"
+    );
+    Ok(())
 }
 
 /// Whether the store has table `name` (some are created on first use).
@@ -2603,13 +2858,11 @@ mod tests {
 
     /// Journal chunks and sealed chunks in the file.
     fn journal_and_sealed(st: &Store) -> (i64, i64) {
-        st.conn
-            .query_row(
-                "SELECT (SELECT COUNT(*) FROM journal), (SELECT COUNT(*) FROM chunks)",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap()
+        let sealed = st
+            .conn
+            .query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))
+            .unwrap();
+        (st.journal.frames().len() as i64, sealed)
     }
 
     fn hidden_chunks(st: &Store) -> i64 {
@@ -2647,13 +2900,11 @@ mod tests {
         }
         // Rows of at least JOURNAL_PART_POINTS points of whole series.
         let counts: Vec<i64> = st
-            .conn
-            .prepare("SELECT count FROM journal ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+            .journal
+            .frames()
+            .values()
+            .map(|f| i64::from(f.count))
+            .collect();
         assert_eq!(counts.len(), 6, "{counts:?}");
         assert!(
             counts.iter().all(|&c| c >= JOURNAL_PART_POINTS as i64),
@@ -2769,6 +3020,40 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_a_sink_was_part_way_through_is_sealed_later_alone_and_once() {
+        let (d, mut st, all) = stepped_store(10);
+        let (_, c) = st.after("s", Cursor::default(), None, 15).unwrap();
+        st.ack("s", c).unwrap();
+        assert_eq!(c.offset, 3);
+        st.seal().unwrap();
+        // The chunk read part-way stays in the journal, below the watermark.
+        let journal = |st: &Store| st.journal.frames().keys().copied().collect::<Vec<_>>();
+        assert_eq!(journal(&st), [c.key]);
+        assert_eq!(st.sealed.kept.iter().copied().collect::<Vec<_>>(), [c.key]);
+        assert_once(&mut st, &all);
+        st.flush().unwrap();
+        drop(st);
+        let mut st = Store::open(&d.path().join("s.db"), Metrics::new("t")).unwrap();
+        assert_eq!(journal(&st), [c.key]);
+        assert_once(&mut st, &all);
+        // Once the sink is past it, it is sealed alone, its chunks hidden
+        // (below the watermark) until the seal's last step.
+        let (_, end) = drain(&mut st, "s", c, 100);
+        st.ack("s", end).unwrap();
+        seal_steps(&mut st, 3);
+        assert_eq!(hidden_chunks(&st), 6);
+        assert_series_read(&st, &all, 0..6);
+        while st.seal_step().unwrap() {}
+        assert!(journal(&st).is_empty() && st.sealed.kept.is_empty());
+        assert_eq!(hidden_chunks(&st), 0);
+        assert_once(&mut st, &all);
+        drop(st);
+        let mut st = Store::open(&d.path().join("s.db"), Metrics::new("t")).unwrap();
+        assert!(journal(&st).is_empty());
+        assert_once(&mut st, &all);
+    }
+
+    #[test]
     fn a_seal_cut_short_by_a_stop_is_undone_at_open() {
         let (d, mut st, all) = stepped_store(10);
         seal_steps(&mut st, 4); // plan, count, two groups
@@ -2824,6 +3109,49 @@ mod tests {
         assert_eq!(got, later.points, "the sink gets what came after eviction");
     }
 
+    /// Puts the journal back in the database's table, as a Tidegate of
+    /// 2026-12-06 kept it, and removes its files.
+    fn journal_to_table(st: &mut Store) {
+        let mut data = Vec::new();
+        for (&key, f) in st.journal.frames() {
+            st.journal.read_into(key, &mut data).unwrap();
+            st.conn
+                .execute(
+                    "INSERT INTO journal (id, ts_min, ts_max, count, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![key, f.ts_min, f.ts_max, f.count, data],
+                )
+                .unwrap();
+        }
+        std::fs::remove_dir_all(journal_dir(&st.path)).unwrap();
+    }
+
+    #[test]
+    fn journal_rows_in_the_database_move_to_the_files_at_open() {
+        let (d, mut st, mut all) = stepped_store(10);
+        st.seal().unwrap();
+        stepped_flushes(&mut st, 10..20, &mut all);
+        journal_to_table(&mut st);
+        drop(st);
+        let path = d.path().join("s.db");
+        assert!(matches!(
+            Store::open_read_only(&path),
+            Err(StoreError::Outdated)
+        ));
+        let mut st = Store::open(&path, Metrics::new("t")).unwrap();
+        assert_eq!(journal_and_sealed(&st), (10, 6));
+        let rows: i64 = st
+            .conn
+            .query_row("SELECT COUNT(*) FROM journal", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0, "the table is emptied");
+        assert_once(&mut st, &all);
+        let ro = Store::open_read_only(&path).unwrap();
+        assert_series_read(&ro, &all, 0..6);
+        drop(ro);
+        assert_eq!(st.seal().unwrap(), 10);
+        assert_once(&mut st, &all);
+    }
+
     #[test]
     fn a_store_from_before_the_journal_table_is_brought_up_to_date_at_open() {
         // Sealed twice, then a seal of the rest cut short: hidden chunks.
@@ -2836,6 +3164,7 @@ mod tests {
         assert_eq!(hidden_chunks(&st), 4);
         // What such a store held: journal chunks as series 0 of `chunks`,
         // no watermark.
+        journal_to_table(&mut st);
         st.conn
             .execute_batch(
                 "INSERT INTO chunks (id, series, seq_hi, ts_min, ts_max, count, data)
@@ -3247,9 +3576,15 @@ mod tests {
         // sealed key would spill into the sequence bits.
         let mut data = Vec::new();
         codec::encode_mixed(&[MAX_SERIES + 1], &[1], &[1.0], &mut data);
-        st.conn
-            .execute("UPDATE journal SET data = ?1", [&data])
-            .unwrap();
+        let (&key, f) = st.journal.frames().iter().next().unwrap();
+        let f = Frame {
+            key,
+            ts_min: f.ts_min,
+            ts_max: f.ts_max,
+            count: f.count,
+            data: &data,
+        };
+        st.journal.append(&[f]).unwrap();
         let err = st.seal().unwrap_err();
         assert!(
             matches!(&err, StoreError::Corrupt(m) if m.contains("beyond the largest id")),
@@ -3297,7 +3632,7 @@ mod tests {
         // file open in WAL mode: the switch waits for it, and holds up nothing.
         let reader = Connection::open(&path).unwrap();
         let n: i64 = reader
-            .query_row("SELECT COUNT(*) FROM journal", [], |r| r.get(0))
+            .query_row("SELECT COUNT(*) FROM series", [], |r| r.get(0))
             .unwrap();
         assert!(n > 0);
         let started = std::time::Instant::now();

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 
 use rusqlite::{params, OptionalExtension};
 
-use super::{codec, decode_chunk, min_max, table_exists, Store, SERIES_BITS, SERIES_MASK};
+use super::{codec, decode_chunk, min_max, table_exists, Frame, Store, SERIES_BITS, SERIES_MASK};
 use crate::point::SeriesKey;
 use crate::store::{Cursor, StoreError};
 
@@ -146,30 +146,17 @@ impl Store {
         let handed: Vec<Cursor> = self.sinks.values().map(|p| p.read).collect();
         // A seal under way read this journal before the step: it starts again.
         self.seal_abort();
-        let tx = self.conn.transaction()?;
-        {
-            let mut rows = tx.prepare(
-                "SELECT id, data FROM chunks WHERE id >= ?1 AND ts_max >= ?2 AND ts_min <= ?3
-                 UNION ALL SELECT id, data FROM journal WHERE id >= ?1 AND ts_max >= ?2 AND ts_min <= ?3
-                 ORDER BY id",
-            )?;
-            let mut update =
-                tx.prepare("UPDATE chunks SET data = ?2, ts_min = ?3, ts_max = ?4 WHERE id = ?1")?;
-            let mut update_journal =
-                tx.prepare("UPDATE journal SET data = ?2, ts_min = ?3, ts_max = ?4 WHERE id = ?1")?;
-            let mut rows = rows.query(params![
-                self.boot_seq << SERIES_BITS,
-                step.from_ns,
-                step.to_ns
-            ])?;
-            let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
-            while let Some(row) = rows.next()? {
-                let id: i64 = row.get(0)?;
+        let boot = self.boot_seq << SERIES_BITS;
+        let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        // Re-stamps one chunk's points; the chunk's new encoding and time
+        // range if any point moved.
+        let mut restamp =
+            |id: i64, data: &[u8]| -> Result<Option<(Vec<u8>, i64, i64)>, StoreError> {
                 let series = (id & SERIES_MASK) as u32;
                 if series != 0 && !wanted.contains(&series) {
-                    continue;
+                    return Ok(None);
                 }
-                decode_chunk(id, &row.get::<_, Vec<u8>>(1)?, &mut s, &mut t, &mut v)?;
+                decode_chunk(id, data, &mut s, &mut t, &mut v)?;
                 // The first points of the chunk that some sink has had.
                 let sent = handed
                     .iter()
@@ -193,7 +180,7 @@ impl Store {
                     }
                 }
                 if moved == 0 {
-                    continue;
+                    return Ok(None);
                 }
                 done.moved += moved;
                 let mut data = Vec::with_capacity(t.len() * 4);
@@ -203,14 +190,49 @@ impl Store {
                     codec::encode_series(&t, &v, &mut data);
                 }
                 let (ts_min, ts_max) = min_max(t.iter().copied());
-                let table = if series == 0 {
-                    &mut update_journal
-                } else {
-                    &mut update
-                };
-                table.execute(params![id, data, ts_min, ts_max])?;
+                Ok(Some((data, ts_min, ts_max)))
+            };
+        // The journal's chunks are rewritten by appending them again (the
+        // later frame of a key wins), before the database commits: a stop
+        // in between leaves them moved and the correction unrecorded, never
+        // recorded and not moved.
+        let mut rewrites = Vec::new();
+        let mut data = Vec::new();
+        for (&key, frame) in self.journal.frames().range(boot..) {
+            if frame.ts_max < step.from_ns || frame.ts_min > step.to_ns {
+                continue;
+            }
+            self.journal.read_into(key, &mut data)?;
+            if let Some((data, ts_min, ts_max)) = restamp(key, &data)? {
+                rewrites.push((key, frame.count, data, ts_min, ts_max));
             }
         }
+        let tx = self.conn.transaction()?;
+        {
+            let mut rows = tx.prepare(
+                "SELECT id, data FROM chunks WHERE id >= ?1 AND ts_max >= ?2 AND ts_min <= ?3",
+            )?;
+            let mut update =
+                tx.prepare("UPDATE chunks SET data = ?2, ts_min = ?3, ts_max = ?4 WHERE id = ?1")?;
+            let mut rows = rows.query(params![boot, step.from_ns, step.to_ns])?;
+            while let Some(row) = rows.next()? {
+                let id: i64 = row.get(0)?;
+                if let Some((data, ts_min, ts_max)) = restamp(id, &row.get::<_, Vec<u8>>(1)?)? {
+                    update.execute(params![id, data, ts_min, ts_max])?;
+                }
+            }
+        }
+        let frames: Vec<Frame<'_>> = rewrites
+            .iter()
+            .map(|(key, count, data, ts_min, ts_max)| Frame {
+                key: *key,
+                ts_min: *ts_min,
+                ts_max: *ts_max,
+                count: *count,
+                data,
+            })
+            .collect();
+        self.journal.append(&frames)?;
         tx.execute(TABLE, [])?;
         tx.execute(
             "INSERT INTO clock_corrections (at_ns, step_ns, from_ns, to_ns, moved, sent_before)

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{decode_chunk, decode_windows, window_start, Agg, Store, StoreError, SERIES_MASK};
+use super::{
+    decode_chunk, decode_windows, min_opt, window_start, Agg, Store, StoreError, SERIES_MASK,
+};
 use crate::point::SeriesKey;
 use crate::store::Cursor;
 
@@ -89,7 +91,7 @@ impl Store {
         // before the journal): a seal under way keys its hidden chunks after
         // its run's last journal chunk, and a head among them would put
         // the rest of the run's series, once sealed, after it.
-        let max: Option<i64> = match self.journal.last() {
+        let max: Option<i64> = match self.journal.frames().keys().next_back() {
             Some(&key) => Some(key),
             None => self
                 .conn
@@ -244,11 +246,14 @@ impl Store {
             return Ok(HashMap::new());
         };
         let mut stmt = self.conn.prepare_cached(
-            "SELECT series, MIN(ts_min) FROM chunks WHERE id >= ?1 GROUP BY series
-             UNION ALL SELECT 0, MIN(ts_min) FROM journal WHERE id >= ?1 HAVING COUNT(*) > 0",
+            "SELECT series, MIN(ts_min) FROM chunks WHERE id >= ?1 GROUP BY series",
         )?;
         let rows = stmt.query_map([pos.acked.key], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut from: HashMap<u32, i64> = rows.collect::<Result<_, _>>()?;
+        if let Some(t) = self.journal_sums(pos.acked.key..).ts_min {
+            from.insert(0, t);
+        }
+        Ok(from)
     }
 
     fn chunk_windows(&self, chunk: i64, tier: i64) -> Result<Option<Vec<(i64, Agg)>>, StoreError> {
@@ -312,13 +317,13 @@ impl Store {
 
     /// The oldest point's timestamp in the store, raw or rolled up.
     pub fn oldest(&self) -> Result<Option<i64>, StoreError> {
-        Ok(self.conn.query_row(
+        let stored: Option<i64> = self.conn.query_row(
             "SELECT MIN(t) FROM (SELECT MIN(ts_min) AS t FROM chunks
-             UNION ALL SELECT MIN(ts_min) FROM journal
              UNION ALL SELECT MIN(start_min) FROM rollup_chunks)",
             [],
             |r| r.get(0),
-        )?)
+        )?;
+        Ok(min_opt(stored, self.journal_sums(..).ts_min))
     }
 
     /// Windows of `tier` (seconds) starting in `[from, to)`, for every series,
@@ -354,22 +359,20 @@ impl Store {
                 }
             }
         }
-        let mut stmt = self.conn.prepare_cached(concat!(
+        let sealed = concat!(
             "SELECT id, data FROM chunks WHERE ts_max >= ?1 AND ts_min < ?2 AND ",
             valid!(),
-            " UNION ALL SELECT id, data FROM journal WHERE ts_max >= ?1 AND ts_min < ?2 ORDER BY id"
-        ))?;
-        let mut rows = stmt.query(params![from, to])?;
+            " ORDER BY id"
+        );
         let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
-        while let Some(row) = rows.next()? {
-            let id: i64 = row.get(0)?;
-            let data: Vec<u8> = row.get(1)?;
-            decode_chunk(id, &data, &mut s, &mut t, &mut v)?;
+        self.each_chunk(sealed, params![from, to], .., from..to, |id, data| {
+            decode_chunk(id, data, &mut s, &mut t, &mut v)?;
             debug_assert!(id & SERIES_MASK == 0 || s.iter().all(|&x| x as i64 == id & SERIES_MASK));
             for i in 0..t.len() {
                 merge(s[i], window_start(t[i], width), &Agg::point(t[i], v[i]));
             }
-        }
+            Ok(true)
+        })?;
         Ok(windows
             .into_iter()
             .map(|((sid, start), agg)| (self.keys[sid as usize].clone(), start, agg))

@@ -1,0 +1,879 @@
+//! The journal's segment files: each flush's journal chunks appended as
+//! frames to a file in a directory beside the database, not to an SQLite
+//! table. One `sync_data` per flush on an append-only file writes about the
+//! data and one metadata block, where SQLite wrote about 1.8 times the data;
+//! the SD card's wear follows the bytes written.
+//!
+//! A file is named `{key:016x}.tgj`: its first frame's key, or if larger, one
+//! past every key and name of the files before it (a file begun by a
+//! rewrite), so the names sort in the order the files were written, and a
+//! later frame of a key replaces an earlier one when they are read back in
+//! that order. A frame:
+//!
+//! ```text
+//! u32 LE len | u32 LE crc | i64 LE key | i64 LE ts_min | i64 LE ts_max | u32 LE count | payload (len bytes)
+//! ```
+//!
+//! `crc` is the CRC-32 of the 28 bytes from `key` through `count`, then the
+//! payload. The length and CRC let a write torn by a crash be found and cut
+//! at open.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, ErrorKind, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::store::codec::crc32_update;
+use crate::store::StoreError;
+
+/// A segment file takes no appends once it has reached this size, so sealed
+/// data is unlinked a file at a time, soon after it is sealed.
+pub const SEGMENT_BYTES: u64 = 4 << 20;
+/// A longer frame is taken for damage: no flush comes near it.
+const MAX_FRAME: u32 = 64 << 20;
+/// Bytes of a frame's header.
+const HEADER: usize = 36;
+
+/// A journal chunk to append.
+#[derive(Clone, Copy, Debug)]
+pub struct Frame<'a> {
+    /// The chunk's key.
+    pub key: i64,
+    /// Earliest timestamp of its points.
+    pub ts_min: i64,
+    /// Latest timestamp of its points.
+    pub ts_max: i64,
+    /// Its number of points.
+    pub count: u32,
+    /// The encoded chunk.
+    pub data: &'a [u8],
+}
+
+/// Where one frame lies and what it holds (the in-memory index entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameRef {
+    /// The key its file is named by.
+    pub segment: i64,
+    /// Offset of its payload in that file.
+    pub offset: u64,
+    /// Length of its payload.
+    pub len: u32,
+    /// Earliest timestamp of its points.
+    pub ts_min: i64,
+    /// Latest timestamp of its points.
+    pub ts_max: i64,
+    /// Its number of points.
+    pub count: u32,
+}
+
+/// A frame found damaged at open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Offset of the frame's header.
+    pub offset: u64,
+    /// What is wrong with it.
+    pub what: &'static str,
+    /// Whether the file was cut there (the tail of the last file: a write
+    /// torn by a crash) rather than the rest of the file skipped.
+    pub cut: bool,
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let then = if self.cut {
+            "cut there (a write torn by a stop)"
+        } else {
+            "the rest of the file skipped"
+        };
+        write!(
+            f,
+            "{}: frame at offset {}: {}; {then}",
+            self.path.display(),
+            self.offset,
+            self.what
+        )
+    }
+}
+
+/// What can go wrong with the segment files.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    /// A file or the directory could not be used.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A frame read back does not check.
+    #[error("{path}: journal frame at offset {offset} is corrupt: {what}")]
+    Corrupt {
+        /// The segment file.
+        path: PathBuf,
+        /// Offset of the frame's header.
+        offset: u64,
+        /// What is wrong with it.
+        what: &'static str,
+    },
+}
+
+impl From<SegmentError> for StoreError {
+    fn from(e: SegmentError) -> Self {
+        match e {
+            SegmentError::Io { path, source } => StoreError::Io { path, source },
+            e @ SegmentError::Corrupt { .. } => StoreError::Corrupt(e.to_string()),
+        }
+    }
+}
+
+/// One segment file, open.
+struct Seg {
+    file: File,
+    /// Its length: where the next append goes.
+    len: u64,
+    /// Its highest key, stale frames (rewritten since) included: the file may
+    /// go once the seal has passed it, and not before, or a stale frame would
+    /// come back at the next open.
+    max_key: i64,
+}
+
+/// Which journal keys are sealed: every key up to `through`, except those
+/// `kept` (chunks a sink was part-way through when a later run was sealed:
+/// they wait for a seal of their own, see `plan_runs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sealed {
+    /// The sealing watermark, as a key.
+    pub through: i64,
+    /// Keys at or below `through` not sealed yet.
+    pub kept: std::collections::BTreeSet<i64>,
+}
+
+impl Sealed {
+    /// Nothing sealed.
+    pub fn none() -> Sealed {
+        Sealed {
+            through: i64::MIN,
+            kept: Default::default(),
+        }
+    }
+
+    /// Whether the frame of `key` is sealed.
+    pub fn contains(&self, key: i64) -> bool {
+        key <= self.through && !self.kept.contains(&key)
+    }
+}
+
+/// The journal's segment files and the index of their frames by key.
+pub struct Segments {
+    dir: PathBuf,
+    segs: BTreeMap<i64, Seg>,
+    index: BTreeMap<i64, FrameRef>,
+    /// The file appends go to; `None` until the first append after open,
+    /// which starts a new file: files from before are never written again,
+    /// so no append lands behind a tail cut at open, and an append after
+    /// open begins the way one into an empty directory does.
+    active: Option<i64>,
+    writable: bool,
+    /// A file was created and the directory not yet synced since.
+    dir_unsynced: bool,
+    rotate_bytes: u64,
+}
+
+impl Segments {
+    /// Opens the segments in `dir` (created if missing) for writing. Frames
+    /// `sealed` are left out, and files that hold no other frames are
+    /// unlinked. A frame that does not check at the
+    /// end of the last file is a write torn by a crash: the file is cut
+    /// before it. Elsewhere, the rest of that file is skipped and the file
+    /// kept. Both are returned for the caller to log.
+    pub fn open(dir: &Path, sealed: &Sealed) -> Result<(Segments, Vec<Damage>), SegmentError> {
+        match fs::create_dir(dir) {
+            // So the files made in it survive a power loss too.
+            Ok(()) => {
+                let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+                let parent = parent.unwrap_or(Path::new("."));
+                sync_dir(parent).map_err(|e| io_err(parent, e))?;
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(dir, e)),
+        }
+        Self::load(dir, sealed, true)
+    }
+
+    /// Opens the segments in `dir` for reading beside a running writer:
+    /// nothing is cut or unlinked; a frame that does not check at the end of
+    /// the last file is the end (the writer may be writing it), and a file
+    /// unlinked before it is opened is skipped (it was sealed). Appends fail.
+    pub fn open_read_only(dir: &Path, sealed: &Sealed) -> Result<Segments, SegmentError> {
+        Ok(Self::load(dir, sealed, false)?.0)
+    }
+
+    fn load(
+        dir: &Path,
+        sealed: &Sealed,
+        writable: bool,
+    ) -> Result<(Segments, Vec<Damage>), SegmentError> {
+        let mut ids = Vec::new();
+        match fs::read_dir(dir) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry.map_err(|e| io_err(dir, e))?;
+                    ids.extend(parse_name(&entry.file_name().to_string_lossy()));
+                }
+            }
+            Err(e) if !writable && e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(dir, e)),
+        }
+        ids.sort_unstable();
+        let mut s = Segments {
+            dir: dir.to_path_buf(),
+            segs: BTreeMap::new(),
+            index: BTreeMap::new(),
+            active: None,
+            writable,
+            dir_unsynced: false,
+            rotate_bytes: SEGMENT_BYTES,
+        };
+        let mut damage = Vec::new();
+        let mut buf = Vec::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let path = s.path(id);
+            let mut file = match OpenOptions::new().read(true).write(writable).open(&path) {
+                Ok(file) => file,
+                Err(e) if !writable && e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&path, e)),
+            };
+            buf.clear();
+            file.read_to_end(&mut buf).map_err(|e| io_err(&path, e))?;
+            let (mut len, mut max_key, mut at) = (buf.len() as u64, i64::MIN, 0);
+            let bad = loop {
+                let Some(rest) = buf.get(at..).filter(|r| !r.is_empty()) else {
+                    break None;
+                };
+                let (key, r) = match check(rest, id, at as u64) {
+                    Ok(frame) => frame,
+                    Err(what) => break Some(what),
+                };
+                if !sealed.contains(key) {
+                    s.index.insert(key, r);
+                }
+                max_key = max_key.max(key);
+                at += HEADER + r.len as usize;
+            };
+            if let Some(what) = bad {
+                let last = i + 1 == ids.len();
+                if last && writable {
+                    file.set_len(at as u64)
+                        .and_then(|()| file.sync_all())
+                        .map_err(|e| io_err(&path, e))?;
+                    len = at as u64;
+                } else if !last {
+                    // What lay past the damage is unknown: the file goes
+                    // once the seal has passed its name at least.
+                    max_key = max_key.max(id);
+                }
+                if writable {
+                    damage.push(Damage {
+                        path: path.clone(),
+                        offset: at as u64,
+                        what,
+                        cut: last,
+                    });
+                }
+            }
+            s.segs.insert(id, Seg { file, len, max_key });
+        }
+        s.unlink_sealed(sealed.through)?;
+        Ok((s, damage))
+    }
+
+    /// Appends `frames` in one write and makes them durable with one
+    /// `sync_data` (and a sync of the directory when a file was created, so
+    /// its name survives a power loss). A key already indexed is a rewrite:
+    /// its new frame replaces the old one. On an error the file is cut back
+    /// (best effort) and the index is unchanged, so the whole append can be
+    /// tried again.
+    pub fn append(&mut self, frames: &[Frame<'_>]) -> Result<(), SegmentError> {
+        if !self.writable {
+            return Err(io_err(
+                &self.dir,
+                io::Error::new(ErrorKind::PermissionDenied, "journal opened read-only"),
+            ));
+        }
+        let Some(first) = frames.first() else {
+            return Ok(());
+        };
+        let mut buf = Vec::with_capacity(frames.iter().map(|f| HEADER + f.data.len()).sum());
+        for f in frames {
+            let len = u32::try_from(f.data.len()).ok().filter(|&n| n <= MAX_FRAME);
+            let Some(len) = len else {
+                return Err(io_err(
+                    &self.dir,
+                    io::Error::new(ErrorKind::InvalidInput, "journal frame over 64 MiB"),
+                ));
+            };
+            let start = buf.len();
+            buf.extend_from_slice(&len.to_le_bytes());
+            buf.extend_from_slice(&[0; 4]);
+            buf.extend_from_slice(&f.key.to_le_bytes());
+            buf.extend_from_slice(&f.ts_min.to_le_bytes());
+            buf.extend_from_slice(&f.ts_max.to_le_bytes());
+            buf.extend_from_slice(&f.count.to_le_bytes());
+            buf.extend_from_slice(f.data);
+            let crc = crc32_update(0, &buf[start + 8..]);
+            buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        }
+        let id = match self
+            .active
+            .filter(|id| self.segs[id].len < self.rotate_bytes)
+        {
+            Some(id) => id,
+            None => self.create(first.key)?,
+        };
+        let seg = self.segs.get_mut(&id).expect("the active file is open");
+        let start = seg.len;
+        let mut done = seg
+            .file
+            .write_all_at(&buf, start)
+            .and_then(|()| seg.file.sync_data());
+        if done.is_ok() && self.dir_unsynced {
+            done = sync_dir(&self.dir);
+            self.dir_unsynced = done.is_err();
+        }
+        if let Err(e) = done {
+            let _ = seg.file.set_len(start);
+            // Linux may mark pages that failed to write clean: a retry into
+            // this file could sync without them, so it goes to a new file.
+            self.active = None;
+            return Err(io_err(&self.path(id), e));
+        }
+        seg.len += buf.len() as u64;
+        let mut offset = start;
+        for f in frames {
+            offset += HEADER as u64;
+            let (len, ts_min, ts_max, count) = (f.data.len() as u32, f.ts_min, f.ts_max, f.count);
+            let r = FrameRef {
+                segment: id,
+                offset,
+                len,
+                ts_min,
+                ts_max,
+                count,
+            };
+            self.index.insert(f.key, r);
+            seg.max_key = seg.max_key.max(f.key);
+            offset += f.data.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Creates a file for appends beginning with `key` and makes it active.
+    fn create(&mut self, key: i64) -> Result<i64, SegmentError> {
+        let past = self.segs.iter().map(|(&id, s)| id.max(s.max_key)).max();
+        let id = past.map_or(key, |p| key.max(p.saturating_add(1)));
+        let path = self.path(id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        self.segs.insert(
+            id,
+            Seg {
+                file,
+                len: 0,
+                max_key: i64::MIN,
+            },
+        );
+        self.active = Some(id);
+        self.dir_unsynced = true;
+        Ok(id)
+    }
+
+    /// The payload of the frame with this key, its CRC checked again. (The
+    /// store reads with [`Segments::read_into`], tests with this.)
+    #[cfg(test)]
+    pub fn read(&self, key: i64) -> Result<Vec<u8>, SegmentError> {
+        let mut buf = Vec::new();
+        self.read_into(key, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// [`Segments::read`] into `buf` (cleared first), to reuse its allocation.
+    pub fn read_into(&self, key: i64, buf: &mut Vec<u8>) -> Result<(), SegmentError> {
+        buf.clear();
+        let Some(r) = self.index.get(&key) else {
+            return Err(io_err(
+                &self.dir,
+                io::Error::new(ErrorKind::NotFound, format!("no journal frame {key}")),
+            ));
+        };
+        let file = &self.segs[&r.segment].file;
+        let at = r.offset - HEADER as u64;
+        let mut head = [0; HEADER];
+        buf.resize(r.len as usize, 0);
+        // The header apart, so the payload needs no move within `buf`.
+        let read = file
+            .read_exact_at(&mut head, at)
+            .and_then(|()| file.read_exact_at(buf, r.offset));
+        read.map_err(|e| io_err(&self.path(r.segment), e))?;
+        let (crc, found, on_disk) = decode(&head, r.segment, r.offset);
+        let what = if found != key || on_disk.len != r.len {
+            "its header does not match the index"
+        } else if crc32_update(crc32_update(0, &head[8..]), buf) != crc {
+            "CRC mismatch"
+        } else {
+            return Ok(());
+        };
+        buf.clear();
+        Err(SegmentError::Corrupt {
+            path: self.path(r.segment),
+            offset: at,
+            what,
+        })
+    }
+
+    /// The index: every frame not sealed, by key.
+    pub fn frames(&self) -> &BTreeMap<i64, FrameRef> {
+        &self.index
+    }
+
+    /// Lets go of the frames `sealed` now (call once the seal is durable):
+    /// unlinks every file whose keys are all sealed, the active one included
+    /// (the next append starts a new file). An unlink lost to a power loss
+    /// is done again at the next open.
+    pub fn seal(&mut self, sealed: &Sealed) -> Result<(), SegmentError> {
+        self.forget(sealed);
+        self.unlink_sealed(sealed.through)
+    }
+
+    /// Unlinks (if writable) and drops the files whose keys are all at or
+    /// below `through` and that hold no indexed frame (a kept one).
+    fn unlink_sealed(&mut self, through: i64) -> Result<(), SegmentError> {
+        let live: std::collections::BTreeSet<i64> =
+            self.index.values().map(|r| r.segment).collect();
+        let gone: Vec<i64> = self
+            .segs
+            .iter()
+            .filter(|(id, s)| s.max_key <= through && !live.contains(id))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            if self.writable {
+                let path = self.path(id);
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err(&path, e)),
+                }
+            }
+            self.segs.remove(&id);
+            if self.active == Some(id) {
+                self.active = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the frames `sealed` from the index, touching no file (for a
+    /// reader that learns the watermark after opening).
+    pub fn forget(&mut self, sealed: &Sealed) {
+        let Some(next) = sealed.through.checked_add(1) else {
+            self.index.clear();
+            return;
+        };
+        let rest = self.index.split_off(&next);
+        let below = std::mem::replace(&mut self.index, rest);
+        for key in &sealed.kept {
+            if let Some(r) = below.get(key) {
+                self.index.insert(*key, *r);
+            }
+        }
+    }
+
+    /// Number of frames indexed (not sealed); for tests, as the store uses [`Segments::frames`].
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether no frame is indexed.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Bytes of the segment files, for the store's disk accounting.
+    pub fn bytes(&self) -> u64 {
+        self.segs.values().map(|s| s.len).sum()
+    }
+
+    fn path(&self, id: i64) -> PathBuf {
+        self.dir.join(format!("{id:016x}.tgj"))
+    }
+
+    #[cfg(test)]
+    fn set_rotate_bytes(&mut self, n: u64) {
+        self.rotate_bytes = n;
+    }
+}
+
+/// A frame header's CRC, key and index entry (as if at `segment`, `offset`).
+fn decode(b: &[u8; HEADER], segment: i64, offset: u64) -> (u32, i64, FrameRef) {
+    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+    let i64_at = |i: usize| i64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    let (len, ts_min, ts_max, count) = (u32_at(0), i64_at(16), i64_at(24), u32_at(32));
+    (
+        u32_at(4),
+        i64_at(8),
+        FrameRef {
+            segment,
+            offset,
+            len,
+            ts_min,
+            ts_max,
+            count,
+        },
+    )
+}
+
+/// The key and index entry of the frame at the start of `b`, at `offset` in
+/// file `segment`, or what is wrong with it.
+fn check(b: &[u8], segment: i64, offset: u64) -> Result<(i64, FrameRef), &'static str> {
+    let Some(head) = b.first_chunk::<HEADER>() else {
+        return Err("short header");
+    };
+    let (crc, key, r) = decode(head, segment, offset + HEADER as u64);
+    if r.len > MAX_FRAME {
+        return Err("length over 64 MiB");
+    }
+    match b.get(8..HEADER + r.len as usize) {
+        None => Err("short frame"),
+        Some(body) if crc32_update(0, body) != crc => Err("CRC mismatch"),
+        Some(_) => Ok((key, r)),
+    }
+}
+
+/// The key a segment file's name gives, if it is one.
+fn parse_name(name: &str) -> Option<i64> {
+    let hex = name.strip_suffix(".tgj").filter(|h| h.len() == 16)?;
+    u64::from_str_radix(hex, 16).ok().map(|k| k as i64)
+}
+
+fn io_err(path: &Path, source: io::Error) -> SegmentError {
+    SegmentError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sealed through `key`, nothing kept.
+    fn upto(key: i64) -> Sealed {
+        Sealed {
+            through: key,
+            kept: Default::default(),
+        }
+    }
+
+    fn payload(key: i64, version: u8) -> Vec<u8> {
+        (0..40 + key as usize)
+            .map(|i| (i as u8).wrapping_mul(31) ^ version ^ key as u8)
+            .collect()
+    }
+
+    fn frame(key: i64, data: &[u8]) -> Frame<'_> {
+        Frame {
+            key,
+            ts_min: key * 10,
+            ts_max: key * 10 + 9,
+            count: data.len() as u32,
+            data,
+        }
+    }
+
+    /// Appends one flush of version `v` of `keys`.
+    fn append(s: &mut Segments, keys: &[i64], v: u8) {
+        let data: Vec<Vec<u8>> = keys.iter().map(|&k| payload(k, v)).collect();
+        let frames: Vec<Frame<'_>> = keys.iter().zip(&data).map(|(&k, d)| frame(k, d)).collect();
+        s.append(&frames).unwrap();
+    }
+
+    /// The segment files' keys and sizes, in name order.
+    fn files(dir: &Path) -> Vec<(i64, u64)> {
+        let mut out: Vec<(i64, u64)> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| {
+                (
+                    parse_name(&e.file_name().to_string_lossy()).unwrap(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    fn keys(s: &Segments) -> Vec<i64> {
+        s.frames().keys().copied().collect()
+    }
+
+    fn add_bytes(path: &Path, bytes: &[u8]) {
+        let mut all = fs::read(path).unwrap();
+        all.extend_from_slice(bytes);
+        fs::write(path, all).unwrap();
+    }
+
+    fn flip(path: &Path, at: u64) {
+        let mut all = fs::read(path).unwrap();
+        all[at as usize] ^= 0x40;
+        fs::write(path, all).unwrap();
+    }
+
+    #[test]
+    fn appends_read_back_after_reopen_and_rewrites_win() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("j.tgj");
+        let (mut s, damage) = Segments::open(&dir, &upto(0)).unwrap();
+        assert!(damage.is_empty() && s.frames().is_empty());
+        s.set_rotate_bytes(300);
+        append(&mut s, &[1, 2, 3], 0);
+        append(&mut s, &[4], 0);
+        append(&mut s, &[5, 6], 0);
+        append(&mut s, &[7, 7], 0); // the later frame of a flush wins too
+        append(&mut s, &[], 0);
+        // Rewrites: `2` and `6` in a new file, which would sort before 6's
+        // file if it were named by its first key.
+        append(&mut s, &[2, 6], 1);
+        append(&mut s, &[8], 0);
+        let expect = |k: i64| payload(k, u8::from(k == 2 || k == 6));
+        let before = s.frames().clone();
+        assert_eq!(s.read(7).unwrap(), payload(7, 0));
+        assert_eq!(
+            s.frames()[&3],
+            FrameRef {
+                segment: 1,
+                offset: 2 * (HEADER as u64) + 41 + 42 + 36,
+                len: 43,
+                ts_min: 30,
+                ts_max: 39,
+                count: 43
+            }
+        );
+        let names: Vec<i64> = files(&dir).iter().map(|f| f.0).collect();
+        assert_eq!(names, [1, 5, 8]);
+        drop(s);
+        let (s, damage) = Segments::open(&dir, &upto(0)).unwrap();
+        assert!(damage.is_empty(), "{damage:?}");
+        assert_eq!(keys(&s), (1..=8).collect::<Vec<_>>());
+        assert_eq!(s.frames(), &before);
+        let mut buf = vec![9; 3];
+        for k in 1..=8 {
+            s.read_into(k, &mut buf).unwrap();
+            assert_eq!(buf, expect(k), "key {k}");
+        }
+        assert!(s.read(9).is_err());
+        assert_eq!(s.bytes(), files(&dir).iter().map(|f| f.1).sum::<u64>());
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_open() {
+        let kinds = ["short frame", "short header", "CRC mismatch"];
+        for (i, what) in kinds.into_iter().enumerate() {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path();
+            let path = dir.join(format!("{:016x}.tgj", 1));
+            let (mut s, _) = Segments::open(dir, &upto(0)).unwrap();
+            append(&mut s, &[1], 0);
+            let mut torn = fs::read(&path).unwrap(); // one whole frame
+            match i {
+                0 => torn.truncate(HEADER + 4),
+                1 => torn.truncate(20),
+                _ => *torn.last_mut().unwrap() ^= 1,
+            }
+            append(&mut s, &[2, 3], 0);
+            drop(s);
+            let good = fs::metadata(&path).unwrap().len();
+            add_bytes(&path, &torn);
+            let (mut s, damage) = Segments::open(dir, &upto(0)).unwrap();
+            let cut = Damage {
+                path: path.clone(),
+                offset: good,
+                what,
+                cut: true,
+            };
+            assert_eq!(damage, [cut]);
+            assert_eq!(fs::metadata(&path).unwrap().len(), good, "{what}");
+            assert_eq!(keys(&s), [1, 2, 3]);
+            append(&mut s, &[4], 0);
+            drop(s);
+            let (s, damage) = Segments::open(dir, &upto(0)).unwrap();
+            assert!(damage.is_empty(), "{what}: {damage:?}");
+            for k in 1..=4 {
+                assert_eq!(s.read(k).unwrap(), payload(k, 0), "{what}: key {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn damage_inside_is_reported_and_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut s, _) = Segments::open(dir, &upto(0)).unwrap();
+        s.set_rotate_bytes(1);
+        append(&mut s, &[1, 2, 3], 0);
+        append(&mut s, &[4, 5], 0);
+        append(&mut s, &[6], 0);
+        let two = s.frames()[&2];
+        drop(s);
+        let first = dir.join(format!("{:016x}.tgj", 1));
+        let size = fs::metadata(&first).unwrap().len();
+        flip(&first, two.offset + 5);
+        let (s, damage) = Segments::open(dir, &upto(0)).unwrap();
+        let at = two.offset - HEADER as u64;
+        assert_eq!(
+            damage,
+            [Damage {
+                path: first.clone(),
+                offset: at,
+                what: "CRC mismatch",
+                cut: false
+            }]
+        );
+        assert_eq!(fs::metadata(&first).unwrap().len(), size);
+        assert_eq!(keys(&s), [1, 4, 5, 6]);
+        for k in [1, 4, 5, 6] {
+            assert_eq!(s.read(k).unwrap(), payload(k, 0));
+        }
+        // Damaged after open: found when read.
+        flip(&dir.join(format!("{:016x}.tgj", 4)), s.frames()[&5].offset);
+        match s.read(5) {
+            Err(SegmentError::Corrupt {
+                offset,
+                what: "CRC mismatch",
+                ..
+            }) => assert_eq!(offset, s.frames()[&5].offset - HEADER as u64),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.read(4).unwrap(), payload(4, 0));
+        // The damaged file goes once its good frames and name are sealed.
+        drop(s);
+        let (_, damage) = Segments::open(dir, &upto(1)).unwrap();
+        let paths: Vec<&Path> = damage.iter().map(|d| d.path.as_path()).collect();
+        assert_eq!(
+            paths,
+            [first.as_path(), &dir.join(format!("{:016x}.tgj", 4))]
+        );
+        assert!(!first.exists());
+    }
+
+    #[test]
+    fn seal_through_unlinks_files_wholly_sealed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let names = || files(dir).iter().map(|f| f.0).collect::<Vec<_>>();
+        let (mut s, _) = Segments::open(dir, &upto(0)).unwrap();
+        s.set_rotate_bytes(1);
+        append(&mut s, &[1, 2], 0);
+        append(&mut s, &[3], 0);
+        append(&mut s, &[2], 1); // a rewrite alone in a file named 4
+        append(&mut s, &[5], 0);
+        assert_eq!(names(), [1, 3, 4, 5]);
+        s.seal(&upto(2)).unwrap();
+        // 4 holds no key past 2, though its name is.
+        assert_eq!(names(), [3, 5]);
+        assert_eq!(keys(&s), [3, 5]);
+        assert_eq!(s.bytes(), files(dir).iter().map(|f| f.1).sum::<u64>());
+        drop(s);
+        let (s, _) = Segments::open(dir, &upto(2)).unwrap();
+        assert_eq!((keys(&s), names()), (vec![3, 5], vec![3, 5]));
+        drop(s);
+        let (mut s, _) = Segments::open(dir, &upto(3)).unwrap();
+        s.set_rotate_bytes(1);
+        assert_eq!((keys(&s), names()), (vec![5], vec![5]));
+        append(&mut s, &[6], 0);
+        append(&mut s, &[7], 0);
+        // The active file, wholly sealed, goes too; appends go on in a new one.
+        s.seal(&upto(7)).unwrap();
+        assert!(names().is_empty() && s.frames().is_empty() && s.bytes() == 0);
+        append(&mut s, &[8], 0);
+        assert_eq!(names(), [8]);
+        assert_eq!(s.read(8).unwrap(), payload(8, 0));
+        // A file holding a sealed rewrite stays while it holds later keys.
+        append(&mut s, &[9], 0);
+        append(&mut s, &[8, 10], 1);
+        assert_eq!(names(), [8, 9, 10]);
+        s.seal(&upto(8)).unwrap();
+        assert_eq!(names(), [9, 10]);
+        s.seal(&upto(9)).unwrap();
+        assert_eq!(names(), [10]);
+        drop(s);
+        let (s, _) = Segments::open(dir, &upto(9)).unwrap();
+        assert_eq!(keys(&s), [10]);
+        assert_eq!(s.read(10).unwrap(), payload(10, 1));
+    }
+
+    #[test]
+    fn a_kept_frame_outlives_the_watermark_until_it_is_sealed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut s, _) = Segments::open(dir, &upto(0)).unwrap();
+        s.set_rotate_bytes(1);
+        for k in 1..=5 {
+            append(&mut s, &[k], 0);
+        }
+        let sealed = Sealed {
+            through: 4,
+            kept: [2].into(),
+        };
+        s.seal(&sealed).unwrap();
+        assert_eq!(keys(&s), [2, 5]);
+        assert_eq!(files(dir).iter().map(|f| f.0).collect::<Vec<_>>(), [2, 5]);
+        drop(s);
+        let (mut s, _) = Segments::open(dir, &sealed).unwrap();
+        assert_eq!(keys(&s), [2, 5]);
+        assert_eq!(s.read(2).unwrap(), payload(2, 0));
+        s.seal(&upto(4)).unwrap();
+        assert_eq!(keys(&s), [5]);
+        assert_eq!(files(dir).iter().map(|f| f.0).collect::<Vec<_>>(), [5]);
+    }
+
+    #[test]
+    fn a_reader_beside_the_writer_cuts_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("j");
+        let none = Segments::open_read_only(&dir, &upto(0)).unwrap();
+        assert!(none.frames().is_empty() && !dir.exists());
+        let (mut w, _) = Segments::open(&dir, &upto(0)).unwrap();
+        append(&mut w, &[1], 0);
+        append(&mut w, &[2], 0);
+        let path = dir.join(format!("{:016x}.tgj", 1));
+        // The writer part way through its next append.
+        add_bytes(&path, &[7; HEADER + 3]);
+        let size = fs::metadata(&path).unwrap().len();
+        let mut r = Segments::open_read_only(&dir, &upto(0)).unwrap();
+        assert_eq!(keys(&r), [1, 2]);
+        assert_eq!(r.read(2).unwrap(), payload(2, 0));
+        assert_eq!(fs::metadata(&path).unwrap().len(), size);
+        assert!(r.append(&[frame(3, b"x")]).is_err());
+        r.forget(&upto(1));
+        assert_eq!(keys(&r), [2]);
+        let r = Segments::open_read_only(&dir, &upto(2)).unwrap();
+        assert!(r.frames().is_empty());
+        assert!(path.exists());
+    }
+}
