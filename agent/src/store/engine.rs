@@ -1088,7 +1088,7 @@ impl Store {
                     start..data.len(),
                 ));
             }
-            let frames: Vec<Frame<'_>> = heads
+            let frames: Vec<Frame<&[u8]>> = heads
                 .iter()
                 .map(|(seq, ts_min, ts_max, count, at)| Frame {
                     key: seq << SERIES_BITS,
@@ -1679,23 +1679,9 @@ impl Store {
                 }
             }
         }
-        let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
-        let hi = to.saturating_add(width);
-        self.each_chunk(
-            SERIES_CHUNKS,
-            params![sid, lo, hi],
-            ..,
-            lo..=hi,
-            |id, data| {
-                decode_chunk(id, data, &mut s, &mut t, &mut v)?;
-                for i in 0..t.len() {
-                    if s[i] == sid {
-                        merge(window_start(t[i], width), &Agg::point(t[i], v[i]));
-                    }
-                }
-                Ok(true)
-            },
-        )?;
+        self.each_series_point(sid, lo, to.saturating_add(width), |t, v| {
+            merge(window_start(t, width), &Agg::point(t, v));
+        })?;
         Ok(windows.into_iter().collect())
     }
 
@@ -1841,22 +1827,11 @@ impl Store {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
-        self.each_chunk(
-            SERIES_CHUNKS,
-            params![sid, from, to],
-            ..,
-            from..=to,
-            |id, data| {
-                decode_chunk(id, data, &mut s, &mut t, &mut v)?;
-                for i in 0..t.len() {
-                    if s[i] == sid && t[i] >= from && t[i] <= to {
-                        out.push((t[i], v[i]));
-                    }
-                }
-                Ok(true)
-            },
-        )?;
+        self.each_series_point(sid, from, to, |t, v| {
+            if t >= from && t <= to {
+                out.push((t, v));
+            }
+        })?;
         out.sort_by_key(|p| p.0);
         Ok(out)
     }
@@ -1949,6 +1924,33 @@ impl Store {
         }
         frames_before(i64::MAX, &mut f)?;
         Ok(())
+    }
+
+    /// Hands `f` every point of series `sid` in the chunks that may hold
+    /// its points in `[from, to]` (some outside it too), in key order.
+    fn each_series_point(
+        &self,
+        sid: u32,
+        from: i64,
+        to: i64,
+        mut f: impl FnMut(i64, f64),
+    ) -> Result<(), StoreError> {
+        let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        self.each_chunk(
+            SERIES_CHUNKS,
+            params![sid, from, to],
+            ..,
+            from..=to,
+            |id, data| {
+                decode_chunk(id, data, &mut s, &mut t, &mut v)?;
+                for i in 0..t.len() {
+                    if s[i] == sid {
+                        f(t[i], v[i]);
+                    }
+                }
+                Ok(true)
+            },
+        )
     }
 
     /// Totals over the journal's chunks with keys in `keys`.
@@ -2046,27 +2048,23 @@ fn sealed(conn: &Connection) -> Result<Sealed, StoreError> {
 /// the same keys, which the later frames of replace. Chunks below the
 /// watermark (a sink was part-way through them) are kept.
 fn move_journal_rows(conn: &mut Connection, journal: &mut Segments) -> Result<(), StoreError> {
-    let rows: Vec<(i64, i64, i64, i64, Vec<u8>)> = {
+    let frames: Vec<Frame<Vec<u8>>> = {
         let mut stmt =
             conn.prepare("SELECT id, ts_min, ts_max, count, data FROM journal ORDER BY id")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok(Frame {
+                key: r.get(0)?,
+                ts_min: r.get(1)?,
+                ts_max: r.get(2)?,
+                count: r.get(3)?,
+                data: r.get(4)?,
+            })
         })?;
         rows.collect::<Result<_, _>>()?
     };
-    if rows.is_empty() {
+    if frames.is_empty() {
         return Ok(());
     }
-    let frames: Vec<Frame<'_>> = rows
-        .iter()
-        .map(|(key, ts_min, ts_max, count, data)| Frame {
-            key: *key,
-            ts_min: *ts_min,
-            ts_max: *ts_max,
-            count: *count as u32,
-            data,
-        })
-        .collect();
     journal.append(&frames)?;
     let tx = conn.transaction()?;
     tx.execute(
@@ -2077,7 +2075,7 @@ fn move_journal_rows(conn: &mut Connection, journal: &mut Segments) -> Result<()
     tx.execute("DELETE FROM journal", [])?;
     tx.commit()?;
     tracing::info!(
-        chunks = rows.len(),
+        chunks = frames.len(),
         "moved the journal out of the database into its own files"
     );
     Ok(())
@@ -3134,13 +3132,7 @@ mod tests {
         st.seal().unwrap();
         stepped_flushes(&mut st, 10..20, &mut all);
         journal_to_table(&mut st);
-        drop(st);
-        let path = d.path().join("s.db");
-        assert!(matches!(
-            Store::open_read_only(&path),
-            Err(StoreError::Outdated)
-        ));
-        let mut st = Store::open(&path, Metrics::new("t")).unwrap();
+        let mut st = reopen_outdated(st, &d);
         assert_eq!(journal_and_sealed(&st), (10, 6));
         let rows: i64 = st
             .conn
@@ -3148,11 +3140,23 @@ mod tests {
             .unwrap();
         assert_eq!(rows, 0, "the table is emptied");
         assert_once(&mut st, &all);
-        let ro = Store::open_read_only(&path).unwrap();
+        let ro = Store::open_read_only(&d.path().join("s.db")).unwrap();
         assert_series_read(&ro, &all, 0..6);
         drop(ro);
         assert_eq!(st.seal().unwrap(), 10);
         assert_once(&mut st, &all);
+    }
+
+    /// Reopens a store of an older layout: read-only, a clear error (it
+    /// cannot be brought up to date); for writing, brought up to date.
+    fn reopen_outdated(st: Store, d: &tempfile::TempDir) -> Store {
+        drop(st);
+        let path = d.path().join("s.db");
+        assert!(matches!(
+            Store::open_read_only(&path),
+            Err(StoreError::Outdated)
+        ));
+        Store::open(&path, Metrics::new("t")).unwrap()
     }
 
     #[test]
@@ -3176,15 +3180,9 @@ mod tests {
                  DELETE FROM counters WHERE name = 'sealed_through';",
             )
             .unwrap();
-        drop(st);
-        let path = d.path().join("s.db");
-        // Read-only, it cannot be brought up to date: a clear error.
-        assert!(matches!(
-            Store::open_read_only(&path),
-            Err(StoreError::Outdated)
-        ));
         // Opened for writing: journal moved, watermark recorded, cut seal undone.
-        let mut st = Store::open(&path, Metrics::new("t")).unwrap();
+        let mut st = reopen_outdated(st, &d);
+        let path = d.path().join("s.db");
         assert_eq!(hidden_chunks(&st), 0);
         assert_eq!(journal_and_sealed(&st), (10, 12));
         assert_eq!(st.counter("sealed_through").unwrap(), 20);

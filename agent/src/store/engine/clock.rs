@@ -205,7 +205,13 @@ impl Store {
             self.journal
                 .read_into(key, &mut data, codec::Checksum::Skip)?;
             if let Some((data, ts_min, ts_max)) = restamp(key, &data)? {
-                rewrites.push((key, frame.count, data, ts_min, ts_max));
+                rewrites.push(Frame {
+                    key,
+                    ts_min,
+                    ts_max,
+                    count: frame.count,
+                    data,
+                });
             }
         }
         let tx = self.conn.transaction()?;
@@ -223,17 +229,7 @@ impl Store {
                 }
             }
         }
-        let frames: Vec<Frame<'_>> = rewrites
-            .iter()
-            .map(|(key, count, data, ts_min, ts_max)| Frame {
-                key: *key,
-                ts_min: *ts_min,
-                ts_max: *ts_max,
-                count: *count,
-                data,
-            })
-            .collect();
-        self.journal.append(&frames)?;
+        self.journal.append(&rewrites)?;
         tx.execute(TABLE, [])?;
         tx.execute(
             "INSERT INTO clock_corrections (at_ns, step_ns, from_ns, to_ns, moved, sent_before)

@@ -38,7 +38,7 @@ const HEADER: usize = 36;
 
 /// A journal chunk to append.
 #[derive(Clone, Copy, Debug)]
-pub struct Frame<'a> {
+pub struct Frame<D> {
     /// The chunk's key.
     pub key: i64,
     /// Earliest timestamp of its points.
@@ -47,8 +47,8 @@ pub struct Frame<'a> {
     pub ts_max: i64,
     /// Its number of points.
     pub count: u32,
-    /// The encoded chunk.
-    pub data: &'a [u8],
+    /// The encoded chunk (borrowed or owned).
+    pub data: D,
 }
 
 /// Where one frame lies and what it holds (the in-memory index entry).
@@ -298,7 +298,7 @@ impl Segments {
     /// its new frame replaces the old one. On an error the file is cut back
     /// (best effort) and the index is unchanged, so the whole append can be
     /// tried again.
-    pub fn append(&mut self, frames: &[Frame<'_>]) -> Result<(), SegmentError> {
+    pub fn append<D: AsRef<[u8]>>(&mut self, frames: &[Frame<D>]) -> Result<(), SegmentError> {
         if !self.writable {
             return Err(io_err(
                 &self.dir,
@@ -308,9 +308,12 @@ impl Segments {
         let Some(first) = frames.first() else {
             return Ok(());
         };
-        let mut buf = Vec::with_capacity(frames.iter().map(|f| HEADER + f.data.len()).sum());
+        let mut buf =
+            Vec::with_capacity(frames.iter().map(|f| HEADER + f.data.as_ref().len()).sum());
         for f in frames {
-            let len = u32::try_from(f.data.len()).ok().filter(|&n| n <= MAX_FRAME);
+            let len = u32::try_from(f.data.as_ref().len())
+                .ok()
+                .filter(|&n| n <= MAX_FRAME);
             let Some(len) = len else {
                 return Err(io_err(
                     &self.dir,
@@ -324,7 +327,7 @@ impl Segments {
             buf.extend_from_slice(&f.ts_min.to_le_bytes());
             buf.extend_from_slice(&f.ts_max.to_le_bytes());
             buf.extend_from_slice(&f.count.to_le_bytes());
-            buf.extend_from_slice(f.data);
+            buf.extend_from_slice(f.data.as_ref());
             let crc = crc32_update(0, &buf[start + 8..]);
             buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
         }
@@ -356,7 +359,8 @@ impl Segments {
         let mut offset = start;
         for f in frames {
             offset += HEADER as u64;
-            let (len, ts_min, ts_max, count) = (f.data.len() as u32, f.ts_min, f.ts_max, f.count);
+            let (len, ts_min, ts_max, count) =
+                (f.data.as_ref().len() as u32, f.ts_min, f.ts_max, f.count);
             let r = FrameRef {
                 segment: id,
                 offset,
@@ -367,7 +371,7 @@ impl Segments {
             };
             self.index.insert(f.key, r);
             seg.max_key = seg.max_key.max(f.key);
-            offset += f.data.len() as u64;
+            offset += f.data.as_ref().len() as u64;
         }
         Ok(())
     }
@@ -608,7 +612,7 @@ mod tests {
             .collect()
     }
 
-    fn frame(key: i64, data: &[u8]) -> Frame<'_> {
+    fn frame(key: i64, data: &[u8]) -> Frame<&[u8]> {
         Frame {
             key,
             ts_min: key * 10,
@@ -621,7 +625,7 @@ mod tests {
     /// Appends one flush of version `v` of `keys`.
     fn append(s: &mut Segments, keys: &[i64], v: u8) {
         let data: Vec<Vec<u8>> = keys.iter().map(|&k| payload(k, v)).collect();
-        let frames: Vec<Frame<'_>> = keys.iter().zip(&data).map(|(&k, d)| frame(k, d)).collect();
+        let frames: Vec<Frame<&[u8]>> = keys.iter().zip(&data).map(|(&k, d)| frame(k, d)).collect();
         s.append(&frames).unwrap();
     }
 
@@ -696,7 +700,7 @@ mod tests {
         assert_eq!(s.frames(), &before);
         let mut buf = vec![9; 3];
         for k in 1..=8 {
-            s.read_into(k, &mut buf).unwrap();
+            s.read_into(k, &mut buf, Checksum::Verify).unwrap();
             assert_eq!(buf, expect(k), "key {k}");
         }
         assert!(s.read(9).is_err());
