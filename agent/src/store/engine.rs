@@ -1615,8 +1615,12 @@ impl Store {
             }
         }
         tx.commit()?;
-        self.journal.seal(&sealed)?;
         self.sealed = sealed;
+        // The index lets go first; a file that will not unlink is unlinked
+        // at the next open (the watermark says it is sealed).
+        if let Err(e) = self.journal.seal(&self.sealed) {
+            tracing::warn!("store journal: {e}; the sealed files are removed at the next start");
+        }
         self.metrics
             .store
             .sealed_rows
