@@ -1591,14 +1591,16 @@ impl Store {
     /// unlinked; a stop before that leaves them to the next open).
     fn seal_finish(&mut self, job: &SealJob) -> Result<(), StoreError> {
         let last = job.run[job.run.len() - 1];
-        // Chunks before the run that are not in it stay: a sink was
-        // part-way through them (see `plan_runs`).
+        // Chunks below the watermark that are not in the run stay: a sink
+        // was part-way through them (see `plan_runs`), at this seal or an
+        // earlier one (the run may be a kept chunk alone, below it).
+        let through = self.sealed.through.max(last);
         let mut sealed = Sealed {
-            through: self.sealed.through.max(last),
+            through,
             kept: self
                 .journal
                 .frames()
-                .range(..=last)
+                .range(..=through)
                 .map(|(&k, _)| k)
                 .collect(),
         };
@@ -3052,6 +3054,30 @@ mod tests {
         assert_once(&mut st, &all);
         drop(st);
         let mut st = Store::open(&d.path().join("s.db"), Metrics::new("t")).unwrap();
+        assert!(journal(&st).is_empty());
+        assert_once(&mut st, &all);
+    }
+
+    #[test]
+    fn of_two_chunks_kept_below_the_watermark_sealing_one_keeps_the_other() {
+        let (_d, mut st, all) = stepped_store(10);
+        let (_, a) = st.after("a", Cursor::default(), None, 15).unwrap();
+        st.ack("a", a).unwrap();
+        let (_, b) = st.after("b", Cursor::default(), None, 39).unwrap();
+        st.ack("b", b).unwrap();
+        st.seal().unwrap();
+        let journal = |st: &Store| st.journal.frames().keys().copied().collect::<Vec<_>>();
+        assert_eq!(journal(&st), [a.key, b.key]);
+        // Sink a moves on: its chunk is sealed alone; b's stays kept.
+        let (_, end) = drain(&mut st, "a", a, 100);
+        st.ack("a", end).unwrap();
+        assert_eq!(st.seal().unwrap(), 1);
+        assert_eq!(journal(&st), [b.key]);
+        assert_eq!(st.sealed.kept.iter().copied().collect::<Vec<_>>(), [b.key]);
+        assert_once(&mut st, &all);
+        let (_, end) = drain(&mut st, "b", b, 100);
+        st.ack("b", end).unwrap();
+        assert_eq!(st.seal().unwrap(), 1);
         assert!(journal(&st).is_empty());
         assert_once(&mut st, &all);
     }
