@@ -1165,13 +1165,21 @@ impl Store {
     }
 
     /// Where sealing and compaction must not join chunks: every sink's
-    /// positions, and the start of this boot (a clock step may move this
-    /// boot's points, and only them).
+    /// positions, the start of this boot (a clock step may move this
+    /// boot's points, and only them), and each kept journal chunk (its
+    /// sealed chunks will sort there: merging the chunks around it would
+    /// put its points after later ones of the same series).
     fn boundaries(&self) -> Vec<Cursor> {
         self.sinks
             .values()
             .flat_map(|p| [p.acked, p.read])
             .chain([self.boot_cursor()])
+            .chain(
+                self.sealed
+                    .kept
+                    .iter()
+                    .map(|&key| Cursor { key, offset: 0 }),
+            )
             .collect()
     }
 
