@@ -683,21 +683,20 @@ impl Store {
         // eviction has emptied both tables: below the watermark a new run's
         // chunks would count as sealed before their seal ended, and keys
         // before a sink's cursor would never be sent to it.
-        let sealed: Option<i64> = conn.query_row(
+        let sealed = self::sealed(&conn)?;
+        let stored: Option<i64> = conn.query_row(
             "SELECT MAX(s) FROM (SELECT MAX(seq_hi) AS s FROM chunks
-             UNION ALL SELECT value FROM counters WHERE name = 'sealed_through'
              UNION ALL SELECT MAX(key) >> 20 FROM cursors)",
             [],
             |r| r.get(0),
         )?;
-        let max_seq = sealed.max(
+        let max_seq = stored.max(Some(sealed.through >> SERIES_BITS)).max(
             journal
                 .frames()
                 .keys()
                 .next_back()
                 .map(|k| k >> SERIES_BITS),
         );
-        let sealed = self::sealed(&conn)?;
         let store = Store {
             conn,
             path: path.to_path_buf(),
