@@ -215,11 +215,14 @@ async fn run(
     let mut upkeep = Upkeep::Idle;
     // Sinks' reads waiting for a run being sealed (see `serve_after`).
     let mut held: Vec<HeldRead> = Vec::new();
+    // `how`: `Store::flush`, or `Store::flush_points` for a group commit
+    // (its callers wait for their points, not for the sinks' cursors).
     let flush = |store: &mut Store,
                  errors: &mut RateLimit,
-                 waiters: &mut Vec<oneshot::Sender<Result<(), StoreError>>>|
+                 waiters: &mut Vec<oneshot::Sender<Result<(), StoreError>>>,
+                 how: fn(&mut Store) -> Result<Option<i64>, StoreError>|
      -> Result<(), StoreError> {
-        let result = match store.flush() {
+        let result = match how(store) {
             Ok(Some(seq)) => {
                 flushed.send_replace(seq);
                 Ok(())
@@ -296,17 +299,17 @@ async fn run(
                     }
                     Request::Flush { reply } => {
                         commit_at = None;
-                        let _ = reply.send(flush(&mut store, &mut errors, &mut waiters));
+                        let _ = reply.send(flush(&mut store, &mut errors, &mut waiters, Store::flush));
                     }
                 }
             }
             _ = tokio::time::sleep_until(commit_at.unwrap_or_else(tokio::time::Instant::now)), if commit_at.is_some() => {
                 commit_at = None;
-                let _ = flush(&mut store, &mut errors, &mut waiters);
+                let _ = flush(&mut store, &mut errors, &mut waiters, Store::flush_points);
             }
             _ = flush_tick.tick() => {
                 commit_at = None;
-                let _ = flush(&mut store, &mut errors, &mut waiters);
+                let _ = flush(&mut store, &mut errors, &mut waiters, Store::flush);
             }
             _ = seal_tick.tick(), if upkeep == Upkeep::Idle => {
                 store.seal_begin();
@@ -325,7 +328,7 @@ async fn run(
         }
     }
     // Every handle is gone: sources and sinks have stopped.
-    if flush(&mut store, &mut errors, &mut waiters).is_ok() {
+    if flush(&mut store, &mut errors, &mut waiters, Store::flush).is_ok() {
         match store.seal() {
             Ok(n) => info!(sealed = n, "store closed cleanly"),
             Err(e) => warn!("store closed, sealing skipped: {e}"),

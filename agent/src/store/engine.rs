@@ -230,6 +230,13 @@ pub struct Evicted {
     pub windows: u64,
 }
 
+/// Whether a flush saves the sinks' moved cursors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cursors {
+    Save,
+    Later,
+}
+
 /// Points appended but not yet flushed.
 #[derive(Default)]
 struct Pending {
@@ -1044,11 +1051,26 @@ impl Store {
         self.pending.ts.len()
     }
 
-    /// Commits the in-memory journal as one chunk, with new series and moved
-    /// cursors, in one transaction. Returns the chunk's sequence number, if any
-    /// point was pending. On error nothing is lost from memory: the next flush retries.
+    /// Commits the in-memory journal as journal frames, with new series,
+    /// dead letters and the sinks' moved cursors. Returns the last frame's
+    /// sequence number, if any point was pending. On error nothing is lost
+    /// from memory: the next flush retries.
     pub fn flush(&mut self) -> Result<Option<i64>, StoreError> {
-        let dirty_cursors = self.sinks.values().any(|s| s.dirty);
+        self.flush_with(Cursors::Save)
+    }
+
+    /// As [`Store::flush`], but the sinks' moved cursors wait for the next
+    /// full flush: what a group commit needs, whose callers wait for their
+    /// points, not for cursors. An MQTT source at QoS 1 commits several
+    /// times a second; a cursor saved a second later costs a sink at most a
+    /// second of points sent again after a crash (the databases take them
+    /// as one), and spares the SD card a database commit each time.
+    pub fn flush_points(&mut self) -> Result<Option<i64>, StoreError> {
+        self.flush_with(Cursors::Later)
+    }
+
+    fn flush_with(&mut self, cursors: Cursors) -> Result<Option<i64>, StoreError> {
+        let dirty_cursors = cursors == Cursors::Save && self.sinks.values().any(|s| s.dirty);
         if self.pending.ts.is_empty()
             && self.unsaved_series.is_empty()
             && !dirty_cursors
@@ -1060,7 +1082,7 @@ impl Store {
         let n = self.pending.ts.len();
         // The database first: the series the journal's frames name must be
         // there before the frames are.
-        self.flush_database()?;
+        self.flush_database(cursors)?;
         let p = &self.pending;
         let mut order = codec::by_series(&p.series);
         let parts = journal_parts(&p.series, &order, JOURNAL_PART_POINTS);
@@ -1122,10 +1144,11 @@ impl Store {
         Ok(flushed)
     }
 
-    /// Commits what a flush keeps in the database (new series, sinks'
-    /// cursors, dead letters), if anything.
-    fn flush_database(&mut self) -> Result<(), StoreError> {
-        let dirty_cursors = self.sinks.values().any(|s| s.dirty && !s.ephemeral);
+    /// Commits what a flush keeps in the database (new series, dead
+    /// letters, and the sinks' cursors unless they wait), if anything.
+    fn flush_database(&mut self, cursors: Cursors) -> Result<(), StoreError> {
+        let save = cursors == Cursors::Save;
+        let dirty_cursors = save && self.sinks.values().any(|s| s.dirty && !s.ephemeral);
         if self.unsaved_series.is_empty() && !dirty_cursors && self.pending_dead.is_empty() {
             return Ok(());
         }
@@ -1136,7 +1159,7 @@ impl Store {
                 ins.execute(params![id, self.keys[id as usize].as_str()])?;
             }
         }
-        for (name, pos) in &self.sinks {
+        for (name, pos) in self.sinks.iter().filter(|_| save) {
             if pos.dirty && !pos.ephemeral {
                 tx.prepare_cached(
                     "INSERT INTO cursors (sink, key, offset) VALUES (?1, ?2, ?3)
@@ -1149,7 +1172,7 @@ impl Store {
         tx.commit()?;
         self.unsaved_series.clear();
         self.pending_dead.clear();
-        for pos in self.sinks.values_mut() {
+        for pos in self.sinks.values_mut().filter(|_| save) {
             pos.dirty = false;
         }
         Ok(())
@@ -3793,5 +3816,51 @@ mod tests {
         st.flush().unwrap();
         let (b, _) = st.after("s", c, None, 10).unwrap();
         assert_eq!(b.len(), 2);
+    }
+
+    #[test]
+    fn a_group_commit_keeps_points_and_leaves_cursors_to_the_next_full_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let two = |st: &mut Store, t: i64| {
+            st.append(&Batch {
+                points: vec![point("m a", t, 1.0), point("m a", t + 1, 2.0)],
+            })
+            .unwrap();
+        };
+        {
+            let mut st = Store::open(&path, Metrics::new("t")).unwrap();
+            two(&mut st, 1);
+            st.flush().unwrap();
+            let (_, c) = st.after("s", Cursor::default(), None, 1).unwrap();
+            st.ack("s", c).unwrap();
+            st.flush().unwrap();
+            let (_, c) = st.after("s", c, None, 1).unwrap();
+            st.ack("s", c).unwrap();
+            // Points of a group commit are durable; the moved cursor is not.
+            two(&mut st, 3);
+            assert!(st.flush_points().unwrap().is_some());
+            // Nothing pending but a cursor: a group commit has nothing to do.
+            assert_eq!(st.flush_points().unwrap(), None);
+        }
+        let mut st = Store::open(&path, Metrics::new("t")).unwrap();
+        let c = st.cursor("s").unwrap();
+        let (b, _) = st.after("s", c, None, 10).unwrap();
+        // The cursor of the full flush: after the first point, so the
+        // second is sent again, and the group commit's two are there.
+        assert_eq!(
+            b.points,
+            vec![
+                point("m a", 2, 2.0),
+                point("m a", 3, 1.0),
+                point("m a", 4, 2.0)
+            ]
+        );
+        let (_, c) = st.after("s", c, None, 1).unwrap();
+        st.ack("s", c).unwrap();
+        st.flush().unwrap();
+        drop(st);
+        let mut st = Store::open(&path, Metrics::new("t")).unwrap();
+        assert_eq!(st.cursor("s").unwrap(), c);
     }
 }
