@@ -3089,6 +3089,20 @@ mod tests {
     }
 
     #[test]
+    fn the_head_is_past_the_runs_sealed_after_a_kept_chunk() {
+        let (_d, mut st, _all) = stepped_store(10);
+        let (_, c) = st.after("s", Cursor::default(), None, 15).unwrap();
+        st.ack("s", c).unwrap();
+        st.seal().unwrap();
+        assert_eq!(st.sealed.kept.iter().copied().collect::<Vec<_>>(), [c.key]);
+        // A live reader starting at the head finds nothing already stored.
+        let head = st.head().unwrap();
+        assert!(head.key > c.key);
+        let (b, _) = st.after("live", head, None, 100).unwrap();
+        assert!(b.points.is_empty(), "{} points behind the head", b.len());
+    }
+
+    #[test]
     fn of_two_chunks_kept_below_the_watermark_sealing_one_keeps_the_other() {
         let (_d, mut st, all) = stepped_store(10);
         let (_, a) = st.after("a", Cursor::default(), None, 15).unwrap();

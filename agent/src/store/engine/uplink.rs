@@ -87,26 +87,29 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
 impl Store {
     /// The position after the newest flushed point.
     pub fn head(&self) -> Result<Cursor, StoreError> {
-        // The journal's last chunk, else the last valid sealed one (they sort
-        // before the journal): a seal under way keys its hidden chunks after
-        // its run's last journal chunk, and a head among them would put
-        // the rest of the run's series, once sealed, after it.
-        let max: Option<i64> = match self.journal.frames().keys().next_back() {
-            Some(&key) => Some(key),
-            None => self
-                .conn
-                .query_row(
-                    concat!(
-                        "SELECT id FROM chunks WHERE ",
-                        valid!(),
-                        " ORDER BY id DESC LIMIT 1"
-                    ),
-                    [],
-                    |r| r.get(0),
-                )
-                .optional()?,
-        };
-        Ok(max.map(Cursor::after_chunk).unwrap_or_default())
+        // The later of the journal's last chunk and the last valid sealed
+        // one: sealed chunks usually sort before the journal, but a chunk
+        // kept in the journal (a sink was part-way through it) sorts before
+        // the runs sealed after it. Not a hidden chunk: a seal under way
+        // keys them after its run's last journal chunk, and a head among
+        // them would put the rest of the run's series, once sealed, after it.
+        let sealed: Option<i64> = self
+            .conn
+            .query_row(
+                concat!(
+                    "SELECT id FROM chunks WHERE ",
+                    valid!(),
+                    " ORDER BY id DESC LIMIT 1"
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let journal = self.journal.frames().keys().next_back().copied();
+        Ok(journal
+            .max(sealed)
+            .map(Cursor::after_chunk)
+            .unwrap_or_default())
     }
 
     /// Registers a reader that is not a sink of its own (a sink's live stream):
