@@ -61,6 +61,10 @@ pub struct Tier {
     pub hwm_kib: u64,
     /// Anonymous RSS at the end (heap, stacks), KiB.
     pub anon_kib: u64,
+    /// Bytes the agent wrote per point stored over the steady part
+    /// (`write_bytes`: pages dirtied, so a page rewritten after each sync
+    /// counts each time; the filesystem's own journal is not counted).
+    pub written_per_point: f64,
 }
 
 /// The whole report.
@@ -145,8 +149,10 @@ fn tier(rt: &tokio::runtime::Runtime, opts: &Options, rate: f64) -> anyhow::Resu
     // A bench samples at a time on purpose: the steady part of the feed.
     std::thread::sleep(warm.saturating_sub(start.elapsed()));
     let (u0, t0) = (agent.proc.usage(), Instant::now());
+    let flushed0 = agent.status(rt)?.store.points_flushed;
     let sent = feeder.wait_done(Duration::from_secs_f64(opts.seconds * 5.0 + 60.0))?;
     let (u1, t1) = (agent.proc.usage(), Instant::now());
+    let flushed1 = agent.status(rt)?.store.points_flushed;
     let want = feed.points / rig::FIELDS * rig::FIELDS;
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -169,6 +175,8 @@ fn tier(rt: &tokio::runtime::Runtime, opts: &Options, rate: f64) -> anyhow::Resu
         cpu_share: used.cpu_s / (t1 - t0).as_secs_f64().max(1e-9),
         hwm_kib: end.hwm_kib,
         anon_kib: end.anon_kib,
+        written_per_point: used.write_bytes as f64
+            / (flushed1.saturating_sub(flushed0)).max(1) as f64,
     })
 }
 
@@ -208,26 +216,28 @@ impl std::fmt::Display for Report {
         );
         let _ = writeln!(
             out,
-            "{:>12} {:>12} {:>10} {:>10} {:>12} {:>14} {:>10}",
+            "{:>12} {:>12} {:>10} {:>10} {:>12} {:>14} {:>10} {:>12}",
             "asked pt/s",
             "sent pt/s",
             "stored",
             "delivered",
             "CPU % core",
             "peak RSS MiB",
-            "anon MiB"
+            "anon MiB",
+            "written B/pt"
         );
         for t in &self.tiers {
             let _ = writeln!(
                 out,
-                "{:>12.0} {:>12.0} {:>10} {:>10} {:>12.2} {:>14.1} {:>10.1}",
+                "{:>12.0} {:>12.0} {:>10} {:>10} {:>12.2} {:>14.1} {:>10.1} {:>12.2}",
                 t.rate,
                 t.sent_rate,
                 t.stored,
                 t.delivered,
                 t.cpu_share * 100.0,
                 t.hwm_kib as f64 / 1024.0,
-                t.anon_kib as f64 / 1024.0
+                t.anon_kib as f64 / 1024.0,
+                t.written_per_point
             );
         }
         let _ = writeln!(
