@@ -17,6 +17,26 @@
 //! `crc` is the CRC-32 of the 28 bytes from `key` through `count`, then the
 //! payload. The length and CRC let a write torn by a crash be found and cut
 //! at open.
+//!
+//! Files are reused: one whose keys are all sealed goes to a small pool
+//! (`{key:016x}.tgr`) instead of being unlinked, and a new file is one
+//! taken from the pool and renamed, its old bytes overwritten in place.
+//! On ext4, an append that grows a file makes every `fdatasync` commit the
+//! inode (and block bitmaps) through the filesystem's journal as well:
+//! 6 KB appended and synced 400 times wrote 5.8 times the data to the
+//! device, the same into a file already that long 1.7 times (measured on
+//! a loop device; 42 KB a sync: 1.6 and 1.1 times). Such a file (format 2)
+//! begins with a header,
+//!
+//! ```text
+//! "TGJ\x02" | u32 LE flags (1: reused) | i64 LE previous file | u64 LE its length
+//! ```
+//!
+//! and its frames' CRCs start from the CRC of its own name's key, so the
+//! frames of a former life, left behind the last one written, do not
+//! check. The header names the file written before it and how far: a file
+//! whose frames stop short of that is damaged; past it lie old bytes. Files
+//! of format 1 (no header, plain CRCs) are still read.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,6 +55,15 @@ pub const SEGMENT_BYTES: u64 = 4 << 20;
 const MAX_FRAME: u32 = 64 << 20;
 /// Bytes of a frame's header.
 const HEADER: usize = 36;
+/// A format 2 file's first bytes.
+const MAGIC: [u8; 4] = *b"TGJ\x02";
+/// Bytes of a format 2 file's header.
+const FILE_HEADER: usize = 24;
+/// Its flag for a file reused from the pool.
+const REUSED: u32 = 1;
+/// Sealed files kept for reuse, at most: a seal frees several at once
+/// (at 10k points/s, ~6 files of 4 MiB every 10 minutes).
+const POOL_FILES: usize = 8;
 
 /// A journal chunk to append.
 #[derive(Clone, Copy, Debug)]
@@ -134,8 +163,12 @@ impl From<SegmentError> for StoreError {
 /// One segment file, open.
 struct Seg {
     file: File,
-    /// Its length: where the next append goes.
+    /// The end of its frames: where the next append goes.
     len: u64,
+    /// Its size on disk (a reused file's old bytes past `len` included).
+    size: u64,
+    /// The CRC its frames' CRCs start from (0 in format 1).
+    salt: u32,
     /// Its highest key, stale frames (rewritten since) included: the file may
     /// go once the seal has passed it, and not before, or a stale frame would
     /// come back at the next open.
@@ -182,6 +215,8 @@ pub struct Segments {
     /// A file was created and the directory not yet synced since.
     dir_unsynced: bool,
     rotate_bytes: u64,
+    /// Sealed files kept for reuse, and their sizes.
+    pool: Vec<(PathBuf, u64)>,
 }
 
 impl Segments {
@@ -219,11 +254,18 @@ impl Segments {
         writable: bool,
     ) -> Result<(Segments, Vec<Damage>), SegmentError> {
         let mut ids = Vec::new();
+        let mut pool = Vec::new();
         match fs::read_dir(dir) {
             Ok(entries) => {
                 for entry in entries {
                     let entry = entry.map_err(|e| io_err(dir, e))?;
-                    ids.extend(parse_name(&entry.file_name().to_string_lossy()));
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    ids.extend(parse_name(&name, ".tgj"));
+                    if writable && parse_name(&name, ".tgr").is_some() {
+                        let size = entry.metadata().map_or(0, |m| m.len());
+                        pool.push((entry.path(), size));
+                    }
                 }
             }
             Err(e) if !writable && e.kind() == ErrorKind::NotFound => {}
@@ -238,10 +280,20 @@ impl Segments {
             writable,
             dir_unsynced: false,
             rotate_bytes: SEGMENT_BYTES,
+            pool,
         };
-        let mut damage = Vec::new();
+        // Each file's frames first; whether one stopped short is known once
+        // the file written after it has told how far it went.
+        struct Scanned {
+            id: i64,
+            end: u64,
+            what: Option<&'static str>,
+            reused: bool,
+        }
+        let mut scanned = Vec::new();
+        let mut lengths = BTreeMap::new();
         let mut buf = Vec::new();
-        for (i, &id) in ids.iter().enumerate() {
+        for &id in &ids {
             let path = s.path(id);
             let mut file = match OpenOptions::new().read(true).write(writable).open(&path) {
                 Ok(file) => file,
@@ -250,12 +302,20 @@ impl Segments {
             };
             buf.clear();
             file.read_to_end(&mut buf).map_err(|e| io_err(&path, e))?;
-            let (mut len, mut max_key, mut at) = (buf.len() as u64, i64::MIN, 0);
-            let bad = loop {
+            let (mut at, mut salt, mut reused) = (0, 0, false);
+            if let Some(head) = buf.first_chunk::<FILE_HEADER>().filter(|h| h[..4] == MAGIC) {
+                let flags = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
+                let prev = i64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+                let prev_len = u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
+                lengths.insert(prev, prev_len);
+                (at, salt, reused) = (FILE_HEADER, salt_of(id), flags & REUSED != 0);
+            }
+            let mut max_key = i64::MIN;
+            let what = loop {
                 let Some(rest) = buf.get(at..).filter(|r| !r.is_empty()) else {
                     break None;
                 };
-                let (key, r) = match check(rest, id, at as u64) {
+                let (key, r) = match check(rest, id, at as u64, salt) {
                     Ok(frame) => frame,
                     Err(what) => break Some(what),
                 };
@@ -265,28 +325,61 @@ impl Segments {
                 max_key = max_key.max(key);
                 at += HEADER + r.len as usize;
             };
-            if let Some(what) = bad {
-                let last = i + 1 == ids.len();
-                if last && writable {
-                    file.set_len(at as u64)
-                        .and_then(|()| file.sync_all())
-                        .map_err(|e| io_err(&path, e))?;
-                    len = at as u64;
-                } else if !last {
-                    // What lay past the damage is unknown: the file goes
-                    // once the seal has passed its name at least.
-                    max_key = max_key.max(id);
-                }
-                if writable {
-                    damage.push(Damage {
-                        path: path.clone(),
-                        offset: at as u64,
-                        what,
-                        cut: last,
-                    });
-                }
+            scanned.push(Scanned {
+                id,
+                end: at as u64,
+                what,
+                reused,
+            });
+            let size = buf.len() as u64;
+            let (len, max_key) = (at as u64, max_key);
+            s.segs.insert(
+                id,
+                Seg {
+                    file,
+                    len,
+                    size,
+                    salt,
+                    max_key,
+                },
+            );
+        }
+        let mut damage = Vec::new();
+        let last = scanned.last().map(|f| f.id);
+        for f in scanned {
+            let Some(what) = f.what else { continue };
+            let written = lengths.get(&f.id).copied();
+            let short = match written {
+                // The next file says how far this one went: past that, old bytes.
+                Some(len) => f.end < len,
+                // A reused file's frames end where its old bytes begin.
+                None => !f.reused,
+            };
+            if !short {
+                continue;
             }
-            s.segs.insert(id, Seg { file, len, max_key });
+            let cut = last == Some(f.id) && written.is_none();
+            let path = s.path(f.id);
+            let seg = s.segs.get_mut(&f.id).expect("scanned");
+            if cut && writable {
+                seg.file
+                    .set_len(f.end)
+                    .and_then(|()| seg.file.sync_all())
+                    .map_err(|e| io_err(&path, e))?;
+                seg.size = f.end;
+            } else if !cut {
+                // What lay past the damage is unknown: the file goes
+                // once the seal has passed its name at least.
+                seg.max_key = seg.max_key.max(f.id);
+            }
+            if writable {
+                damage.push(Damage {
+                    path,
+                    offset: f.end,
+                    what,
+                    cut,
+                });
+            }
         }
         s.unlink_sealed(sealed.through)?;
         Ok((s, damage))
@@ -308,6 +401,14 @@ impl Segments {
         let Some(first) = frames.first() else {
             return Ok(());
         };
+        let id = match self
+            .active
+            .filter(|id| self.segs[id].len < self.rotate_bytes)
+        {
+            Some(id) => id,
+            None => self.create(first.key)?,
+        };
+        let salt = self.segs[&id].salt;
         let mut buf =
             Vec::with_capacity(frames.iter().map(|f| HEADER + f.data.as_ref().len()).sum());
         for f in frames {
@@ -328,16 +429,9 @@ impl Segments {
             buf.extend_from_slice(&f.ts_max.to_le_bytes());
             buf.extend_from_slice(&f.count.to_le_bytes());
             buf.extend_from_slice(f.data.as_ref());
-            let crc = crc32_update(0, &buf[start + 8..]);
+            let crc = crc32_update(salt, &buf[start + 8..]);
             buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
         }
-        let id = match self
-            .active
-            .filter(|id| self.segs[id].len < self.rotate_bytes)
-        {
-            Some(id) => id,
-            None => self.create(first.key)?,
-        };
         let seg = self.segs.get_mut(&id).expect("the active file is open");
         let start = seg.len;
         let mut done = seg
@@ -356,6 +450,7 @@ impl Segments {
             return Err(io_err(&self.path(id), e));
         }
         seg.len += buf.len() as u64;
+        seg.size = seg.size.max(seg.len);
         let mut offset = start;
         for f in frames {
             offset += HEADER as u64;
@@ -376,22 +471,46 @@ impl Segments {
         Ok(())
     }
 
-    /// Creates a file for appends beginning with `key` and makes it active.
+    /// Creates a file for appends beginning with `key` and makes it
+    /// active: one from the pool, renamed, if there is one. Its header is
+    /// made durable by the first append's sync.
     fn create(&mut self, key: i64) -> Result<i64, SegmentError> {
         let past = self.segs.iter().map(|(&id, s)| id.max(s.max_key)).max();
         let id = past.map_or(key, |p| key.max(p.saturating_add(1)));
         let path = self.path(id);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| io_err(&path, e))?;
+        // The file written before this one, and how far.
+        let prev = self
+            .active
+            .or_else(|| self.segs.keys().next_back().copied())
+            .map_or((i64::MIN, 0), |p| (p, self.segs[&p].len));
+        let mut flags = 0;
+        let mut size = 0;
+        let file = match self.pool.pop() {
+            Some((old, old_size)) => {
+                fs::rename(&old, &path).map_err(|e| io_err(&old, e))?;
+                (flags, size) = (REUSED, old_size);
+                OpenOptions::new().read(true).write(true).open(&path)
+            }
+            None => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path),
+        }
+        .map_err(|e| io_err(&path, e))?;
+        let mut head = [0u8; FILE_HEADER];
+        head[..4].copy_from_slice(&MAGIC);
+        head[4..8].copy_from_slice(&flags.to_le_bytes());
+        head[8..16].copy_from_slice(&prev.0.to_le_bytes());
+        head[16..24].copy_from_slice(&prev.1.to_le_bytes());
+        file.write_all_at(&head, 0).map_err(|e| io_err(&path, e))?;
         self.segs.insert(
             id,
             Seg {
                 file,
-                len: 0,
+                len: FILE_HEADER as u64,
+                size: size.max(FILE_HEADER as u64),
+                salt: salt_of(id),
                 max_key: i64::MIN,
             },
         );
@@ -423,13 +542,21 @@ impl Segments {
         checksum: Checksum,
     ) -> Result<(), SegmentError> {
         buf.clear();
+        // Beside a writer, a file may be reused under this reader: a frame
+        // of its new life must not pass for this one.
+        let checksum = if self.writable {
+            checksum
+        } else {
+            Checksum::Verify
+        };
         let Some(r) = self.index.get(&key) else {
             return Err(io_err(
                 &self.dir,
                 io::Error::new(ErrorKind::NotFound, format!("no journal frame {key}")),
             ));
         };
-        let file = &self.segs[&r.segment].file;
+        let seg = &self.segs[&r.segment];
+        let file = &seg.file;
         let at = r.offset - HEADER as u64;
         let mut head = [0; HEADER];
         buf.resize(r.len as usize, 0);
@@ -444,7 +571,7 @@ impl Segments {
         let (crc, found, on_disk) = decode(&head, r.segment, r.offset);
         let what = if found != key || on_disk.len != r.len {
             "its header does not match the index"
-        } else if crc32_update(crc32_update(0, &head[8..]), buf) != crc {
+        } else if crc32_update(crc32_update(seg.salt, &head[8..]), buf) != crc {
             "CRC mismatch"
         } else {
             return Ok(());
@@ -485,15 +612,39 @@ impl Segments {
         for id in gone {
             if self.writable {
                 let path = self.path(id);
-                match fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == ErrorKind::NotFound => {}
-                    Err(e) => return Err(io_err(&path, e)),
+                let size = self.segs[&id].size;
+                let kept = self.pool.len() < POOL_FILES && {
+                    let to = self.dir.join(format!("{id:016x}.tgr"));
+                    let renamed = fs::rename(&path, &to).is_ok();
+                    if renamed {
+                        self.pool.push((to, size));
+                    }
+                    renamed
+                };
+                if !kept {
+                    match fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == ErrorKind::NotFound => {}
+                        Err(e) => return Err(io_err(&path, e)),
+                    }
                 }
             }
             self.segs.remove(&id);
             if self.active == Some(id) {
                 self.active = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Unlinks the files kept for reuse: the store is out of space, and
+    /// they go before any data does.
+    pub fn empty_pool(&mut self) -> Result<(), SegmentError> {
+        while let Some((path, _)) = self.pool.pop() {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path, e)),
             }
         }
         Ok(())
@@ -527,9 +678,11 @@ impl Segments {
         self.index.is_empty()
     }
 
-    /// Bytes of the segment files, for the store's disk accounting.
+    /// Bytes of the segment files, for the store's disk accounting (the
+    /// pool's included).
     pub fn bytes(&self) -> u64 {
-        self.segs.values().map(|s| s.len).sum()
+        let pool: u64 = self.pool.iter().map(|p| p.1).sum();
+        pool + self.segs.values().map(|s| s.size).sum::<u64>()
     }
 
     fn path(&self, id: i64) -> PathBuf {
@@ -563,7 +716,7 @@ fn decode(b: &[u8; HEADER], segment: i64, offset: u64) -> (u32, i64, FrameRef) {
 
 /// The key and index entry of the frame at the start of `b`, at `offset` in
 /// file `segment`, or what is wrong with it.
-fn check(b: &[u8], segment: i64, offset: u64) -> Result<(i64, FrameRef), &'static str> {
+fn check(b: &[u8], segment: i64, offset: u64, salt: u32) -> Result<(i64, FrameRef), &'static str> {
     let Some(head) = b.first_chunk::<HEADER>() else {
         return Err("short header");
     };
@@ -573,15 +726,21 @@ fn check(b: &[u8], segment: i64, offset: u64) -> Result<(i64, FrameRef), &'stati
     }
     match b.get(8..HEADER + r.len as usize) {
         None => Err("short frame"),
-        Some(body) if crc32_update(0, body) != crc => Err("CRC mismatch"),
+        Some(body) if crc32_update(salt, body) != crc => Err("CRC mismatch"),
         Some(_) => Ok((key, r)),
     }
 }
 
-/// The key a segment file's name gives, if it is one.
-fn parse_name(name: &str) -> Option<i64> {
-    let hex = name.strip_suffix(".tgj").filter(|h| h.len() == 16)?;
+/// The key a file's name gives, if it ends in `suffix` (`.tgj`: a
+/// segment file; `.tgr`: one kept for reuse).
+fn parse_name(name: &str, suffix: &str) -> Option<i64> {
+    let hex = name.strip_suffix(suffix).filter(|h| h.len() == 16)?;
     u64::from_str_radix(hex, 16).ok().map(|k| k as i64)
+}
+
+/// Where the CRCs of the frames of format 2 file `id` start.
+fn salt_of(id: i64) -> u32 {
+    crc32_update(0, &id.to_le_bytes())
 }
 
 fn io_err(path: &Path, source: io::Error) -> SegmentError {
@@ -632,18 +791,29 @@ mod tests {
 
     /// The segment files' keys and sizes, in name order.
     fn files(dir: &Path) -> Vec<(i64, u64)> {
+        named(dir, ".tgj")
+    }
+
+    /// The keys and sizes of the files named with `suffix`, in name order.
+    fn named(dir: &Path, suffix: &str) -> Vec<(i64, u64)> {
         let mut out: Vec<(i64, u64)> = fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap())
-            .map(|e| {
-                (
-                    parse_name(&e.file_name().to_string_lossy()).unwrap(),
-                    e.metadata().unwrap().len(),
-                )
+            .filter_map(|e| {
+                let key = parse_name(&e.file_name().to_string_lossy(), suffix)?;
+                Some((key, e.metadata().unwrap().len()))
             })
             .collect();
         out.sort_unstable();
         out
+    }
+
+    /// Bytes of every file in `dir`, the pool's included.
+    fn disk(dir: &Path) -> u64 {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
     }
 
     fn keys(s: &Segments) -> Vec<i64> {
@@ -685,7 +855,7 @@ mod tests {
             s.frames()[&3],
             FrameRef {
                 segment: 1,
-                offset: 2 * (HEADER as u64) + 41 + 42 + 36,
+                offset: (FILE_HEADER + 2 * HEADER + 41 + 42 + HEADER) as u64,
                 len: 43,
                 ts_min: 30,
                 ts_max: 39,
@@ -705,7 +875,7 @@ mod tests {
             assert_eq!(buf, expect(k), "key {k}");
         }
         assert!(s.read(9).is_err());
-        assert_eq!(s.bytes(), files(&dir).iter().map(|f| f.1).sum::<u64>());
+        assert_eq!(s.bytes(), disk(&dir));
     }
 
     #[test]
@@ -717,7 +887,7 @@ mod tests {
             let path = dir.join(format!("{:016x}.tgj", 1));
             let (mut s, _) = Segments::open(dir, &upto(0)).unwrap();
             append(&mut s, &[1], 0);
-            let mut torn = fs::read(&path).unwrap(); // one whole frame
+            let mut torn = fs::read(&path).unwrap().split_off(FILE_HEADER); // one whole frame
             match i {
                 0 => torn.truncate(HEADER + 4),
                 1 => torn.truncate(20),
@@ -815,7 +985,7 @@ mod tests {
         // 4 holds no key past 2, though its name is.
         assert_eq!(names(), [3, 5]);
         assert_eq!(keys(&s), [3, 5]);
-        assert_eq!(s.bytes(), files(dir).iter().map(|f| f.1).sum::<u64>());
+        assert_eq!(s.bytes(), disk(dir));
         drop(s);
         let (s, _) = Segments::open(dir, &upto(2)).unwrap();
         assert_eq!((keys(&s), names()), (vec![3, 5], vec![3, 5]));
@@ -827,7 +997,8 @@ mod tests {
         append(&mut s, &[7], 0);
         // The active file, wholly sealed, goes too; appends go on in a new one.
         s.seal(&upto(7)).unwrap();
-        assert!(names().is_empty() && s.frames().is_empty() && s.bytes() == 0);
+        assert!(names().is_empty() && s.frames().is_empty());
+        assert_eq!(s.bytes(), disk(dir));
         append(&mut s, &[8], 0);
         assert_eq!(names(), [8]);
         assert_eq!(s.read(8).unwrap(), payload(8, 0));
@@ -893,5 +1064,124 @@ mod tests {
         let r = Segments::open_read_only(&dir, &upto(2)).unwrap();
         assert!(r.frames().is_empty());
         assert!(path.exists());
+    }
+
+    /// Overwrites `bytes` at `at` in `path`.
+    fn write_at(path: &Path, at: u64, bytes: &[u8]) {
+        let f = OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(bytes, at).unwrap();
+    }
+
+    #[test]
+    fn sealed_files_are_reused_and_their_old_frames_stay_dead() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let pool = || named(dir, ".tgr").iter().map(|f| f.0).collect::<Vec<_>>();
+        let names = || files(dir).iter().map(|f| f.0).collect::<Vec<_>>();
+        let (mut s, _) = Segments::open(dir, &upto(0)).unwrap();
+        s.set_rotate_bytes(1);
+        append(&mut s, &[1, 2], 0);
+        append(&mut s, &[3, 4], 0);
+        let old_size = files(dir)[0].1;
+        s.seal(&upto(2)).unwrap();
+        assert_eq!((names(), pool()), (vec![3], vec![1]));
+        assert_eq!(s.bytes(), disk(dir));
+        // Frame 5 overwrites the header and frame 1 and part of frame 2.
+        append(&mut s, &[5], 0);
+        assert_eq!((names(), pool()), (vec![3, 5], vec![]));
+        assert_eq!(files(dir)[1].1, old_size, "reused in place, not cut");
+        assert_eq!(s.read(5).unwrap(), payload(5, 0));
+        drop(s);
+        let (mut s, damage) = Segments::open(dir, &upto(2)).unwrap();
+        assert!(damage.is_empty(), "{damage:?}");
+        assert_eq!(keys(&s), [3, 4, 5]);
+        assert_eq!(s.read(5).unwrap(), payload(5, 0));
+        // Old frames left whole behind the new ones do not check either.
+        s.set_rotate_bytes(1);
+        s.seal(&upto(5)).unwrap();
+        assert_eq!((names(), pool()), (vec![], vec![3, 5]));
+        append(&mut s, &[6], 0); // into 5's file
+                                 // Into 3's, exactly over frame 3: frame 4 lies whole behind it.
+        let d7 = [7u8; 43];
+        s.append(&[frame(7, &d7)]).unwrap();
+        assert_eq!((names(), pool()), (vec![6, 7], vec![]));
+        let seven = s.frames()[&7];
+        assert_eq!(seven.offset + 43, (FILE_HEADER + HEADER + 43) as u64);
+        drop(s);
+        let (s, damage) = Segments::open(dir, &upto(5)).unwrap();
+        assert!(damage.is_empty(), "{damage:?}");
+        assert_eq!(keys(&s), [6, 7]);
+        assert_eq!(s.read(7).unwrap(), d7);
+        drop(s);
+        // A write torn in a reused last file: its end is found, nothing said.
+        let path7 = dir.join(format!("{:016x}.tgj", 7));
+        write_at(&path7, seven.offset + u64::from(seven.len), &[0xAB; 50]);
+        let (mut s, damage) = Segments::open(dir, &upto(5)).unwrap();
+        assert!(damage.is_empty(), "{damage:?}");
+        assert_eq!(keys(&s), [6, 7]);
+        s.set_rotate_bytes(1);
+        append(&mut s, &[8], 0);
+        drop(s);
+        // Damage inside a reused file that is not the last: the next file's
+        // header says how far it went.
+        flip(&path7, seven.offset + 3);
+        let (s, damage) = Segments::open(dir, &upto(5)).unwrap();
+        assert_eq!(
+            damage,
+            [Damage {
+                path: path7.clone(),
+                offset: seven.offset - HEADER as u64,
+                what: "CRC mismatch",
+                cut: false
+            }]
+        );
+        assert_eq!(keys(&s), [6, 8]);
+        assert_eq!(s.read(8).unwrap(), payload(8, 0));
+        // Out of space: the pool goes first.
+        let mut s = s;
+        s.seal(&upto(8)).unwrap();
+        assert_eq!(pool(), [6, 7, 8]);
+        s.empty_pool().unwrap();
+        assert!(pool().is_empty() && names().is_empty());
+        assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn files_of_format_1_are_read_and_reused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        // As the journal of 2026-12-07 wrote them: no file header, plain CRCs.
+        let mut bytes = Vec::new();
+        for key in [1, 2] {
+            let data = payload(key, 0);
+            let mut f = Vec::new();
+            f.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            f.extend_from_slice(&[0; 4]);
+            for v in [key, key * 10, key * 10 + 9] {
+                f.extend_from_slice(&v.to_le_bytes());
+            }
+            f.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            f.extend_from_slice(&data);
+            let crc = crc32_update(0, &f[8..]);
+            f[4..8].copy_from_slice(&crc.to_le_bytes());
+            bytes.extend_from_slice(&f);
+        }
+        let path = dir.join(format!("{:016x}.tgj", 1));
+        fs::write(&path, &bytes).unwrap();
+        let (mut s, damage) = Segments::open(dir, &upto(0)).unwrap();
+        assert!(damage.is_empty(), "{damage:?}");
+        assert_eq!(keys(&s), [1, 2]);
+        assert_eq!(s.read(2).unwrap(), payload(2, 0));
+        s.set_rotate_bytes(1);
+        append(&mut s, &[3], 0);
+        s.seal(&upto(2)).unwrap();
+        assert_eq!(named(dir, ".tgr"), [(1, bytes.len() as u64)]);
+        append(&mut s, &[4], 0); // into the old file
+        assert!(named(dir, ".tgr").is_empty());
+        drop(s);
+        let (s, damage) = Segments::open(dir, &upto(2)).unwrap();
+        assert!(damage.is_empty(), "{damage:?}");
+        assert_eq!(keys(&s), [3, 4]);
+        assert_eq!(s.read(4).unwrap(), payload(4, 0));
     }
 }
