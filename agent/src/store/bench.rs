@@ -166,6 +166,7 @@ pub fn run(
     let mut store = Store::open(&path, metrics.clone())?;
     store.set_journal_mode(journal)?;
     let written_before = proc_field("/proc/self/io", "write_bytes:").unwrap_or(0);
+    let device_before = device_written(dir);
     let cpu_before = cpu_seconds();
     let wall = Instant::now();
 
@@ -214,6 +215,10 @@ pub fn run(
     while store.compact()? > 0 {}
     store.checkpoint()?;
     let written = proc_field("/proc/self/io", "write_bytes:").unwrap_or(0) - written_before;
+    let device = device_before.and_then(|(dev, before)| {
+        let (_, after) = device_written(dir)?;
+        Some((dev, after.saturating_sub(before)))
+    });
 
     let mut report = String::new();
     let used = store.used_bytes()?;
@@ -244,6 +249,13 @@ pub fn run(
         written as f64 / total as f64,
         written
     );
+    if let Some((dev, bytes)) = device {
+        let _ = writeln!(
+            report,
+            "  at the device         {:.2} B/pt ({bytes} bytes written to {dev} meanwhile: the file system's journal included, and every other writer on it)",
+            bytes as f64 / total as f64
+        );
+    }
     let per = |c: &std::sync::atomic::AtomicU64| {
         c.load(std::sync::atomic::Ordering::Relaxed) as f64 / total as f64
     };
@@ -313,6 +325,25 @@ pub fn run(
         );
     }
     Ok(report)
+}
+
+/// The block device holding `dir`, and the bytes written to it so far
+/// (`/sys/dev/block/MAJ:MIN/stat`, after a `sync` so that what is dirty
+/// now counts now), if the kernel says.
+fn device_written(dir: &Path) -> Option<(String, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let sys = format!("/sys/dev/block/{major}:{minor}");
+    let stat = std::fs::read_to_string(format!("{sys}/stat")).ok()?;
+    let sectors: u64 = stat.split_whitespace().nth(6)?.parse().ok()?;
+    let name = std::fs::read_link(&sys)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or(format!("{major}:{minor}"));
+    Some((name, sectors * 512))
 }
 
 fn truncate(s: &str, n: usize) -> &str {
