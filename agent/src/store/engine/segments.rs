@@ -169,6 +169,9 @@ struct Seg {
     size: u64,
     /// The CRC its frames' CRCs start from (0 in format 1).
     salt: u32,
+    /// A reader's copy of the file as it scanned it: beside a running
+    /// writer, a file may be sealed and reused between the scan and a read.
+    held: Option<Vec<u8>>,
     /// Its highest key, stale frames (rewritten since) included: the file may
     /// go once the seal has passed it, and not before, or a stale frame would
     /// come back at the next open.
@@ -244,6 +247,9 @@ impl Segments {
     /// nothing is cut or unlinked; a frame that does not check at the end of
     /// the last file is the end (the writer may be writing it), and a file
     /// unlinked before it is opened is skipped (it was sealed). Appends fail.
+    /// The files are held in memory as read until [`Segments::forget`]
+    /// drops what is sealed (the journal between two seals: ~25 MB at 10k
+    /// points/s): the writer may seal a file and reuse it under the reader.
     pub fn open_read_only(dir: &Path, sealed: &Sealed) -> Result<Segments, SegmentError> {
         Ok(Self::load(dir, sealed, false)?.0)
     }
@@ -333,6 +339,7 @@ impl Segments {
             });
             let size = buf.len() as u64;
             let (len, max_key) = (at as u64, max_key);
+            let held = (!writable).then(|| std::mem::take(&mut buf));
             s.segs.insert(
                 id,
                 Seg {
@@ -340,6 +347,7 @@ impl Segments {
                     len,
                     size,
                     salt,
+                    held,
                     max_key,
                 },
             );
@@ -511,6 +519,7 @@ impl Segments {
                 len: FILE_HEADER as u64,
                 size: size.max(FILE_HEADER as u64),
                 salt: salt_of(id),
+                held: None,
                 max_key: i64::MIN,
             },
         );
@@ -542,13 +551,6 @@ impl Segments {
         checksum: Checksum,
     ) -> Result<(), SegmentError> {
         buf.clear();
-        // Beside a writer, a file may be reused under this reader: a frame
-        // of its new life must not pass for this one.
-        let checksum = if self.writable {
-            checksum
-        } else {
-            Checksum::Verify
-        };
         let Some(r) = self.index.get(&key) else {
             return Err(io_err(
                 &self.dir,
@@ -556,18 +558,28 @@ impl Segments {
             ));
         };
         let seg = &self.segs[&r.segment];
-        let file = &seg.file;
         let at = r.offset - HEADER as u64;
         let mut head = [0; HEADER];
-        buf.resize(r.len as usize, 0);
-        let read = file.read_exact_at(buf, r.offset);
-        read.map_err(|e| io_err(&self.path(r.segment), e))?;
+        if let Some(held) = &seg.held {
+            // The scan found the frame whole in these very bytes.
+            let frame = &held[at as usize..(r.offset + u64::from(r.len)) as usize];
+            head.copy_from_slice(&frame[..HEADER]);
+            buf.extend_from_slice(&frame[HEADER..]);
+        } else {
+            buf.resize(r.len as usize, 0);
+            let read = seg.file.read_exact_at(buf, r.offset);
+            read.map_err(|e| io_err(&self.path(r.segment), e))?;
+            if checksum == Checksum::Skip {
+                return Ok(());
+            }
+            // The header apart, so the payload needs no move within `buf`.
+            seg.file
+                .read_exact_at(&mut head, at)
+                .map_err(|e| io_err(&self.path(r.segment), e))?;
+        }
         if checksum == Checksum::Skip {
             return Ok(());
         }
-        // The header apart, so the payload needs no move within `buf`.
-        file.read_exact_at(&mut head, at)
-            .map_err(|e| io_err(&self.path(r.segment), e))?;
         let (crc, found, on_disk) = decode(&head, r.segment, r.offset);
         let what = if found != key || on_disk.len != r.len {
             "its header does not match the index"
@@ -663,6 +675,12 @@ impl Segments {
             if let Some(r) = below.get(key) {
                 self.index.insert(*key, *r);
             }
+        }
+        if !self.writable {
+            // A reader lets go of the copies it no longer reads from.
+            let live: std::collections::BTreeSet<i64> =
+                self.index.values().map(|r| r.segment).collect();
+            self.segs.retain(|id, _| live.contains(id));
         }
     }
 
@@ -1183,5 +1201,22 @@ mod tests {
         assert!(damage.is_empty(), "{damage:?}");
         assert_eq!(keys(&s), [3, 4]);
         assert_eq!(s.read(4).unwrap(), payload(4, 0));
+    }
+
+    #[test]
+    fn a_reader_keeps_what_it_scanned_when_the_writer_reuses_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (mut w, _) = Segments::open(dir, &upto(0)).unwrap();
+        w.set_rotate_bytes(1);
+        append(&mut w, &[1], 0);
+        append(&mut w, &[2], 0);
+        let r = Segments::open_read_only(dir, &upto(0)).unwrap();
+        // The writer seals 1 and reuses its file for 3, in place.
+        w.seal(&upto(1)).unwrap();
+        append(&mut w, &[3], 0);
+        assert_eq!(files(dir).iter().map(|f| f.0).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(r.read(1).unwrap(), payload(1, 0));
+        assert_eq!(r.read(2).unwrap(), payload(2, 0));
     }
 }
