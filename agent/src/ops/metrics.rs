@@ -201,7 +201,7 @@ pub struct StoreStats {
     pub merged_bytes: AtomicU64,
     /// Raw points evicted to keep within the limits (their rollups stay).
     pub points_evicted: AtomicU64,
-    /// Bytes of live pages in the database (what eviction steers).
+    /// Bytes of live pages in the database and of the journal's files (what eviction steers).
     pub bytes_used: AtomicU64,
     /// `store.max_disk_bytes`.
     pub max_disk_bytes: AtomicU64,
@@ -589,7 +589,7 @@ pub struct StoreStatus {
     /// Raw points evicted (rollups kept).
     #[serde(default)]
     pub points_evicted: u64,
-    /// Bytes of live pages in the database.
+    /// Bytes of live pages in the database and of the journal's files.
     #[serde(default)]
     pub bytes_used: u64,
     /// `store.max_disk_bytes`.

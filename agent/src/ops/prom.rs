@@ -221,7 +221,7 @@ fn encode_status(f: &mut Family, s: &Status, healthy: Option<bool>) -> std::fmt:
         ),
         (
             "tidegate_store_used_bytes",
-            "Bytes of live pages in the database (what eviction steers).",
+            "Bytes of live pages in the database and of the journal's files (what eviction steers).",
             st.bytes_used as f64,
         ),
         (

@@ -237,7 +237,7 @@ pub fn run(
     );
     let _ = writeln!(
         report,
-        "on disk                 {:.3} B/pt chunks only, {:.3} B/pt live pages, {:.3} B/pt file ({} bytes)",
+        "on disk                 {:.3} B/pt chunks only, {:.3} B/pt in use (live pages, journal files, those kept for reuse too), {:.3} B/pt database file ({} bytes)",
         chunk_bytes as f64 / total as f64,
         used as f64 / total as f64,
         file as f64 / total as f64,
