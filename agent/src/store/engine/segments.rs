@@ -493,9 +493,13 @@ impl Segments {
             .map_or((i64::MIN, 0), |p| (p, self.segs[&p].len));
         let mut flags = 0;
         let mut size = 0;
-        let file = match self.pool.pop() {
-            Some((old, old_size)) => {
-                fs::rename(&old, &path).map_err(|e| io_err(&old, e))?;
+        // A pool file that will not move is left for the next open to find.
+        let reused = self
+            .pool
+            .pop()
+            .filter(|(old, _)| fs::rename(old, &path).is_ok());
+        let file = match reused {
+            Some((_, old_size)) => {
                 (flags, size) = (REUSED, old_size);
                 OpenOptions::new().read(true).write(true).open(&path)
             }
