@@ -835,9 +835,8 @@ impl Store {
     }
 
     /// Bytes of live pages in the database and of the journal's files (those
-    /// kept for reuse too). Freed
-    /// pages are reused, so this is what eviction steers; the WAL is bounded
-    /// apart (`journal_size_limit`).
+    /// kept for reuse too). Freed pages are reused, so this is what eviction
+    /// steers; the WAL is bounded apart (`journal_size_limit`).
     pub fn used_bytes(&self) -> Result<u64, StoreError> {
         let page_size: i64 = self
             .conn

@@ -338,13 +338,12 @@ impl Segments {
                 reused,
             });
             let size = buf.len() as u64;
-            let (len, max_key) = (at as u64, max_key);
             let held = (!writable).then(|| std::mem::take(&mut buf));
             s.segs.insert(
                 id,
                 Seg {
                     file,
-                    len,
+                    len: at as u64,
                     size,
                     salt,
                     held,
@@ -573,13 +572,12 @@ impl Segments {
             buf.resize(r.len as usize, 0);
             let read = seg.file.read_exact_at(buf, r.offset);
             read.map_err(|e| io_err(&self.path(r.segment), e))?;
-            if checksum == Checksum::Skip {
-                return Ok(());
+            if checksum == Checksum::Verify {
+                // The header apart, so the payload needs no move within `buf`.
+                seg.file
+                    .read_exact_at(&mut head, at)
+                    .map_err(|e| io_err(&self.path(r.segment), e))?;
             }
-            // The header apart, so the payload needs no move within `buf`.
-            seg.file
-                .read_exact_at(&mut head, at)
-                .map_err(|e| io_err(&self.path(r.segment), e))?;
         }
         if checksum == Checksum::Skip {
             return Ok(());
@@ -941,10 +939,8 @@ mod tests {
 
     #[test]
     fn damage_inside_is_reported_and_skipped() {
-        let tmp = tempfile::tempdir().unwrap();
+        let (tmp, mut s) = fresh();
         let dir = tmp.path();
-        let (mut s, _) = Segments::open(dir, &upto(0)).unwrap();
-        s.set_rotate_bytes(1);
         append(&mut s, &[1, 2, 3], 0);
         append(&mut s, &[4, 5], 0);
         append(&mut s, &[6], 0);
@@ -1040,10 +1036,8 @@ mod tests {
 
     #[test]
     fn a_kept_frame_outlives_the_watermark_until_it_is_sealed() {
-        let tmp = tempfile::tempdir().unwrap();
+        let (tmp, mut s) = fresh();
         let dir = tmp.path();
-        let (mut s, _) = Segments::open(dir, &upto(0)).unwrap();
-        s.set_rotate_bytes(1);
         for k in 1..=5 {
             append(&mut s, &[k], 0);
         }
@@ -1086,6 +1080,14 @@ mod tests {
         let r = Segments::open_read_only(&dir, &upto(2)).unwrap();
         assert!(r.frames().is_empty());
         assert!(path.exists());
+    }
+
+    /// A fresh directory and a writer in it that starts a file every append.
+    fn fresh() -> (tempfile::TempDir, Segments) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut s, _) = Segments::open(tmp.path(), &upto(0)).unwrap();
+        s.set_rotate_bytes(1);
+        (tmp, s)
     }
 
     /// Overwrites `bytes` at `at` in `path`.
@@ -1209,10 +1211,8 @@ mod tests {
 
     #[test]
     fn a_reader_keeps_what_it_scanned_when_the_writer_reuses_the_file() {
-        let tmp = tempfile::tempdir().unwrap();
+        let (tmp, mut w) = fresh();
         let dir = tmp.path();
-        let (mut w, _) = Segments::open(dir, &upto(0)).unwrap();
-        w.set_rotate_bytes(1);
         append(&mut w, &[1], 0);
         append(&mut w, &[2], 0);
         let r = Segments::open_read_only(dir, &upto(0)).unwrap();
