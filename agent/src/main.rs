@@ -352,6 +352,9 @@ enum BenchCommand {
         /// Seconds of each feed left out of the CPU figure.
         #[arg(long, default_value_t = 5.0)]
         warmup: f64,
+        /// mosquitto's max_inflight_messages (the agent's broker_inflight).
+        #[arg(long, default_value_t = 1000)]
+        inflight: usize,
         #[command(flatten)]
         programs: Programs,
         /// The cargo target directory (default: the one this binary is in).
@@ -669,6 +672,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     series,
                     seconds,
                     warmup,
+                    inflight,
                     programs,
                     target_dir,
                     dir,
@@ -690,6 +694,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 series,
                 seconds,
                 warmup,
+                inflight,
                 dir,
                 tidegate,
                 firmware_sim,

@@ -442,8 +442,8 @@ impl std::fmt::Display for Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "Tidegate vs collectd, {} series, {} points per system at {} points/s, one point a MQTT message (QoS 1), fresh mosquitto per run",
-            o.series, o.points, o.rate
+            "Tidegate vs collectd, {} series, {} points per system at {} points/s, one point a MQTT message (QoS 1), fresh mosquitto per run (max_inflight_messages {})",
+            o.series, o.points, o.rate, o.inflight
         );
         let _ = writeln!(
             out,

@@ -32,6 +32,8 @@ pub struct Options {
     pub seconds: f64,
     /// Seconds at the start of each feed left out of the CPU figure.
     pub warmup: f64,
+    /// mosquitto's `max_inflight_messages` (and the agent's `broker_inflight`).
+    pub inflight: usize,
     /// Where everything goes.
     pub dir: PathBuf,
     /// The `tidegate` binary to measure.
@@ -131,7 +133,7 @@ fn tier(rt: &tokio::runtime::Runtime, opts: &Options, rate: f64) -> anyhow::Resu
     let dir = opts.dir.join(format!("rate-{rate}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let broker = Broker::start(&dir, 1000)?;
+    let broker = Broker::start(&dir, opts.inflight)?;
     let vm = rt.block_on(Victoria::start(&opts.victoria, &dir))?;
     let url = vm.url();
     let agent = Agent::start(&opts.tidegate, &dir, &broker, "fp", Some(("vm", &url)))?;
@@ -206,8 +208,8 @@ impl std::fmt::Display for Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "Tidegate footprint: `tidegate run` (MQTT source, store, one sink to VictoriaMetrics) over {} series, {} s a rate, CPU after {} s of warm-up",
-            o.series, o.seconds, o.warmup
+            "Tidegate footprint: `tidegate run` (MQTT source, store, one sink to VictoriaMetrics) over {} series, {} s a rate, CPU after {} s of warm-up, mosquitto's max_inflight_messages {}",
+            o.series, o.seconds, o.warmup, o.inflight
         );
         let _ = writeln!(
             out,

@@ -143,6 +143,9 @@ pub struct SourceStats {
     pub unacked: AtomicU64,
     /// The most MQTT messages unacknowledged at once, since start.
     pub unacked_max: AtomicU64,
+    /// Commits asked for because the broker's window of unacknowledged
+    /// MQTT messages was three quarters full (each an `fdatasync`).
+    pub window_commits: AtomicU64,
     /// Whether the port is open now.
     pub connected: AtomicBool,
     /// Wall time (ns) of the last second in which points arrived (updated by [`Metrics::tick`]).
@@ -402,6 +405,7 @@ impl Metrics {
                 redelivered: s.redelivered.load(Relaxed),
                 unacked: s.unacked.load(Relaxed),
                 unacked_max: s.unacked_max.load(Relaxed),
+                window_commits: s.window_commits.load(Relaxed),
                 rejects: s.rejects_snapshot(),
                 rate: f64::from_bits(s.rate.load(Relaxed)),
                 last_seen_ns: s.last_seen_ns.load(Relaxed),
@@ -554,6 +558,11 @@ pub struct SourceStatus {
     /// broker's window (`broker_inflight`), how full it got.
     #[serde(default)]
     pub unacked_max: u64,
+    /// Commits asked for because the broker's window was three quarters
+    /// full: more than a few a second means `broker_inflight` (and the
+    /// broker's `max_inflight_messages`) is small for the message rate.
+    #[serde(default)]
+    pub window_commits: u64,
     /// Rejected lines by reason.
     pub rejects: BTreeMap<String, u64>,
     /// Points per second (EWMA over about 5 s).

@@ -182,6 +182,11 @@ fn encode_status(f: &mut Family, s: &Status, healthy: Option<bool>) -> std::fmt:
         "MQTT messages read and not yet acknowledged to the broker (their points wait for a commit).",
         gauge_by_source(&|x| x.unacked),
     )?;
+    f.counter(
+        "tidegate_source_window_commits",
+        "Commits an MQTT source asked for because the broker's window of unacknowledged messages was three quarters full; a few a second or more: raise max_inflight_messages and broker_inflight.",
+        by_source(&|x| x.window_commits),
+    )?;
     f.gauge(
         "tidegate_source_last_seen_timestamp_seconds",
         "Unix time of the last second in which the source produced points.",
@@ -388,6 +393,7 @@ mod tests {
         src.points.store(42, Relaxed);
         src.reject("bad_number");
         src.unacked.store(7, Relaxed);
+        src.window_commits.store(3, Relaxed);
         m.store.points_appended.store(42, Relaxed);
         let k = m.sink("influx");
         k.points_sent.store(40, Relaxed);
@@ -398,6 +404,7 @@ mod tests {
             "tidegate_source_points_total{source=\"sim\"} 42",
             "tidegate_source_rejects_total{source=\"sim\",reason=\"bad_number\"} 1",
             "tidegate_source_unacked_messages{source=\"sim\"} 7",
+            "tidegate_source_window_commits_total{source=\"sim\"} 3",
             "tidegate_store_points_appended_total 42",
             "tidegate_sink_points_sent_total{sink=\"influx\"} 40",
             "tidegate_sink_backlog_points{sink=\"influx\"} 2",

@@ -60,8 +60,12 @@ pub fn render_status(s: &Status) -> String {
                 format!(" ({})", rejects.join(", "))
             },
             // MQTT: against `broker_inflight`, how full the window gets.
+            // and how often it filled (each time a commit).
             if src.unacked_max > 0 {
-                format!("  unacked {} (most {})", src.unacked, src.unacked_max)
+                format!(
+                    "  unacked {} (most {}, filled {}x)",
+                    src.unacked, src.unacked_max, src.window_commits
+                )
             } else {
                 String::new()
             }
@@ -201,9 +205,24 @@ mod tests {
         mqtt.unacked.store(3, std::sync::atomic::Ordering::Relaxed);
         mqtt.unacked_max
             .store(1000, std::sync::atomic::Ordering::Relaxed);
-        let text = render_status(&m.snapshot());
-        let line = |name: &str| text.lines().find(|l| l.contains(name)).unwrap().to_string();
-        assert!(line("broker").ends_with("unacked 3 (most 1000)"), "{text}");
-        assert!(!line("serial").contains("unacked"), "{text}");
+        let line = |name: &str| {
+            let text = render_status(&m.snapshot());
+            let line = text.lines().find(|l| l.contains(name)).unwrap();
+            (line.to_string(), text.clone())
+        };
+        let (broker, text) = line("broker");
+        assert!(
+            broker.ends_with("unacked 3 (most 1000, filled 0x)"),
+            "{text}"
+        );
+        assert!(!line("serial").0.contains("unacked"), "{text}");
+        // Each time the window filled, the store committed at once.
+        mqtt.window_commits
+            .store(12, std::sync::atomic::Ordering::Relaxed);
+        let (broker, text) = line("broker");
+        assert!(
+            broker.ends_with("unacked 3 (most 1000, filled 12x)"),
+            "{text}"
+        );
     }
 }
