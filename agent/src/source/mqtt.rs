@@ -657,8 +657,8 @@ const IDLE: Duration = Duration::from_millis(100);
 
 /// Watches how often the broker's window forces a commit. Each is a journal
 /// append and an `fdatasync`: at 10k messages/s and a window of 1000, ~13 a
-/// second cost a fifth of the agent's CPU and half its bytes written
-/// against a window of 10000 (one commit a second; `tidegate bench
+/// second cost a sixth to a fifth of the agent's CPU and half its bytes
+/// written against a window of 10000 (one commit a second; `tidegate bench
 /// compare`, see the README). Once a minute it judges the last minute.
 struct WindowWatch {
     since: Instant,
