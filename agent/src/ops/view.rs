@@ -59,7 +59,7 @@ pub fn render_status(s: &Status) -> String {
             } else {
                 format!(" ({})", rejects.join(", "))
             },
-            // MQTT: against `broker_inflight`, how full the window gets.
+            // MQTT: against `broker_inflight`, how full the window gets,
             // and how often it filled (each time a commit).
             if src.unacked_max > 0 {
                 format!(
@@ -207,8 +207,8 @@ mod tests {
             .store(1000, std::sync::atomic::Ordering::Relaxed);
         let line = |name: &str| {
             let text = render_status(&m.snapshot());
-            let line = text.lines().find(|l| l.contains(name)).unwrap();
-            (line.to_string(), text.clone())
+            let line = text.lines().find(|l| l.contains(name)).unwrap().to_string();
+            (line, text)
         };
         let (broker, text) = line("broker");
         assert!(

@@ -666,12 +666,12 @@ struct WindowWatch {
     messages: u64,
 }
 
-/// Window commits a second above which [`WindowWatch`] speaks up.
-const WINDOW_COMMITS_MANY: f64 = 2.0;
-
 impl WindowWatch {
     /// How long it counts before judging.
     const SPAN: Duration = Duration::from_secs(60);
+
+    /// Window commits a second above which it speaks up.
+    const MANY: f64 = 2.0;
 
     fn new(now: Instant) -> WindowWatch {
         WindowWatch {
@@ -687,7 +687,7 @@ impl WindowWatch {
     }
 
     /// Notes a window commit at `now`; at the end of a span in which they
-    /// came more than [`WINDOW_COMMITS_MANY`] a second, returns the span's
+    /// came more than [`WindowWatch::MANY`] a second, returns the span's
     /// commits and messages per second.
     fn commit(&mut self, now: Instant) -> Option<(f64, f64)> {
         self.commits += 1;
@@ -698,7 +698,7 @@ impl WindowWatch {
         let secs = span.as_secs_f64();
         let rates = (self.commits as f64 / secs, self.messages as f64 / secs);
         *self = WindowWatch::new(now);
-        (rates.0 > WINDOW_COMMITS_MANY).then_some(rates)
+        (rates.0 > Self::MANY).then_some(rates)
     }
 }
 
