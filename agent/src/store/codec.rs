@@ -2323,4 +2323,117 @@ mod tests {
             );
         }
     }
+
+    /// Estimate for the context-coded journal (issue 3): bytes a point of
+    /// today's frames against frames coded against each series' state.
+    /// `cargo test --release -p tidegate --lib context_estimate -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn context_estimate() {
+        let (series, flushes) = (10_000usize, 40usize);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let t0 = 1_764_000_000_000_000_000i64;
+        // (phase, x) per series, as bench store's synthetic feed.
+        let mut st: Vec<(i64, i64)> = (0..series)
+            .map(|_| (rng.i64(0..1_000_000_000), rng.i64(1000..3000)))
+            .collect();
+        #[derive(Clone, Copy, Default)]
+        struct Ctx {
+            ts: i64,
+            dt: i64,
+            m: i64,
+            k: u8,
+            seen: bool,
+        }
+        let mut ctx = vec![Ctx::default(); series];
+        let (mut base_bytes, mut ctx_bytes, mut key_bytes, mut points) =
+            (0usize, 0usize, 0usize, 0usize);
+        for f in 0..flushes as i64 {
+            // One flush: every series' point of second f, in arrival order.
+            let mut pts: Vec<(i64, u32, f64)> = st
+                .iter_mut()
+                .enumerate()
+                .map(|(i, (phase, x))| {
+                    *x += rng.i64(-3..=3);
+                    let t = crate::point::to_arrival(
+                        t0 + *phase + f * 1_000_000_000 + rng.i64(0..1_000_000),
+                    );
+                    (t, i as u32, *x as f64 / 100.0)
+                })
+                .collect();
+            pts.sort_unstable_by_key(|p| (p.0, p.1));
+            let s: Vec<u32> = pts.iter().map(|p| p.1).collect();
+            let t: Vec<i64> = pts.iter().map(|p| p.0).collect();
+            let v: Vec<f64> = pts.iter().map(|p| p.2).collect();
+            // Today's frames: parts of 2048 points by series, as the store cuts them.
+            let mut order = by_series(&s);
+            let mut out = Vec::new();
+            for part in order.chunks_mut(2048) {
+                encode_mixed_part(&s, &t, &v, part, &mut out);
+            }
+            // Context-coded: sorted by series, sub-frames of 256.
+            let mut by: Vec<usize> = (0..s.len()).collect();
+            by.sort_unstable_by_key(|&i| s[i]);
+            let mut cout = Vec::new();
+            for chunk in by.chunks(FRAME_POINTS) {
+                let mut raw = Vec::new();
+                let mut prev_id = 0u32;
+                let (mut ids, mut ts, mut ms, mut ks) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for &i in chunk {
+                    let id = s[i];
+                    put_varint(&mut ids, u64::from(id - prev_id));
+                    prev_id = id;
+                    let c = ctx[id as usize];
+                    let (k, m) = journal_decimal(v[i], c.k).unwrap();
+                    if c.seen {
+                        let dt = t[i] - c.ts;
+                        put_varint(&mut ts, zigzag(dt - c.dt));
+                        put_varint(&mut ms, zigzag(if c.k == k { m - c.m } else { m }));
+                        ctx[id as usize] = Ctx {
+                            ts: t[i],
+                            dt,
+                            m,
+                            k,
+                            seen: true,
+                        };
+                    } else {
+                        put_varint(&mut ts, zigzag(t[i] - t0));
+                        put_varint(&mut ms, zigzag(m));
+                        ctx[id as usize] = Ctx {
+                            ts: t[i],
+                            dt: 0,
+                            m,
+                            k,
+                            seen: true,
+                        };
+                    }
+                    ks.push(k);
+                }
+                for c in [&ids, &ts, &ks, &ms] {
+                    raw.extend_from_slice(c);
+                }
+                let mut z = Vec::new();
+                compress_onto(&raw, &mut z, &mut cout);
+                cout.extend_from_slice(&[0u8; 5]); // a sub-frame's head, roughly
+            }
+            points += s.len();
+            base_bytes += out.len();
+            if f % 8 == 0 {
+                key_bytes += out.len();
+            } else {
+                key_bytes += cout.len();
+            }
+            if f > 1 {
+                ctx_bytes += cout.len();
+            }
+        }
+        let per = |b: usize, n: usize| b as f64 / n as f64;
+        println!(
+            "today {:.3} B/pt; context-coded (steady) {:.3} B/pt; with a key flush every 8 {:.3} B/pt",
+            per(base_bytes, points),
+            per(ctx_bytes, points - 2 * series),
+            per(key_bytes, points)
+        );
+    }
 }
