@@ -87,6 +87,9 @@ use std::ops::RangeInclusive;
 
 use super::rollup::Agg;
 
+mod context;
+pub use context::{decode_with_state, encode_context_part, JournalState};
+
 /// Format byte of a per-series chunk of the first skeleton (decoded only).
 const SERIES_V1: u8 = 1;
 /// Format byte of a journal chunk of the first skeleton (decoded only).
@@ -99,6 +102,9 @@ const MIXED_V2: u8 = 5;
 const MIXED_V3: u8 = 6;
 /// Format byte of a journal chunk in frames by series, layout in the module docs.
 const MIXED_V4: u8 = 8;
+/// Format byte of a journal chunk coded against the chunks before it
+/// ([`context`]).
+const MIXED_V5: u8 = 9;
 /// Rollup windows: columns like a series block's (see *Windows layout*).
 const WINDOWS_V1: u8 = 7;
 
@@ -964,7 +970,12 @@ pub fn decode_mixed_with(
     values: &mut Vec<f64>,
 ) -> Result<(), CodecError> {
     let (heads, zs) = match mixed_frames(bytes, checksum)? {
-        Mixed::Framed(heads, zs) => (heads, zs),
+        Mixed::Framed(MIXED_V5, ..) => {
+            return Err(corrupt(
+                "coded against the chunks before it: decode with their state",
+            ))
+        }
+        Mixed::Framed(_, heads, zs) => (heads, zs),
         Mixed::Legacy(format, n, raw) => {
             if format == MIXED_V2 {
                 return legacy::decode_mixed_v2(&raw, n, series, ts, values);
@@ -994,14 +1005,17 @@ pub fn mixed_series(
     checksum: Checksum,
     series: &mut Vec<u32>,
 ) -> Result<(), CodecError> {
-    let (heads, zs) = match mixed_frames(bytes, checksum)? {
-        Mixed::Framed(heads, zs) => (heads, zs),
+    let (format, heads, zs) = match mixed_frames(bytes, checksum)? {
+        Mixed::Framed(format, heads, zs) => (format, heads, zs),
         Mixed::Legacy(..) | Mixed::V1 => {
             let (mut ts, mut values) = (Vec::new(), Vec::new());
             return decode_mixed_with(bytes, checksum, 0..=u32::MAX, series, &mut ts, &mut values);
         }
     };
     each_frame(&heads, zs, &(0..=u32::MAX), |raw, h| {
+        if format == MIXED_V5 {
+            return context::read_context_ids(&mut Reader::new(raw), h, series);
+        }
         let held = read_ids(&mut Reader::new(raw), h.n, series)?;
         if !h.ids.contains(held.start()) || !h.ids.contains(held.end()) {
             return Err(corrupt("series id outside its frame"));
@@ -1020,8 +1034,9 @@ struct FrameHead {
 
 /// A journal chunk, its framing checked.
 enum Mixed<'a> {
-    /// Format 8: the frame table and the frames' compressed bytes.
-    Framed(Vec<FrameHead>, &'a [u8]),
+    /// Formats 8 and 9: the format, the frame table and the frames'
+    /// compressed bytes.
+    Framed(u8, Vec<FrameHead>, &'a [u8]),
     /// Formats 2 and 6: the format, the point count and the raw columns.
     Legacy(u8, usize, Vec<u8>),
     /// Format 1, decoded whole by its own code.
@@ -1032,7 +1047,7 @@ enum Mixed<'a> {
 /// frame table; older formats are decompressed whole.
 fn mixed_frames(bytes: &[u8], checksum: Checksum) -> Result<Mixed<'_>, CodecError> {
     match bytes.first() {
-        Some(&MIXED_V4 | &MIXED_V3 | &MIXED_V2) => {}
+        Some(&MIXED_V5 | &MIXED_V4 | &MIXED_V3 | &MIXED_V2) => {}
         Some(&MIXED_V1) => return Ok(Mixed::V1),
         Some(&f) => return Err(CodecError::Format(f)),
         None => return Err(corrupt("empty")),
@@ -1047,7 +1062,7 @@ fn mixed_frames(bytes: &[u8], checksum: Checksum) -> Result<Mixed<'_>, CodecErro
     };
     let mut r = Reader::new(&body[1..]);
     let n = r.count()?;
-    if body[0] != MIXED_V4 {
+    if body[0] != MIXED_V4 && body[0] != MIXED_V5 {
         let raw_len = r.len()?;
         let raw = unzstd(r.rest(), raw_len_checked(body[0], n, raw_len)?)?;
         if raw.len() != raw_len {
@@ -1069,7 +1084,7 @@ fn mixed_frames(bytes: &[u8], checksum: Checksum) -> Result<Mixed<'_>, CodecErro
             .checked_add(id(r.varint()?)?)
             .ok_or_else(|| corrupt("series id out of range"))?;
         let n = r.count()?;
-        let raw_len = raw_len_checked(MIXED_V4, n, r.len()?)?;
+        let raw_len = raw_len_checked(body[0], n, r.len()?)?;
         let z_len = r.len()?;
         points = points.saturating_add(n);
         z_total = z_total.saturating_add(z_len);
@@ -1084,7 +1099,7 @@ fn mixed_frames(bytes: &[u8], checksum: Checksum) -> Result<Mixed<'_>, CodecErro
     if points != n || z_total != zs.len() || heads.iter().any(|h| h.n == 0) {
         return Err(corrupt("frame table does not add up"));
     }
-    Ok(Mixed::Framed(heads, zs))
+    Ok(Mixed::Framed(body[0], heads, zs))
 }
 
 /// Decompresses each frame that may hold a series in `ids` and hands its
@@ -1190,7 +1205,9 @@ fn raw_len_checked(format: u8, n: usize, raw_len: usize) -> Result<usize, CodecE
         // mantissa or 8 of bits.
         (4, 26)
     };
-    if raw_len < n * lo || raw_len > n * hi {
+    // Format 9 adds a frame's base time: 1–10 bytes.
+    let base = if format == MIXED_V5 { 10 } else { 0 };
+    if raw_len < n * lo || raw_len > n * hi + base {
         return Err(corrupt("raw length does not fit the point count"));
     }
     Ok(raw_len)
@@ -2337,15 +2354,7 @@ mod tests {
         let mut st: Vec<(i64, i64)> = (0..series)
             .map(|_| (rng.i64(0..1_000_000_000), rng.i64(1000..3000)))
             .collect();
-        #[derive(Clone, Copy, Default)]
-        struct Ctx {
-            ts: i64,
-            dt: i64,
-            m: i64,
-            k: u8,
-            seen: bool,
-        }
-        let mut ctx = vec![Ctx::default(); series];
+        let (mut steady, mut keyed) = (JournalState::new(), JournalState::new());
         let (mut base_bytes, mut ctx_bytes, mut key_bytes, mut points) =
             (0usize, 0usize, 0usize, 0usize);
         for f in 0..flushes as i64 {
@@ -2371,59 +2380,23 @@ mod tests {
             for part in order.chunks_mut(2048) {
                 encode_mixed_part(&s, &t, &v, part, &mut out);
             }
-            // Context-coded: sorted by series, sub-frames of 256.
-            let mut by: Vec<usize> = (0..s.len()).collect();
-            by.sort_unstable_by_key(|&i| s[i]);
+            // Coded against the state: always (after the first flush), and
+            // with a self-contained flush every 8.
             let mut cout = Vec::new();
-            for chunk in by.chunks(FRAME_POINTS) {
-                let mut raw = Vec::new();
-                let mut prev_id = 0u32;
-                let (mut ids, mut ts, mut ms, mut ks) =
-                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-                for &i in chunk {
-                    let id = s[i];
-                    put_varint(&mut ids, u64::from(id - prev_id));
-                    prev_id = id;
-                    let c = ctx[id as usize];
-                    let (k, m) = journal_decimal(v[i], c.k).unwrap();
-                    if c.seen {
-                        let dt = t[i] - c.ts;
-                        put_varint(&mut ts, zigzag(dt - c.dt));
-                        put_varint(&mut ms, zigzag(if c.k == k { m - c.m } else { m }));
-                        ctx[id as usize] = Ctx {
-                            ts: t[i],
-                            dt,
-                            m,
-                            k,
-                            seen: true,
-                        };
-                    } else {
-                        put_varint(&mut ts, zigzag(t[i] - t0));
-                        put_varint(&mut ms, zigzag(m));
-                        ctx[id as usize] = Ctx {
-                            ts: t[i],
-                            dt: 0,
-                            m,
-                            k,
-                            seen: true,
-                        };
-                    }
-                    ks.push(k);
-                }
-                for c in [&ids, &ts, &ks, &ms] {
-                    raw.extend_from_slice(c);
-                }
-                let mut z = Vec::new();
-                compress_onto(&raw, &mut z, &mut cout);
-                cout.extend_from_slice(&[0u8; 5]); // a sub-frame's head, roughly
+            let mut order2: Vec<u32> = (0..s.len() as u32).collect();
+            encode_context_part(&s, &t, &v, &mut order2, &mut steady, &mut cout);
+            let mut kout = Vec::new();
+            if f % 8 == 0 {
+                kout.extend_from_slice(&out);
+                // Each series' points in arrival order, as a decode gives them.
+                keyed.note(&s, &t, &v);
+            } else {
+                let mut order3: Vec<u32> = (0..s.len() as u32).collect();
+                encode_context_part(&s, &t, &v, &mut order3, &mut keyed, &mut kout);
             }
             points += s.len();
             base_bytes += out.len();
-            if f % 8 == 0 {
-                key_bytes += out.len();
-            } else {
-                key_bytes += cout.len();
-            }
+            key_bytes += kout.len();
             if f > 1 {
                 ctx_bytes += cout.len();
             }
