@@ -88,7 +88,7 @@ use std::ops::RangeInclusive;
 use super::rollup::Agg;
 
 mod context;
-pub use context::{decode_with_state, encode_context_part, JournalState};
+pub use context::{context_back, decode_with_state, encode_context_part, JournalState};
 
 /// Format byte of a per-series chunk of the first skeleton (decoded only).
 const SERIES_V1: u8 = 1;
@@ -1061,6 +1061,10 @@ fn mixed_frames(bytes: &[u8], checksum: Checksum) -> Result<Mixed<'_>, CodecErro
             .ok_or_else(|| corrupt("shorter than a frame"))?
     };
     let mut r = Reader::new(&body[1..]);
+    if body[0] == MIXED_V5 {
+        // How far back its group begins: read by `context_back`.
+        r.varint()?;
+    }
     let n = r.count()?;
     if body[0] != MIXED_V4 && body[0] != MIXED_V5 {
         let raw_len = r.len()?;
@@ -2384,7 +2388,7 @@ mod tests {
             // with a self-contained flush every 8.
             let mut cout = Vec::new();
             let mut order2: Vec<u32> = (0..s.len() as u32).collect();
-            encode_context_part(&s, &t, &v, &mut order2, &mut steady, &mut cout);
+            encode_context_part(&s, &t, &v, &mut order2, &mut steady, f as u64, &mut cout);
             let mut kout = Vec::new();
             if f % 8 == 0 {
                 kout.extend_from_slice(&out);
@@ -2392,7 +2396,15 @@ mod tests {
                 keyed.note(&s, &t, &v);
             } else {
                 let mut order3: Vec<u32> = (0..s.len() as u32).collect();
-                encode_context_part(&s, &t, &v, &mut order3, &mut keyed, &mut kout);
+                encode_context_part(
+                    &s,
+                    &t,
+                    &v,
+                    &mut order3,
+                    &mut keyed,
+                    (f % 8) as u64,
+                    &mut kout,
+                );
             }
             points += s.len();
             base_bytes += out.len();

@@ -108,7 +108,10 @@ impl Slot {
 }
 
 /// [`encode_mixed_part`] coded against `state` (format 9), which it
-/// advances past these points. `order` is reordered by series.
+/// advances past these points. `order` is reordered by series. `back`:
+/// how many sequence numbers before this chunk's the self-contained chunk
+/// that began the state's run lies (readers start there; see
+/// [`context_back`]).
 ///
 /// # Panics
 ///
@@ -119,6 +122,7 @@ pub fn encode_context_part(
     values: &[f64],
     order: &mut [u32],
     state: &mut JournalState,
+    back: u64,
     out: &mut Vec<u8>,
 ) {
     assert!(
@@ -158,6 +162,7 @@ pub fn encode_context_part(
     }
     let start = out.len();
     out.push(MIXED_V5);
+    put_varint(out, back);
     put_varint(out, n as u64);
     put_varint(out, count as u64);
     out.extend_from_slice(&head);
@@ -247,6 +252,16 @@ pub fn decode_with_state(
     each_frame(&heads, zs, &ids, |raw, h| {
         decode_context_raw(raw, h, &ids, state, series, ts, values)
     })
+}
+
+/// For a chunk coded against the chunks before it, how many sequence
+/// numbers back the self-contained chunk lies whose state it continues;
+/// `None` for a self-contained chunk (or bytes too short to tell).
+pub fn context_back(bytes: &[u8]) -> Option<u64> {
+    if bytes.first() != Some(&MIXED_V5) {
+        return None;
+    }
+    Reader::new(&bytes[1..]).varint().ok()
 }
 
 /// The series ids of one frame of format 9, checked against its head.
@@ -353,7 +368,16 @@ mod tests {
                 decode_mixed(&out, &mut s2, &mut t2, &mut v2).unwrap();
                 writer.note(&s2, &t2, &v2);
             } else {
-                encode_context_part(&s, &t, &v, &mut order, &mut writer, &mut out);
+                encode_context_part(
+                    &s,
+                    &t,
+                    &v,
+                    &mut order,
+                    &mut writer,
+                    (f % key) as u64,
+                    &mut out,
+                );
+                assert_eq!(context_back(&out), Some((f % key) as u64));
             }
             chunks.push(out);
         }
@@ -462,7 +486,7 @@ mod tests {
             let mut st = JournalState::new();
             let mut out = Vec::new();
             let mut order: Vec<u32> = (0..s.len() as u32).collect();
-            encode_context_part(&s, &t, &v, &mut order, &mut st, &mut out);
+            encode_context_part(&s, &t, &v, &mut order, &mut st, 1, &mut out);
             let mut bad = out.clone();
             let i = at.index(bad.len());
             bad[i] ^= flip;
