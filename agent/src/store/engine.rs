@@ -48,6 +48,8 @@ macro_rules! valid {
     };
 }
 
+mod chain;
+use chain::{ChainReader, ChainWriter};
 mod clock;
 pub use clock::{ClockStep, Correction, CorrectionRow};
 mod dead;
@@ -329,6 +331,11 @@ pub struct Store {
     /// The journal: flushed points not yet sealed, in append-only segment
     /// files beside the database, indexed by key in memory.
     journal: Segments,
+    /// The state the next journal frame is coded against.
+    chain: ChainWriter,
+    /// The reader of whole frames (sinks), kept from read to read: the live
+    /// sink's next frame then decodes alone, not with its group again.
+    chain_reader: std::cell::RefCell<ChainReader>,
     /// Which journal chunks are sealed (as the database says).
     sealed: Sealed,
     pending: Pending,
@@ -562,6 +569,14 @@ impl Store {
         }
         move_journal_rows(&mut conn, &mut journal)?;
         let mut store = Self::with_connection(conn, path, metrics, journal)?;
+        let (points, broken) = Self::drop_broken_groups(&mut store.journal);
+        if let Some(first) = broken.first() {
+            tracing::error!(
+                "store journal: {} chunks from {first} on ({points} points) were coded against \
+                 chunks lost to the damage above and are lost with them; the rest of the journal is kept",
+                broken.len()
+            );
+        }
         hidden += store.undo_cut_seal()?;
         if hidden > 0 {
             tracing::info!(
@@ -662,7 +677,11 @@ impl Store {
         if unmoved {
             return Err(StoreError::Outdated);
         }
-        Self::with_connection(conn, path, Metrics::new("query"), journal)
+        let mut store = Self::with_connection(conn, path, Metrics::new("query"), journal)?;
+        // What the agent dropped at its open (damage), or a group whose
+        // start a seal took between the scan and the watermark read.
+        Self::drop_broken_groups(&mut store.journal);
+        Ok(store)
     }
 
     fn with_connection(
@@ -712,6 +731,8 @@ impl Store {
             keys,
             unsaved_series: Vec::new(),
             journal,
+            chain: ChainWriter::default(),
+            chain_reader: Default::default(),
             sealed,
             pending: Pending::default(),
             pending_dead: Vec::new(),
@@ -1090,27 +1111,24 @@ impl Store {
         let parts = journal_parts(&p.series, &order, JOURNAL_PART_POINTS);
         if n > 0 {
             // The parts' encodings end to end, then one append (one sync).
-            let mut data = Vec::with_capacity(n * 6);
-            let mut heads = Vec::with_capacity(parts.len());
-            for (k, part) in parts.iter().enumerate() {
-                let (ts_min, ts_max) =
-                    min_max(order[part.clone()].iter().map(|&i| p.ts[i as usize]));
-                let start = data.len();
-                codec::encode_mixed_part(
-                    &p.series,
-                    &p.ts,
-                    &p.values,
-                    &mut order[part.clone()],
-                    &mut data,
-                );
-                heads.push((
-                    seq + k as i64,
-                    ts_min,
-                    ts_max,
-                    part.len(),
-                    start..data.len(),
-                ));
-            }
+            let mut data = Vec::with_capacity(n * 3);
+            let at = self.chain.encode(
+                seq,
+                (&p.series, &p.ts, &p.values),
+                &mut order,
+                &parts,
+                &mut data,
+            );
+            let heads: Vec<_> = parts
+                .iter()
+                .zip(at)
+                .enumerate()
+                .map(|(k, (part, at))| {
+                    let (ts_min, ts_max) =
+                        min_max(order[part.clone()].iter().map(|&i| p.ts[i as usize]));
+                    (seq + k as i64, ts_min, ts_max, part.len(), at)
+                })
+                .collect();
             let frames: Vec<Frame<&[u8]>> = heads
                 .iter()
                 .map(|(seq, ts_min, ts_max, count, at)| Frame {
@@ -1121,7 +1139,11 @@ impl Store {
                     data: &data[at.clone()],
                 })
                 .collect();
-            self.journal.append(&frames)?;
+            if let Err(e) = self.journal.append(&frames) {
+                // The state went on past points the journal does not hold.
+                self.chain.restart();
+                return Err(e.into());
+            }
             self.metrics
                 .store
                 .journal_bytes
@@ -1384,6 +1406,8 @@ impl Store {
     /// the work, a step at a time. What is flushed meanwhile waits for the next seal.
     pub fn seal_begin(&mut self) {
         self.seal.upto = self.journal.frames().keys().next_back().copied();
+        // The frames flushed from now on begin a group the run leaves whole.
+        self.chain.restart();
     }
 
     /// Does one step of the seal begun by [`Store::seal_begin`], each in its
@@ -1465,24 +1489,28 @@ impl Store {
         Ok(())
     }
 
-    /// Decodes every journal chunk of `run`, in order, keeping the points of
-    /// the series in `ids` (only the frames that hold them are decoded).
+    /// Decodes every journal chunk of `run` that holds a series in `ids`
+    /// (by `spans`, each chunk's lowest and highest series), in order,
+    /// keeping the points of those series.
     fn each_run_chunk(
         journal: &Segments,
         run: &[i64],
+        spans: &[(u32, u32)],
         checksum: codec::Checksum,
         ids: RangeInclusive<u32>,
         f: &mut ColumnsFn<'_>,
     ) -> Result<(), StoreError> {
         let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
-        Self::each_run_row(journal, run, |data| {
-            s.clear();
-            t.clear();
-            v.clear();
-            codec::decode_mixed_with(data, checksum, ids.clone(), &mut s, &mut t, &mut v)?;
+        let mut reader = ChainReader::new(ids.clone());
+        for (&id, &(lo, hi)) in run.iter().zip(spans) {
+            if lo > *ids.end() || hi < *ids.start() {
+                reader.pass(journal, id);
+                continue;
+            }
+            reader.decode(journal, id, checksum, (&mut s, &mut t, &mut v))?;
             f(&s, &t, &v);
-            Ok(())
-        })
+        }
+        Ok(())
     }
 
     /// The first step of a run: checks each chunk's checksum and counts the
@@ -1560,18 +1588,12 @@ impl Store {
         vals.clear();
         vals.resize(total, 0.0);
         let tx = self.conn.transaction()?;
-        let run: Vec<i64> = job
-            .run
-            .iter()
-            .zip(&job.spans)
-            .filter(|(_, &(lo, hi))| lo <= *group.end() && hi >= *group.start())
-            .map(|(&id, _)| id)
-            .collect();
         // The count step checked every checksum, and nothing writes the
         // run's chunks while its seal is under way (a clock correction drops it).
         Self::each_run_chunk(
             &self.journal,
-            &run,
+            &job.run,
+            &job.spans,
             codec::Checksum::Skip,
             group.clone(),
             &mut |s, t, v| {
@@ -1639,6 +1661,10 @@ impl Store {
         for key in &job.run {
             sealed.kept.remove(key);
         }
+        // What stays of the run's groups is written alone first: a stop
+        // between the two leaves both readable.
+        let gone: std::collections::BTreeSet<i64> = job.run.iter().copied().collect();
+        self.rewrite_cut_groups(&gone)?;
         let tx = self.conn.transaction()?;
         set_sealed_through(&tx, sealed.through >> SERIES_BITS)?;
         if sealed.kept != self.sealed.kept {
@@ -1785,7 +1811,6 @@ impl Store {
         let mut next = from;
         let until = until.map_or(i64::MAX, |u| u.key).min(self.read_limit(from));
         if limit > 0 && from.key < until {
-            let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
             let sealed = concat!(
                 "SELECT id, data FROM chunks WHERE id >= ?1 AND id < ?2 AND ",
                 valid!(),
@@ -1796,8 +1821,8 @@ impl Store {
                 [from.key, until],
                 from.key..until,
                 ..,
-                |id, data| {
-                    decode_chunk(id, data, &mut s, &mut t, &mut v)?;
+                0..=u32::MAX,
+                |id, s, t, v| {
                     let skip = if id == from.key {
                         from.offset as usize
                     } else {
@@ -1916,18 +1941,21 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// Hands `f` chunks in key order: the sealed ones that `sealed` selects
-    /// (id and data, valid only, in key order, with `params`) merged with
-    /// the journal's with keys in `keys` and a time in `times`. (Valid
-    /// sealed chunks sort before the journal's, but for kept ones, see
-    /// `valid!`.) `f` returns whether to go on.
+    /// Hands `f` chunks in key order, decoded (series ids, times, values):
+    /// the sealed ones that `sealed` selects (id and data, valid only, in
+    /// key order, with `params`) merged with the journal's with keys in
+    /// `keys` and a time in `times`, of which only the points of the
+    /// series in `ids` (sealed chunks come whole). (Valid sealed chunks
+    /// sort before the journal's, but for kept ones, see `valid!`.) `f`
+    /// returns whether to go on.
     fn each_chunk(
         &self,
         sealed: &str,
         params: impl rusqlite::Params,
         keys: impl std::ops::RangeBounds<i64>,
         times: impl std::ops::RangeBounds<i64>,
-        mut f: impl FnMut(i64, &[u8]) -> Result<bool, StoreError>,
+        ids: RangeInclusive<u32>,
+        mut f: impl FnMut(i64, &[u32], &[i64], &[f64]) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         let mut frames = self
             .journal
@@ -1936,32 +1964,49 @@ impl Store {
             .filter(|(_, r)| overlaps(&times, r.ts_min, r.ts_max))
             .map(|(&key, _)| key)
             .peekable();
-        let mut data = Vec::new();
-        // Hands `f` the journal's chunks before `key`; whether to go on.
-        let mut frames_before = |key: i64, f: &mut ChunkFn<'_>| {
-            while let Some(k) = frames.next_if(|&k| k < key) {
-                self.journal
-                    .read_into(k, &mut data, codec::Checksum::Skip)?;
-                if !f(k, &data)? {
-                    return Ok(false);
+        // Whole frames go through the reader kept between reads (a sink's).
+        let whole = ids == (0..=u32::MAX);
+        let mut reader = if whole {
+            self.chain_reader.take()
+        } else {
+            ChainReader::new(ids)
+        };
+        let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        let go = || -> Result<(), StoreError> {
+            let mut stmt = self.conn.prepare_cached(sealed)?;
+            let mut rows = stmt.query(params)?;
+            loop {
+                let row = match rows.next()? {
+                    Some(row) => Some((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?)),
+                    None => None,
+                };
+                let until = row.as_ref().map_or(i64::MAX, |r| r.0);
+                // The journal's chunks before it.
+                while let Some(k) = frames.next_if(|&k| k < until) {
+                    reader.decode(
+                        &self.journal,
+                        k,
+                        codec::Checksum::Skip,
+                        (&mut s, &mut t, &mut v),
+                    )?;
+                    if !f(k, &s, &t, &v)? {
+                        return Ok(());
+                    }
+                }
+                let Some((id, data)) = row else {
+                    return Ok(());
+                };
+                decode_chunk(id, &data, &mut s, &mut t, &mut v)?;
+                if !f(id, &s, &t, &v)? {
+                    return Ok(());
                 }
             }
-            Ok::<_, StoreError>(true)
         };
-        let mut stmt = self.conn.prepare_cached(sealed)?;
-        let mut rows = stmt.query(params)?;
-        while let Some(row) = rows.next()? {
-            let id: i64 = row.get(0)?;
-            if !frames_before(id, &mut f)? {
-                return Ok(());
-            }
-            let data: Vec<u8> = row.get(1)?;
-            if !f(id, &data)? {
-                return Ok(());
-            }
+        let done = go();
+        if whole && done.is_ok() {
+            self.chain_reader.replace(reader);
         }
-        frames_before(i64::MAX, &mut f)?;
-        Ok(())
+        done
     }
 
     /// Hands `f` every point of series `sid` in the chunks that may hold
@@ -1973,14 +2018,13 @@ impl Store {
         to: i64,
         mut f: impl FnMut(i64, f64),
     ) -> Result<(), StoreError> {
-        let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
         self.each_chunk(
             SERIES_CHUNKS,
             params![sid, from, to],
             ..,
             from..=to,
-            |id, data| {
-                decode_chunk(id, data, &mut s, &mut t, &mut v)?;
+            sid..=sid,
+            |_, s, t, v| {
                 for i in 0..t.len() {
                     if s[i] == sid {
                         f(t[i], v[i]);
@@ -2018,8 +2062,6 @@ impl Store {
 }
 
 /// A visitor of chunks (key, encoded data) that says whether to go on.
-type ChunkFn<'a> = dyn FnMut(i64, &[u8]) -> Result<bool, StoreError> + 'a;
-
 /// Totals over journal chunks (see [`Store::journal_sums`]).
 #[derive(Clone, Copy, Debug, Default)]
 struct JournalSums {
@@ -2910,6 +2952,93 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap()
+    }
+
+    /// The group distance of each journal frame, by sequence number.
+    fn backs(st: &Store) -> Vec<(i64, u32)> {
+        st.journal
+            .frames()
+            .iter()
+            .map(|(&key, r)| (key >> SERIES_BITS, r.back))
+            .collect()
+    }
+
+    #[test]
+    fn journal_frames_are_coded_in_groups_and_read_from_any_frame() {
+        let (d, mut st, all) = stepped_store(20);
+        // A group every 8 flushes, each frame naming how far back it begins.
+        let want: Vec<(i64, u32)> = (1..=20).map(|q| (q, ((q - 1) % 8) as u32)).collect();
+        assert_eq!(backs(&st), want);
+        // A reader starting mid-group, one frame at a time and at once.
+        let from = Cursor::after_chunk(k(11));
+        let (one, _) = drain(&mut st, "s", from, 6);
+        let (whole, _) = drain(&mut st, "t", from, 1000);
+        let rest: Vec<Point> = all[11 * 6..].to_vec();
+        assert_eq!(one, rest);
+        assert_eq!(whole, rest);
+        assert_once(&mut st, &all);
+        drop(st);
+        let mut st = Store::open(&d.path().join("s.db"), Metrics::new("t")).unwrap();
+        assert_once(&mut st, &all);
+        // After a reopen the next flush begins a group.
+        let mut all = all;
+        stepped_flushes(&mut st, 20..22, &mut all);
+        assert_eq!(backs(&st)[20..], [(21, 0), (22, 1)]);
+        assert_once(&mut st, &all);
+    }
+
+    #[test]
+    fn what_a_seal_leaves_of_a_group_is_rewritten_alone() {
+        let (d, mut st, all) = stepped_store(20);
+        // A sink part-way through chunk 4 (group 1..=8): the seal takes 1..=3
+        // and 5..=20, and keeps 4, whose group goes.
+        let (_, c) = st.after("s", Cursor::after_chunk(k(3)), None, 2).unwrap();
+        st.ack("s", c).unwrap();
+        assert_eq!(
+            c,
+            Cursor {
+                key: k(4),
+                offset: 2
+            }
+        );
+        st.seal().unwrap();
+        assert_eq!(backs(&st), [(4, 0)]);
+        assert_once(&mut st, &all);
+        // Sealed, the rest comes a series at a time.
+        let (mut rest, _) = drain(&mut st, "s", c, 5);
+        let mut want = all[3 * 6 + 2..].to_vec();
+        rest.sort_by(|a, b| (&a.series, a.ts_ns).cmp(&(&b.series, b.ts_ns)));
+        want.sort_by(|a, b| (&a.series, a.ts_ns).cmp(&(&b.series, b.ts_ns)));
+        assert_eq!(rest, want);
+        drop(st);
+        let mut st = Store::open(&d.path().join("s.db"), Metrics::new("t")).unwrap();
+        assert_once(&mut st, &all);
+    }
+
+    #[test]
+    fn a_frame_lost_to_damage_takes_the_rest_of_its_group_only() {
+        let (d, mut st) = open();
+        st.journal.set_rotate_bytes(1); // a file a flush
+        let mut all = Vec::new();
+        stepped_flushes(&mut st, 0..20, &mut all);
+        let r = st.journal.frames()[&k(10)];
+        drop(st);
+        // Flip a byte of chunk 10's payload (group 9..=16).
+        let file = journal_dir(&d.path().join("s.db")).join(format!("{:016x}.tgj", r.segment));
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[r.offset as usize + 3] ^= 0x40;
+        std::fs::write(&file, bytes).unwrap();
+        let mut st = Store::open(&d.path().join("s.db"), Metrics::new("t")).unwrap();
+        let seqs: Vec<i64> = backs(&st).iter().map(|b| b.0).collect();
+        let want: Vec<i64> = (1..=9).chain(17..=20).collect();
+        assert_eq!(seqs, want);
+        // Flush i is chunk i + 1: flushes 9..=15 are lost, the rest reads.
+        let kept: Vec<Point> = all
+            .iter()
+            .filter(|p| !(9..=15).contains(&p.ts_ns))
+            .cloned()
+            .collect();
+        assert_once(&mut st, &kept);
     }
 
     #[test]

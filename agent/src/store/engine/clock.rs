@@ -14,6 +14,7 @@ use std::collections::HashSet;
 
 use rusqlite::{params, OptionalExtension};
 
+use super::chain::{encode_alone, ChainReader};
 use super::{codec, decode_chunk, min_max, table_exists, Frame, Store, SERIES_BITS, SERIES_MASK};
 use crate::point::SeriesKey;
 use crate::store::{Cursor, StoreError};
@@ -148,87 +149,102 @@ impl Store {
         self.seal_abort();
         let boot = self.boot_seq << SERIES_BITS;
         let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
-        // Re-stamps one chunk's points; the chunk's new encoding and time
-        // range if any point moved.
-        let mut restamp =
-            |id: i64, data: &[u8]| -> Result<Option<(Vec<u8>, i64, i64)>, StoreError> {
-                let series = (id & SERIES_MASK) as u32;
-                if series != 0 && !wanted.contains(&series) {
-                    return Ok(None);
+        // Re-stamps one chunk's points (decoded: ids, times, values) and
+        // returns how many moved.
+        let mut restamp = |id: i64, s: &[u32], t: &mut [i64]| -> u64 {
+            // The first points of the chunk that some sink has had.
+            let sent = handed
+                .iter()
+                .map(|c| match c.key.cmp(&id) {
+                    std::cmp::Ordering::Greater => t.len(),
+                    std::cmp::Ordering::Equal => c.offset as usize,
+                    std::cmp::Ordering::Less => 0,
+                })
+                .max()
+                .unwrap_or(0);
+            let mut moved = 0;
+            for i in 0..t.len() {
+                if !wanted.contains(&s[i]) || t[i] < step.from_ns || t[i] > step.to_ns {
+                    continue;
                 }
-                decode_chunk(id, data, &mut s, &mut t, &mut v)?;
-                // The first points of the chunk that some sink has had.
-                let sent = handed
-                    .iter()
-                    .map(|c| match c.key.cmp(&id) {
-                        std::cmp::Ordering::Greater => t.len(),
-                        std::cmp::Ordering::Equal => c.offset as usize,
-                        std::cmp::Ordering::Less => 0,
-                    })
-                    .max()
-                    .unwrap_or(0);
-                let mut moved = 0;
-                for i in 0..t.len() {
-                    if !wanted.contains(&s[i]) || t[i] < step.from_ns || t[i] > step.to_ns {
-                        continue;
-                    }
-                    if i < sent {
-                        done.sent_before += 1;
-                    } else {
-                        t[i] += step.step_ns;
-                        moved += 1;
-                    }
-                }
-                if moved == 0 {
-                    return Ok(None);
-                }
-                done.moved += moved;
-                let mut data = Vec::with_capacity(t.len() * 4);
-                if series == 0 {
-                    codec::encode_mixed(&s, &t, &v, &mut data);
+                if i < sent {
+                    done.sent_before += 1;
                 } else {
-                    codec::encode_series(&t, &v, &mut data);
+                    t[i] += step.step_ns;
+                    moved += 1;
                 }
-                let (ts_min, ts_max) = min_max(t.iter().copied());
-                Ok(Some((data, ts_min, ts_max)))
-            };
+            }
+            done.moved += moved;
+            moved
+        };
         // The journal's chunks are rewritten by appending them again (the
         // later frame of a key wins), before the database commits: a stop
         // in between leaves them moved and the correction unrecorded, never
-        // recorded and not moved.
+        // recorded and not moved. A rewritten frame is coded alone, and so
+        // is every later frame of its group: they were coded against the
+        // times it held.
         let mut rewrites = Vec::new();
-        let mut data = Vec::new();
-        for (&key, frame) in self.journal.frames().range(boot..) {
-            if frame.ts_max < step.from_ns || frame.ts_min > step.to_ns {
+        let mut reader = ChainReader::default();
+        let mut changed_group = None;
+        let frames: Vec<(i64, super::segments::FrameRef)> = self
+            .journal
+            .frames()
+            .range(boot..)
+            .map(|(&k, &r)| (k, r))
+            .collect();
+        for (key, frame) in frames {
+            let seq = key >> SERIES_BITS;
+            let group = seq - i64::from(frame.back);
+            let follows = frame.back > 0 && changed_group == Some(group);
+            if !follows && (frame.ts_max < step.from_ns || frame.ts_min > step.to_ns) {
                 continue;
             }
-            self.journal
-                .read_into(key, &mut data, codec::Checksum::Skip)?;
-            if let Some((data, ts_min, ts_max)) = restamp(key, &data)? {
-                rewrites.push(Frame {
-                    key,
-                    ts_min,
-                    ts_max,
-                    count: frame.count,
-                    data,
-                });
+            reader.decode(
+                &self.journal,
+                key,
+                codec::Checksum::Skip,
+                (&mut s, &mut t, &mut v),
+            )?;
+            if restamp(key, &s, &mut t) == 0 && !follows {
+                continue;
             }
+            changed_group = Some(group);
+            let mut data = Vec::with_capacity(t.len() * 6);
+            encode_alone(&s, &t, &v, &mut data);
+            let (ts_min, ts_max) = min_max(t.iter().copied());
+            rewrites.push(Frame {
+                key,
+                ts_min,
+                ts_max,
+                count: frame.count,
+                data,
+            });
         }
         let tx = self.conn.transaction()?;
         {
             let mut rows = tx.prepare(
-                "SELECT id, data FROM chunks WHERE id >= ?1 AND ts_max >= ?2 AND ts_min <= ?3",
+                "SELECT id, data FROM chunks WHERE id >= ?1 AND series != 0 AND ts_max >= ?2 AND ts_min <= ?3",
             )?;
             let mut update =
                 tx.prepare("UPDATE chunks SET data = ?2, ts_min = ?3, ts_max = ?4 WHERE id = ?1")?;
             let mut rows = rows.query(params![boot, step.from_ns, step.to_ns])?;
             while let Some(row) = rows.next()? {
                 let id: i64 = row.get(0)?;
-                if let Some((data, ts_min, ts_max)) = restamp(id, &row.get::<_, Vec<u8>>(1)?)? {
-                    update.execute(params![id, data, ts_min, ts_max])?;
+                if !wanted.contains(&((id & SERIES_MASK) as u32)) {
+                    continue;
                 }
+                decode_chunk(id, &row.get::<_, Vec<u8>>(1)?, &mut s, &mut t, &mut v)?;
+                if restamp(id, &s, &mut t) == 0 {
+                    continue;
+                }
+                let mut data = Vec::with_capacity(t.len() * 4);
+                codec::encode_series(&t, &v, &mut data);
+                let (ts_min, ts_max) = min_max(t.iter().copied());
+                update.execute(params![id, data, ts_min, ts_max])?;
             }
         }
+        // The next flush begins a group: the writer's state holds old times.
+        self.chain.restart();
         self.journal.append(&rewrites)?;
         tx.execute(TABLE, [])?;
         tx.execute(
@@ -383,6 +399,45 @@ mod tests {
                 old + DAY + 11 * S
             ]
         );
+    }
+
+    #[test]
+    fn the_frames_after_a_moved_one_in_its_group_read_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut store = Store::open(&path, Metrics::new("t")).unwrap();
+        let old = 1_000 * S;
+        // One journal group: a flush a second, "m a" stamped on arrival,
+        // "m b" with its device's time.
+        for i in 0..6 {
+            store.append(&batch("m a", [old + i * S])).unwrap();
+            store.append(&batch("m b", [old + i * S + 7])).unwrap();
+            store.flush().unwrap();
+        }
+        assert!(store.journal.frames().values().skip(1).all(|r| r.back > 0));
+        let step = ClockStep {
+            step_ns: DAY,
+            from_ns: old + S,
+            to_ns: old + 2 * S,
+            series: vec![SeriesKey::from_canonical("m a")],
+        };
+        let done = store.correct_clock(&step, old + DAY + 3 * S).unwrap();
+        assert_eq!(done.moved, 2);
+        let a = [
+            old,
+            old + 3 * S,
+            old + 4 * S,
+            old + 5 * S,
+            old + DAY + S,
+            old + DAY + 2 * S,
+        ];
+        let b: Vec<i64> = (0..6).map(|i| old + i * S + 7).collect();
+        assert_eq!(times(&store, "m a"), a);
+        assert_eq!(times(&store, "m b"), b);
+        drop(store);
+        let store = Store::open(&path, Metrics::new("t")).unwrap();
+        assert_eq!(times(&store, "m a"), a);
+        assert_eq!(times(&store, "m b"), b);
     }
 
     #[test]

@@ -95,6 +95,16 @@ pub struct FrameRef {
     pub ts_max: i64,
     /// Its number of points.
     pub count: u32,
+    /// How many sequence numbers back the first frame of its group lies
+    /// (0: it begins one, or it is self-contained): a frame coded against
+    /// the frames before it (see `codec::context_back`) decodes only after
+    /// them, so readers and the seal look here rather than at the payload.
+    pub back: u32,
+}
+
+/// The group distance a payload names (0 when it is self-contained).
+fn back_of(payload: &[u8]) -> u32 {
+    crate::store::codec::context_back(payload).map_or(0, |b| u32::try_from(b).unwrap_or(u32::MAX))
 }
 
 /// A frame found damaged at open.
@@ -470,6 +480,7 @@ impl Segments {
                 ts_min,
                 ts_max,
                 count,
+                back: back_of(f.data.as_ref()),
             };
             self.index.insert(f.key, r);
             seg.max_key = seg.max_key.max(f.key);
@@ -686,6 +697,14 @@ impl Segments {
         }
     }
 
+    /// Drops frames from the index that can no longer be read (their group
+    /// lost a frame before them); their files go once the seal passes them.
+    pub fn drop_frames(&mut self, keys: &[i64]) {
+        for key in keys {
+            self.index.remove(key);
+        }
+    }
+
     /// Number of frames indexed (not sealed); for tests, as the store uses [`Segments::frames`].
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -710,12 +729,13 @@ impl Segments {
     }
 
     #[cfg(test)]
-    fn set_rotate_bytes(&mut self, n: u64) {
+    pub(super) fn set_rotate_bytes(&mut self, n: u64) {
         self.rotate_bytes = n;
     }
 }
 
-/// A frame header's CRC, key and index entry (as if at `segment`, `offset`).
+/// A frame header's CRC, key and index entry (as if at `segment`, `offset`;
+/// `back` 0: [`check`] reads it from the payload).
 fn decode(b: &[u8; HEADER], segment: i64, offset: u64) -> (u32, i64, FrameRef) {
     let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
     let i64_at = |i: usize| i64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
@@ -730,6 +750,7 @@ fn decode(b: &[u8; HEADER], segment: i64, offset: u64) -> (u32, i64, FrameRef) {
             ts_min,
             ts_max,
             count,
+            back: 0,
         },
     )
 }
@@ -747,7 +768,13 @@ fn check(b: &[u8], segment: i64, offset: u64, salt: u32) -> Result<(i64, FrameRe
     match b.get(8..HEADER + r.len as usize) {
         None => Err("short frame"),
         Some(body) if crc32_update(salt, body) != crc => Err("CRC mismatch"),
-        Some(_) => Ok((key, r)),
+        Some(body) => Ok((
+            key,
+            FrameRef {
+                back: back_of(&body[HEADER - 8..]),
+                ..r
+            },
+        )),
     }
 }
 
@@ -879,7 +906,8 @@ mod tests {
                 len: 43,
                 ts_min: 30,
                 ts_max: 39,
-                count: 43
+                count: 43,
+                back: 0,
             }
         );
         let names: Vec<i64> = files(&dir).iter().map(|f| f.0).collect();

@@ -7,9 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{
-    decode_chunk, decode_windows, min_opt, window_start, Agg, Store, StoreError, SERIES_MASK,
-};
+use super::{decode_windows, min_opt, window_start, Agg, Store, StoreError, SERIES_MASK};
 use crate::point::SeriesKey;
 use crate::store::Cursor;
 
@@ -367,15 +365,22 @@ impl Store {
             valid!(),
             " ORDER BY id"
         );
-        let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
-        self.each_chunk(sealed, params![from, to], .., from..to, |id, data| {
-            decode_chunk(id, data, &mut s, &mut t, &mut v)?;
-            debug_assert!(id & SERIES_MASK == 0 || s.iter().all(|&x| x as i64 == id & SERIES_MASK));
-            for i in 0..t.len() {
-                merge(s[i], window_start(t[i], width), &Agg::point(t[i], v[i]));
-            }
-            Ok(true)
-        })?;
+        self.each_chunk(
+            sealed,
+            params![from, to],
+            ..,
+            from..to,
+            0..=u32::MAX,
+            |id, s, t, v| {
+                debug_assert!(
+                    id & SERIES_MASK == 0 || s.iter().all(|&x| x as i64 == id & SERIES_MASK)
+                );
+                for i in 0..t.len() {
+                    merge(s[i], window_start(t[i], width), &Agg::point(t[i], v[i]));
+                }
+                Ok(true)
+            },
+        )?;
         Ok(windows
             .into_iter()
             .map(|((sid, start), agg)| (self.keys[sid as usize].clone(), start, agg))
