@@ -2971,7 +2971,7 @@ mod tests {
         assert_eq!(backs(&st), want);
         // A reader starting mid-group, one frame at a time and at once.
         let from = Cursor::after_chunk(k(11));
-        let (one, _) = drain(&mut st, "s", from, 6);
+        let (one, _) = drain(&mut st, "s", from, 4);
         let (whole, _) = drain(&mut st, "t", from, 1000);
         let rest: Vec<Point> = all[11 * 6..].to_vec();
         assert_eq!(one, rest);

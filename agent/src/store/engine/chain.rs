@@ -90,6 +90,9 @@ pub fn encode_alone(s: &[u32], t: &[i64], v: &[f64], out: &mut Vec<u8>) {
     codec::encode_context_part(s, t, v, &mut order, &mut state, 0, out);
 }
 
+/// Decoded points: series ids, times, values.
+type Columns = (Vec<u32>, Vec<i64>, Vec<f64>);
+
 /// A reader's side: decodes journal frames in any order, each after the
 /// frames of its group before it, and keeps the state so that the next
 /// frame of the same group costs one decode.
@@ -102,7 +105,11 @@ pub struct ChainReader {
     ids: RangeInclusive<u32>,
     /// A frame's bytes, and the columns of frames decoded only for their state.
     buf: Vec<u8>,
-    scratch: (Vec<u32>, Vec<i64>, Vec<f64>),
+    scratch: Columns,
+    /// The last frame decoded, and its columns: a sink whose batch ended
+    /// part-way through a frame reads it again next, and the state is
+    /// already past it.
+    last: Option<(i64, Columns)>,
 }
 
 impl Default for ChainReader {
@@ -120,6 +127,7 @@ impl ChainReader {
             ids,
             buf: Vec::new(),
             scratch: Default::default(),
+            last: None,
         }
     }
 
@@ -133,6 +141,14 @@ impl ChainReader {
         cols: (&mut Vec<u32>, &mut Vec<i64>, &mut Vec<f64>),
     ) -> Result<(), StoreError> {
         let (s, t, v) = cols;
+        if let Some((k, (ls, lt, lv))) = self.last.as_ref().filter(|l| l.0 == key) {
+            debug_assert_eq!(Some(*k), self.at.map(|a| a.1 << SERIES_BITS));
+            s.clone_from(ls);
+            t.clone_from(lt);
+            v.clone_from(lv);
+            return Ok(());
+        }
+        let spare = self.last.take();
         let (seq, group) = self.group_of(journal, key)?;
         if seq != group && self.at != Some((group, seq - 1)) {
             // Not where this reader stopped: the group from its start.
@@ -157,12 +173,18 @@ impl ChainReader {
         }
         self.step(journal, key, seq == group, checksum, (s, t, v))?;
         self.at = Some((group, seq));
+        let (mut ls, mut lt, mut lv) = spare.map(|l| l.1).unwrap_or_default();
+        ls.clone_from(s);
+        lt.clone_from(t);
+        lv.clone_from(v);
+        self.last = Some((key, (ls, lt, lv)));
         Ok(())
     }
 
     /// Goes past frame `key` without decoding it: the caller knows it holds
     /// none of this reader's series (their state stays as it is).
     pub fn pass(&mut self, journal: &Segments, key: i64) {
+        self.last = None;
         self.at = match self.group_of(journal, key) {
             Ok((seq, group)) if seq == group => {
                 // A group begins: the writer forgot every series here.
@@ -238,6 +260,8 @@ impl Store {
         if cut.is_empty() {
             return Ok(0);
         }
+        // What a sink's reader holds of these frames is about to be stale.
+        self.chain_reader.take();
         let mut reader = ChainReader::default();
         let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
         let mut frames = Vec::with_capacity(cut.len());

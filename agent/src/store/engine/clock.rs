@@ -243,8 +243,10 @@ impl Store {
                 update.execute(params![id, data, ts_min, ts_max])?;
             }
         }
-        // The next flush begins a group: the writer's state holds old times.
+        // The next flush begins a group: the writer's state holds old times;
+        // a sink's reader may hold the frames rewritten.
         self.chain.restart();
+        self.chain_reader.take();
         self.journal.append(&rewrites)?;
         tx.execute(TABLE, [])?;
         tx.execute(
