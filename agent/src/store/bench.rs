@@ -137,6 +137,23 @@ pub(crate) fn proc_field(file: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Bytes written (`/proc/self/io`) during flushes, seals and compaction.
+#[derive(Default)]
+struct Stages {
+    bytes: [u64; 3],
+}
+
+impl Stages {
+    /// Runs `f`, adding what it wrote to stage `k`.
+    fn time<T>(&mut self, k: usize, f: impl FnOnce() -> T) -> T {
+        let wb = || proc_field("/proc/self/io", "write_bytes:").unwrap_or(0);
+        let before = wb();
+        let out = f();
+        self.bytes[k] += wb().saturating_sub(before);
+        out
+    }
+}
+
 /// Runs the bench in `dir` (a fresh store) and returns the printed report;
 /// `commits` a simulated second (at least one).
 pub fn run(
@@ -180,6 +197,7 @@ pub fn run(
         .as_secs() as i64;
     let mut next_seal = order.first().map_or(0, |o| o.0.div_euclid(SECOND)) + seal_every;
     let mut batch = Batch::default();
+    let mut stages = Stages::default();
     let progress = crate::ops::progress::bar(order.len() as u64, "points replayed");
     for &(t, si, j) in &order {
         let s = t.div_euclid(slot);
@@ -188,13 +206,13 @@ pub fn run(
             progress.inc(batch.len() as u64);
             store.append(&batch)?;
             batch.points.clear();
-            store.flush()?;
+            stages.time(0, || store.flush())?;
             current = s;
             let now = t.div_euclid(SECOND);
             if now >= next_seal {
                 // As the agent's upkeep does: seal, then a round of compaction.
-                store.seal()?;
-                store.compact()?;
+                stages.time(1, || store.seal())?;
+                stages.time(2, || store.compact())?;
                 next_seal = now + seal_every;
             }
         }
@@ -206,14 +224,14 @@ pub fn run(
         });
     }
     store.append(&batch)?;
-    store.flush()?;
-    store.seal()?;
+    stages.time(0, || store.flush())?;
+    stages.time(1, || store.seal())?;
     progress.finish_and_clear();
     let ingest_cpu = cpu_seconds() - cpu_before;
     let ingest_wall = wall.elapsed().as_secs_f64();
     // Compaction to the end: the figure "after compaction".
-    while store.compact()? > 0 {}
-    store.checkpoint()?;
+    while stages.time(2, || store.compact())? > 0 {}
+    stages.time(2, || store.checkpoint())?;
     let written = proc_field("/proc/self/io", "write_bytes:").unwrap_or(0) - written_before;
     let device = device_before.and_then(|(dev, before)| {
         let (_, after) = device_written(dir)?;
@@ -266,6 +284,13 @@ pub fn run(
         per(&st.journal_bytes),
         per(&st.sealed_bytes),
         per(&st.merged_bytes)
+    );
+    let _ = writeln!(
+        report,
+        "  by stage              {:.2} B/pt flushes + {:.2} seals + {:.2} compaction (write_bytes around each)",
+        stages.bytes[0] as f64 / total as f64,
+        stages.bytes[1] as f64 / total as f64,
+        stages.bytes[2] as f64 / total as f64
     );
     let _ = writeln!(
         report,

@@ -25,7 +25,7 @@ use super::{codec, Store, StoreError, SERIES_BITS};
 
 /// Flushes a group of journal frames holds: its first coded alone, the
 /// others against it and each other.
-pub const GROUP_FLUSHES: u32 = 8;
+pub const GROUP_FLUSHES: u32 = 16;
 
 /// The writer's side: the state its next frame is coded against.
 #[derive(Default)]
