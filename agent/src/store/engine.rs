@@ -333,9 +333,10 @@ pub struct Store {
     journal: Segments,
     /// The state the next journal frame is coded against.
     chain: ChainWriter,
-    /// The reader of whole frames (sinks), kept from read to read: the live
-    /// sink's next frame then decodes alone, not with its group again.
-    chain_reader: std::cell::RefCell<ChainReader>,
+    /// Each sink reader's journal reader, kept from read to read: its next
+    /// frame then decodes alone, not after its group's earlier frames again
+    /// (a sink's live and backfill lanes read at two places, by two names).
+    chain_readers: HashMap<String, ChainReader>,
     /// Which journal chunks are sealed (as the database says).
     sealed: Sealed,
     pending: Pending,
@@ -732,7 +733,7 @@ impl Store {
             unsaved_series: Vec::new(),
             journal,
             chain: ChainWriter::default(),
-            chain_reader: Default::default(),
+            chain_readers: HashMap::new(),
             sealed,
             pending: Pending::default(),
             pending_dead: Vec::new(),
@@ -1811,6 +1812,7 @@ impl Store {
         let mut next = from;
         let until = until.map_or(i64::MAX, |u| u.key).min(self.read_limit(from));
         if limit > 0 && from.key < until {
+            let mut reader = self.chain_readers.remove(sink).unwrap_or_default();
             let sealed = concat!(
                 "SELECT id, data FROM chunks WHERE id >= ?1 AND id < ?2 AND ",
                 valid!(),
@@ -1821,7 +1823,7 @@ impl Store {
                 [from.key, until],
                 from.key..until,
                 ..,
-                0..=u32::MAX,
+                &mut reader,
                 |id, s, t, v| {
                     let skip = if id == from.key {
                         from.offset as usize
@@ -1847,6 +1849,7 @@ impl Store {
                     Ok(batch.len() < limit)
                 },
             )?;
+            self.chain_readers.insert(sink.to_string(), reader);
         }
         let pos = self.sink_pos(sink)?;
         if next > pos.read {
@@ -1944,8 +1947,8 @@ impl Store {
     /// Hands `f` chunks in key order, decoded (series ids, times, values):
     /// the sealed ones that `sealed` selects (id and data, valid only, in
     /// key order, with `params`) merged with the journal's with keys in
-    /// `keys` and a time in `times`, of which only the points of the
-    /// series in `ids` (sealed chunks come whole). (Valid sealed chunks
+    /// `keys` and a time in `times`, decoded by `reader` (only the points of
+    /// its series; sealed chunks come whole). (Valid sealed chunks
     /// sort before the journal's, but for kept ones, see `valid!`.) `f`
     /// returns whether to go on.
     fn each_chunk(
@@ -1954,7 +1957,7 @@ impl Store {
         params: impl rusqlite::Params,
         keys: impl std::ops::RangeBounds<i64>,
         times: impl std::ops::RangeBounds<i64>,
-        ids: RangeInclusive<u32>,
+        reader: &mut ChainReader,
         mut f: impl FnMut(i64, &[u32], &[i64], &[f64]) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         let mut frames = self
@@ -1964,49 +1967,35 @@ impl Store {
             .filter(|(_, r)| overlaps(&times, r.ts_min, r.ts_max))
             .map(|(&key, _)| key)
             .peekable();
-        // Whole frames go through the reader kept between reads (a sink's).
-        let whole = ids == (0..=u32::MAX);
-        let mut reader = if whole {
-            self.chain_reader.take()
-        } else {
-            ChainReader::new(ids)
-        };
         let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
-        let go = || -> Result<(), StoreError> {
-            let mut stmt = self.conn.prepare_cached(sealed)?;
-            let mut rows = stmt.query(params)?;
-            loop {
-                let row = match rows.next()? {
-                    Some(row) => Some((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?)),
-                    None => None,
-                };
-                let until = row.as_ref().map_or(i64::MAX, |r| r.0);
-                // The journal's chunks before it.
-                while let Some(k) = frames.next_if(|&k| k < until) {
-                    reader.decode(
-                        &self.journal,
-                        k,
-                        codec::Checksum::Skip,
-                        (&mut s, &mut t, &mut v),
-                    )?;
-                    if !f(k, &s, &t, &v)? {
-                        return Ok(());
-                    }
-                }
-                let Some((id, data)) = row else {
-                    return Ok(());
-                };
-                decode_chunk(id, &data, &mut s, &mut t, &mut v)?;
-                if !f(id, &s, &t, &v)? {
+        let mut stmt = self.conn.prepare_cached(sealed)?;
+        let mut rows = stmt.query(params)?;
+        loop {
+            let row = match rows.next()? {
+                Some(row) => Some((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?)),
+                None => None,
+            };
+            let until = row.as_ref().map_or(i64::MAX, |r| r.0);
+            // The journal's chunks before it.
+            while let Some(k) = frames.next_if(|&k| k < until) {
+                reader.decode(
+                    &self.journal,
+                    k,
+                    codec::Checksum::Skip,
+                    (&mut s, &mut t, &mut v),
+                )?;
+                if !f(k, &s, &t, &v)? {
                     return Ok(());
                 }
             }
-        };
-        let done = go();
-        if whole && done.is_ok() {
-            self.chain_reader.replace(reader);
+            let Some((id, data)) = row else {
+                return Ok(());
+            };
+            decode_chunk(id, &data, &mut s, &mut t, &mut v)?;
+            if !f(id, &s, &t, &v)? {
+                return Ok(());
+            }
         }
-        done
     }
 
     /// Hands `f` every point of series `sid` in the chunks that may hold
@@ -2023,7 +2012,7 @@ impl Store {
             params![sid, from, to],
             ..,
             from..=to,
-            sid..=sid,
+            &mut ChainReader::new(sid..=sid),
             |_, s, t, v| {
                 for i in 0..t.len() {
                     if s[i] == sid {
@@ -2966,8 +2955,10 @@ mod tests {
     #[test]
     fn journal_frames_are_coded_in_groups_and_read_from_any_frame() {
         let (d, mut st, all) = stepped_store(20);
-        // A group every 8 flushes, each frame naming how far back it begins.
-        let want: Vec<(i64, u32)> = (1..=20).map(|q| (q, ((q - 1) % 8) as u32)).collect();
+        // A group every 16 flushes, each frame naming how far back it begins.
+        let want: Vec<(i64, u32)> = (1..=20)
+            .map(|q| (q, ((q - 1) % i64::from(chain::GROUP_FLUSHES)) as u32))
+            .collect();
         assert_eq!(backs(&st), want);
         // A reader starting mid-group, one frame at a time and at once.
         let from = Cursor::after_chunk(k(11));
@@ -2985,6 +2976,34 @@ mod tests {
         stepped_flushes(&mut st, 20..22, &mut all);
         assert_eq!(backs(&st)[20..], [(21, 0), (22, 1)]);
         assert_once(&mut st, &all);
+    }
+
+    #[test]
+    fn two_lanes_reading_at_two_places_decode_each_frame_once() {
+        let (_d, mut st, all) = stepped_store(40);
+        // A backfill lane from the start and a live lane from flush 20 on,
+        // taking turns, each batch ending part-way through a frame.
+        let (mut back, mut live) = (Cursor::default(), Cursor::after_chunk(k(20)));
+        let (mut got_back, mut got_live) = (Vec::new(), Vec::new());
+        loop {
+            let (b, next) = st
+                .after("s/backfill", back, Some(Cursor::after_chunk(k(20))), 4)
+                .unwrap();
+            let (l, lnext) = st.after("s/live", live, None, 4).unwrap();
+            if b.is_empty() && l.is_empty() {
+                break;
+            }
+            (back, live) = (next, lnext);
+            got_back.extend(b.points);
+            got_live.extend(l.points);
+        }
+        assert_eq!(got_back, all[..20 * 6]);
+        assert_eq!(got_live, all[20 * 6..]);
+        // Chunks 17..=32 are one group: the live lane decodes 17..=20 once,
+        // to start at 21, then every frame once; re-reads of a frame a
+        // batch ended in decode nothing.
+        assert_eq!(st.chain_readers["s/backfill"].decoded(), 20);
+        assert_eq!(st.chain_readers["s/live"].decoded(), 4 + 20);
     }
 
     #[test]
@@ -3023,7 +3042,7 @@ mod tests {
         stepped_flushes(&mut st, 0..20, &mut all);
         let r = st.journal.frames()[&k(10)];
         drop(st);
-        // Flip a byte of chunk 10's payload (group 9..=16).
+        // Flip a byte of chunk 10's payload (group 1..=16).
         let file = journal_dir(&d.path().join("s.db")).join(format!("{:016x}.tgj", r.segment));
         let mut bytes = std::fs::read(&file).unwrap();
         bytes[r.offset as usize + 3] ^= 0x40;

@@ -244,9 +244,9 @@ impl Store {
             }
         }
         // The next flush begins a group: the writer's state holds old times;
-        // a sink's reader may hold the frames rewritten.
+        // the sinks' readers may hold the frames rewritten.
         self.chain.restart();
-        self.chain_reader.take();
+        self.chain_readers.clear();
         self.journal.append(&rewrites)?;
         tx.execute(TABLE, [])?;
         tx.execute(

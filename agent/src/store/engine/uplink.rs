@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{decode_windows, min_opt, window_start, Agg, Store, StoreError, SERIES_MASK};
+use super::{
+    decode_windows, min_opt, window_start, Agg, ChainReader, Store, StoreError, SERIES_MASK,
+};
 use crate::point::SeriesKey;
 use crate::store::Cursor;
 
@@ -370,7 +372,7 @@ impl Store {
             params![from, to],
             ..,
             from..to,
-            0..=u32::MAX,
+            &mut ChainReader::default(),
             |id, s, t, v| {
                 debug_assert!(
                     id & SERIES_MASK == 0 || s.iter().all(|&x| x as i64 == id & SERIES_MASK)
