@@ -2050,7 +2050,6 @@ impl Store {
     }
 }
 
-/// A visitor of chunks (key, encoded data) that says whether to go on.
 /// Totals over journal chunks (see [`Store::journal_sums`]).
 #[derive(Clone, Copy, Debug, Default)]
 struct JournalSums {

@@ -22,28 +22,59 @@
 
 use super::*;
 
-/// A series' last point, as context-coded chunks take it: 32 bytes.
+/// A series' last point, as context-coded chunks take it: 24 bytes (the
+/// writer and each sink's reader keep one a series).
 #[derive(Clone, Copy, Default)]
 struct Slot {
-    prev: Prev,
-    /// Its last time step (0 after its first point).
-    step: i64,
+    ts: i64,
+    /// The mantissa (as bits of an i64), or the value's bits when `k` is
+    /// [`RAW_VALUE`].
+    val: u64,
+    /// Its last time step in microseconds, clamped to ±35 minutes (0 after
+    /// its first point): arrival stamps are whole milliseconds, and a
+    /// slower series pays a few bytes a point for the clamp.
+    step_us: i32,
+    /// Decimals of the value, or [`RAW_VALUE`].
+    k: u8,
+    /// The series has had a point.
+    seen: bool,
 }
 
 /// What the journal chunks read so far leave for the next: each series'
 /// last point (time, step, decimals and mantissa or bits). Both the writer
 /// and every reader keep one; they agree because both note each point the
 /// same way ([`JournalState::note`]), whatever format carried it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct JournalState {
-    /// By series id (ids are dense, given out in order).
+    /// The series whose state is kept: a reader of a range of series keeps
+    /// only theirs.
+    ids: RangeInclusive<u32>,
+    /// By series id from `ids.start()` on (ids are dense, given out in order).
     slots: Vec<Slot>,
+    /// Where a point of a series outside `ids` is decoded (and forgotten).
+    spare: Slot,
+}
+
+impl Default for JournalState {
+    fn default() -> Self {
+        JournalState::for_ids(0..=u32::MAX)
+    }
 }
 
 impl JournalState {
-    /// No series seen.
+    /// No series seen; every series' state kept.
     pub fn new() -> JournalState {
         JournalState::default()
+    }
+
+    /// No series seen; only the state of the series in `ids` kept (a
+    /// reader of those alone: the points of others decode wrong, unseen).
+    pub fn for_ids(ids: RangeInclusive<u32>) -> JournalState {
+        JournalState {
+            ids,
+            slots: Vec::new(),
+            spare: Slot::default(),
+        }
     }
 
     /// Forgets every series (a reader starting afresh).
@@ -53,7 +84,11 @@ impl JournalState {
 
     #[inline]
     fn slot(&mut self, s: u32) -> &mut Slot {
-        let i = s as usize;
+        if !self.ids.contains(&s) {
+            self.spare = Slot::default();
+            return &mut self.spare;
+        }
+        let i = (s - self.ids.start()) as usize;
         if i >= self.slots.len() {
             self.slots.resize(i + 1, Slot::default());
         }
@@ -65,7 +100,7 @@ impl JournalState {
     pub fn note(&mut self, series: &[u32], ts: &[i64], values: &[f64]) {
         for ((&s, &t), &v) in series.iter().zip(ts).zip(values) {
             let slot = self.slot(s);
-            let (k, val) = match journal_decimal(v, slot.prev.k) {
+            let (k, val) = match journal_decimal(v, slot.k) {
                 Some((k, m)) => (k, m as u64),
                 None => (RAW_VALUE, v.to_bits()),
             };
@@ -74,22 +109,36 @@ impl JournalState {
     }
 }
 
+/// Nanoseconds in the unit a time step is kept in (a microsecond).
+const STEP_UNIT: i64 = 1000;
+
 impl Slot {
+    /// Its last point as the frame codec's [`Prev`].
+    #[inline]
+    fn prev(&self) -> Prev {
+        Prev {
+            ts: self.ts,
+            val: self.val,
+            k: self.k,
+            seen: self.seen,
+        }
+    }
+
     /// The slot once a point (`t`, decimals `k`, mantissa or bits `val`) follows.
     #[inline]
     fn after(&self, t: i64, k: u8, val: u64) -> Slot {
+        let step_us = if self.seen {
+            let us = t.wrapping_sub(self.ts) / STEP_UNIT;
+            us.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+        } else {
+            0
+        };
         Slot {
-            prev: Prev {
-                ts: t,
-                val,
-                k,
-                seen: true,
-            },
-            step: if self.prev.seen {
-                t.wrapping_sub(self.prev.ts)
-            } else {
-                0
-            },
+            ts: t,
+            val,
+            step_us,
+            k,
+            seen: true,
         }
     }
 
@@ -99,8 +148,8 @@ impl Slot {
     /// state of those series only, and a frame mixes them with others.
     #[inline]
     fn expected(&self, base: i64) -> i64 {
-        if self.prev.seen {
-            self.prev.ts.wrapping_add(self.step)
+        if self.seen {
+            self.ts.wrapping_add(i64::from(self.step_us) * STEP_UNIT)
         } else {
             base
         }
@@ -191,7 +240,7 @@ fn encode_context_raw(
     // The base: the time of the first point whose series has no state.
     let base = part
         .iter()
-        .find(|&&i| !state.slot(series[i as usize]).prev.seen)
+        .find(|&&i| !state.slot(series[i as usize]).seen)
         .map_or(0, |&i| ts[i as usize]);
     put_varint(raw, zigzag(base));
     let mut ks = Vec::with_capacity(n);
@@ -200,7 +249,7 @@ fn encode_context_raw(
     for &i in part {
         let (s, t, v) = (series[i as usize], ts[i as usize], values[i as usize]);
         let slot = state.slot(s);
-        let p = slot.prev;
+        let p = slot.prev();
         put_varint(raw, zigzag(t.wrapping_sub(slot.expected(base))));
         let (k, val) = match journal_decimal(v, p.k) {
             Some((k, m)) => {
@@ -317,7 +366,7 @@ fn decode_context_raw(
     for (i, &k) in ks.iter().enumerate() {
         let s = ids[i];
         let slot = state.slot(s);
-        let p = slot.prev;
+        let p = slot.prev();
         let t = slot.expected(base).wrapping_add(deltas[i]);
         let (val, bits) = if k == RAW_VALUE {
             let mut x = [0u8; 8];
@@ -382,7 +431,7 @@ mod tests {
             chunks.push(out);
         }
         for want in [0..=u32::MAX, range] {
-            let mut reader = JournalState::new();
+            let mut reader = JournalState::for_ids(want.clone());
             for (chunk, points) in chunks.iter().zip(flushes) {
                 let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
                 decode_with_state(

@@ -126,7 +126,7 @@ impl ChainReader {
     /// A reader of the points of the series in `ids`.
     pub fn new(ids: RangeInclusive<u32>) -> ChainReader {
         ChainReader {
-            state: codec::JournalState::new(),
+            state: codec::JournalState::for_ids(ids.clone()),
             at: None,
             ids,
             buf: Vec::new(),
