@@ -821,27 +821,13 @@ pub fn encode_mixed_part(
     order: &mut [u32],
     out: &mut Vec<u8>,
 ) {
-    assert!(
-        ts.len() == series.len() && values.len() == series.len(),
-        "parallel columns of one length"
-    );
-    let n = order.len();
-    assert!(n <= MAX_POINTS, "{n} points in one chunk");
+    let n = check_part(series, ts, values, order);
     let (mut fs, mut ft, mut fv, mut raw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut z = Vec::new();
-    let mut head = Vec::new();
-    let mut frames = Vec::new();
-    let mut count = 0usize;
+    let mut framer = Framer::default();
     let mut at = 0;
     while at < n {
         let begin = at;
-        at += 1;
-        while at < n
-            && (at - begin < FRAME_POINTS
-                || series[order[at] as usize] == series[order[at - 1] as usize])
-        {
-            at += 1;
-        }
+        at = frame_end(series, order, begin);
         let (lo, hi) = (
             series[order[begin] as usize],
             series[order[at - 1] as usize],
@@ -858,21 +844,60 @@ pub fn encode_mixed_part(
         }
         raw.clear();
         encode_mixed_raw(&fs, &ft, &fv, &mut raw);
-        let z_len = compress_onto(&raw, &mut z, &mut frames);
-        put_varint(&mut head, lo as u64);
-        put_varint(&mut head, (hi - lo) as u64);
-        put_varint(&mut head, fs.len() as u64);
-        put_varint(&mut head, raw.len() as u64);
-        put_varint(&mut head, z_len as u64);
-        count += 1;
+        framer.push(&raw, lo, hi, fs.len());
     }
-    let start = out.len();
-    out.push(MIXED_V4);
-    put_varint(out, n as u64);
-    put_varint(out, count as u64);
-    out.extend_from_slice(&head);
-    out.extend_from_slice(&frames);
-    seal(start, out);
+    framer.finish(MIXED_V4, None, n, out);
+}
+
+/// The points a journal chunk of `order` holds, once the columns are
+/// checked to be parallel and the chunk within [`MAX_POINTS`].
+fn check_part(series: &[u32], ts: &[i64], values: &[f64], order: &[u32]) -> usize {
+    assert!(
+        ts.len() == series.len() && values.len() == series.len(),
+        "parallel columns of one length"
+    );
+    let n = order.len();
+    assert!(n <= MAX_POINTS, "{n} points in one chunk");
+    n
+}
+
+/// The frames of a journal chunk being written (formats 8 and 9): the
+/// table of their heads and their compressed bytes.
+#[derive(Default)]
+struct Framer {
+    z: Vec<u8>,
+    head: Vec<u8>,
+    frames: Vec<u8>,
+    count: usize,
+}
+
+impl Framer {
+    /// Compresses one frame's raw columns: `n` points of series `lo..=hi`.
+    fn push(&mut self, raw: &[u8], lo: u32, hi: u32, n: usize) {
+        let z_len = compress_onto(raw, &mut self.z, &mut self.frames);
+        put_varint(&mut self.head, lo as u64);
+        put_varint(&mut self.head, (hi - lo) as u64);
+        put_varint(&mut self.head, n as u64);
+        put_varint(&mut self.head, raw.len() as u64);
+        put_varint(&mut self.head, z_len as u64);
+        self.count += 1;
+    }
+
+    /// Appends the chunk to `out`: its format, how far back its group
+    /// begins (format 9), its `n` points, the frame table, the frames and
+    /// the checksum.
+    fn finish(self, format: u8, back: Option<u64>, n: usize, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.push(format);
+        if let Some(back) = back {
+            put_varint(out, back);
+        }
+        put_varint(out, n as u64);
+        put_varint(out, self.count as u64);
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(&self.frames);
+        seal(start, out);
+    }
 }
 
 /// The raw columns of one journal frame: ids, time deltas, value decimals,
@@ -924,14 +949,104 @@ fn encode_mixed_raw(series: &[u32], ts: &[i64], values: &[f64], raw: &mut Vec<u8
     }
     raw.extend_from_slice(&ks);
     raw.extend_from_slice(&mantissas);
-    // Byte planes, most significant first: XORs of neighbours are zero in
-    // their high bytes, so zstd sees long runs of zeros.
+    put_planes(raw, &xors);
+}
+
+/// Where the frame of a journal chunk that begins at `order[begin]` ends:
+/// [`FRAME_POINTS`] on, then at the end of that series (a series' points
+/// in one frame, so a reader of a range of series decodes only its frames).
+fn frame_end(series: &[u32], order: &[u32], begin: usize) -> usize {
+    let n = order.len();
+    let mut at = begin + 1;
+    while at < n
+        && (at - begin < FRAME_POINTS
+            || series[order[at] as usize] == series[order[at - 1] as usize])
+    {
+        at += 1;
+    }
+    at
+}
+
+/// Appends the byte planes of `xors`, most significant first: XORs of
+/// neighbours are zero in their high bytes, so zstd sees long runs of zeros.
+fn put_planes(raw: &mut Vec<u8>, xors: &[u64]) {
     let e = xors.len();
     let at = raw.len();
     raw.resize(at + e * 8, 0);
     for (i, x) in xors.iter().enumerate() {
         for (k, b) in x.to_be_bytes().iter().enumerate() {
             raw[at + k * e + i] = *b;
+        }
+    }
+}
+
+/// A frame's value columns after its times: a decimals byte a point, the
+/// mantissa steps (into `mantissas`, cleared first), then the byte planes
+/// of the raw values. Returns the decimals and the planes.
+fn read_values<'a>(
+    c: &mut Reader<'a>,
+    n: usize,
+    mantissas: &mut Vec<i64>,
+) -> Result<(&'a [u8], &'a [u8]), CodecError> {
+    let ks = c.take(n)?;
+    mantissas.clear();
+    for &k in ks {
+        match k {
+            0..=JOURNAL_DECIMALS => mantissas.push(unzigzag(c.varint()?)),
+            RAW_VALUE => {}
+            k => return Err(corrupt(format!("value decimals {k}"))),
+        }
+    }
+    let planes = c.take((n - mantissas.len()) * 8)?;
+    Ok((ks, planes))
+}
+
+/// The values of [`read_values`]' columns, in order, each against its
+/// series' previous point.
+struct Values<'a> {
+    mantissas: &'a [i64],
+    planes: &'a [u8],
+    next_m: usize,
+    next_x: usize,
+}
+
+impl<'a> Values<'a> {
+    fn new(mantissas: &'a [i64], planes: &'a [u8]) -> Values<'a> {
+        Values {
+            mantissas,
+            planes,
+            next_m: 0,
+            next_x: 0,
+        }
+    }
+
+    /// The next value, of `k` decimals, against `p`: its mantissa (or its
+    /// bits for a raw value) and its bits.
+    #[inline]
+    fn next(&mut self, p: &Prev, k: u8) -> (u64, u64) {
+        if k == RAW_VALUE {
+            let e = self.planes.len() / 8;
+            let mut x = [0u8; 8];
+            for (j, b) in x.iter_mut().enumerate() {
+                *b = self.planes[j * e + self.next_x];
+            }
+            self.next_x += 1;
+            let bits = p.bits() ^ u64::from_be_bytes(x);
+            (bits, bits)
+        } else {
+            let m = p.mantissa_ref(k).wrapping_add(self.mantissas[self.next_m]);
+            self.next_m += 1;
+            (m as u64, (m as f64 / POW10[k as usize]).to_bits())
+        }
+    }
+
+    /// Passes over the next value (of a series not read).
+    #[inline]
+    fn skip(&mut self, k: u8) {
+        if k == RAW_VALUE {
+            self.next_x += 1;
+        } else {
+            self.next_m += 1;
         }
     }
 }
@@ -1248,19 +1363,11 @@ fn decode_mixed_raw(
     for _ in 0..n {
         deltas.push(unzigzag(c.varint()?));
     }
-    let ks = c.take(n)?;
-    for &k in ks {
-        match k {
-            0..=JOURNAL_DECIMALS => mantissas.push(unzigzag(c.varint()?)),
-            RAW_VALUE => {}
-            k => return Err(corrupt(format!("value decimals {k}"))),
-        }
-    }
-    let e = n - mantissas.len();
-    let planes = c.take(e * 8)?;
+    let (ks, planes) = read_values(&mut c, n, mantissas)?;
     c.finish()?;
     let mut last: Last<Prev> = Last::with_slots(std::mem::take(prev), held.clone());
-    let (mut prev_ts, mut next_m, mut next_x) = (0i64, 0, 0);
+    let mut prev_ts = 0i64;
+    let mut vals = Values::new(mantissas, planes);
     let whole = want.contains(held.start()) && want.contains(held.end());
     if whole {
         series.extend_from_slice(frame_ids);
@@ -1274,28 +1381,12 @@ fn decode_mixed_raw(
         let t = if p.seen { p.ts } else { prev_ts }.wrapping_add(deltas[i]);
         prev_ts = t;
         if !whole && !want.contains(&s) {
-            if k == RAW_VALUE {
-                next_x += 1;
-            } else {
-                next_m += 1;
-            }
+            vals.skip(k);
             slot.ts = t;
             slot.seen = true;
             continue;
         }
-        let (val, bits) = if k == RAW_VALUE {
-            let mut x = [0u8; 8];
-            for (j, b) in x.iter_mut().enumerate() {
-                *b = planes[j * e + next_x];
-            }
-            next_x += 1;
-            let bits = p.bits() ^ u64::from_be_bytes(x);
-            (bits, bits)
-        } else {
-            let m = p.mantissa_ref(k).wrapping_add(mantissas[next_m]);
-            next_m += 1;
-            (m as u64, (m as f64 / POW10[k as usize]).to_bits())
-        };
+        let (val, bits) = vals.next(&p, k);
         *slot = Prev {
             ts: t,
             val,

@@ -174,26 +174,15 @@ pub fn encode_context_part(
     back: u64,
     out: &mut Vec<u8>,
 ) {
-    assert!(
-        ts.len() == series.len() && values.len() == series.len(),
-        "parallel columns of one length"
-    );
-    let n = order.len();
-    assert!(n <= MAX_POINTS, "{n} points in one chunk");
+    let n = check_part(series, ts, values, order);
     // By series, arrival order within one.
     order.sort_unstable_by_key(|&i| (series[i as usize], i));
-    let (mut raw, mut z, mut head, mut frames) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut count = 0usize;
+    let mut raw = Vec::new();
+    let mut framer = Framer::default();
     let mut at = 0;
     while at < n {
         let begin = at;
-        at += 1;
-        while at < n
-            && (at - begin < FRAME_POINTS
-                || series[order[at] as usize] == series[order[at - 1] as usize])
-        {
-            at += 1;
-        }
+        at = frame_end(series, order, begin);
         let part = &order[begin..at];
         let (lo, hi) = (
             series[part[0] as usize],
@@ -201,22 +190,9 @@ pub fn encode_context_part(
         );
         raw.clear();
         encode_context_raw(series, ts, values, part, lo, state, &mut raw);
-        let z_len = compress_onto(&raw, &mut z, &mut frames);
-        put_varint(&mut head, lo as u64);
-        put_varint(&mut head, (hi - lo) as u64);
-        put_varint(&mut head, part.len() as u64);
-        put_varint(&mut head, raw.len() as u64);
-        put_varint(&mut head, z_len as u64);
-        count += 1;
+        framer.push(&raw, lo, hi, part.len());
     }
-    let start = out.len();
-    out.push(MIXED_V5);
-    put_varint(out, back);
-    put_varint(out, n as u64);
-    put_varint(out, count as u64);
-    out.extend_from_slice(&head);
-    out.extend_from_slice(&frames);
-    seal(start, out);
+    framer.finish(MIXED_V5, Some(back), n, out);
 }
 
 /// The raw columns of one frame of format 9 (layout in the module docs).
@@ -266,14 +242,7 @@ fn encode_context_raw(
     }
     raw.extend_from_slice(&ks);
     raw.extend_from_slice(&mantissas);
-    let e = xors.len();
-    let at = raw.len();
-    raw.resize(at + e * 8, 0);
-    for (i, x) in xors.iter().enumerate() {
-        for (k, b) in x.to_be_bytes().iter().enumerate() {
-            raw[at + k * e + i] = *b;
-        }
-    }
+    put_planes(raw, &xors);
 }
 
 /// Decodes a journal chunk of any format with the state the chunks before
@@ -350,37 +319,16 @@ fn decode_context_raw(
     for _ in 0..n {
         deltas.push(unzigzag(c.varint()?));
     }
-    let ks = c.take(n)?;
     let mut mantissas = Vec::with_capacity(n);
-    for &k in ks {
-        match k {
-            0..=JOURNAL_DECIMALS => mantissas.push(unzigzag(c.varint()?)),
-            RAW_VALUE => {}
-            k => return Err(corrupt(format!("value decimals {k}"))),
-        }
-    }
-    let e = n - mantissas.len();
-    let planes = c.take(e * 8)?;
+    let (ks, planes) = read_values(&mut c, n, &mut mantissas)?;
     c.finish()?;
-    let (mut next_m, mut next_x) = (0, 0);
+    let mut vals = Values::new(&mantissas, planes);
     for (i, &k) in ks.iter().enumerate() {
         let s = ids[i];
         let slot = state.slot(s);
         let p = slot.prev();
         let t = slot.expected(base).wrapping_add(deltas[i]);
-        let (val, bits) = if k == RAW_VALUE {
-            let mut x = [0u8; 8];
-            for (j, b) in x.iter_mut().enumerate() {
-                *b = planes[j * e + next_x];
-            }
-            next_x += 1;
-            let bits = p.bits() ^ u64::from_be_bytes(x);
-            (bits, bits)
-        } else {
-            let m = p.mantissa_ref(k).wrapping_add(mantissas[next_m]);
-            next_m += 1;
-            (m as u64, (m as f64 / POW10[k as usize]).to_bits())
-        };
+        let (val, bits) = vals.next(&p, k);
         *slot = slot.after(t, k, val);
         if want.contains(&s) {
             series.push(s);

@@ -23,7 +23,7 @@
 use std::ops::RangeInclusive;
 
 use super::segments::Segments;
-use super::{codec, Store, StoreError, SERIES_BITS};
+use super::{codec, min_max, Frame, Store, StoreError, SERIES_BITS};
 
 /// Flushes a group of journal frames holds: its first coded alone, the
 /// others against it and each other.
@@ -85,11 +85,21 @@ impl ChainWriter {
     }
 }
 
-/// Encodes a frame's points alone: a group of its own (a rewrite).
-pub fn encode_alone(s: &[u32], t: &[i64], v: &[f64], out: &mut Vec<u8>) {
+/// A rewrite of journal frame `key`: its points (decoded, in that order)
+/// coded alone, a group of its own.
+pub fn alone(key: i64, s: &[u32], t: &[i64], v: &[f64]) -> Frame<Vec<u8>> {
     let mut order: Vec<u32> = (0..s.len() as u32).collect();
     let mut state = codec::JournalState::new();
-    codec::encode_context_part(s, t, v, &mut order, &mut state, 0, out);
+    let mut data = Vec::with_capacity(t.len() * 6);
+    codec::encode_context_part(s, t, v, &mut order, &mut state, 0, &mut data);
+    let (ts_min, ts_max) = min_max(t.iter().copied());
+    Frame {
+        key,
+        ts_min,
+        ts_max,
+        count: t.len() as u32,
+        data,
+    }
 }
 
 /// Decoded points: series ids, times, values.
@@ -284,16 +294,7 @@ impl Store {
                 codec::Checksum::Skip,
                 (&mut s, &mut t, &mut v),
             )?;
-            let r = self.journal.frames()[&key];
-            let mut data = Vec::with_capacity(t.len() * 6);
-            encode_alone(&s, &t, &v, &mut data);
-            frames.push(super::Frame {
-                key,
-                ts_min: r.ts_min,
-                ts_max: r.ts_max,
-                count: r.count,
-                data,
-            });
+            frames.push(alone(key, &s, &t, &v));
         }
         self.journal.append(&frames)?;
         self.metrics.store.journal_bytes.fetch_add(

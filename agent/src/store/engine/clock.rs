@@ -14,8 +14,8 @@ use std::collections::HashSet;
 
 use rusqlite::{params, OptionalExtension};
 
-use super::chain::{encode_alone, ChainReader};
-use super::{codec, decode_chunk, min_max, table_exists, Frame, Store, SERIES_BITS, SERIES_MASK};
+use super::chain::{alone, ChainReader};
+use super::{codec, decode_chunk, min_max, table_exists, Store, SERIES_BITS, SERIES_MASK};
 use crate::point::SeriesKey;
 use crate::store::{Cursor, StoreError};
 
@@ -209,16 +209,7 @@ impl Store {
                 continue;
             }
             changed_group = Some(group);
-            let mut data = Vec::with_capacity(t.len() * 6);
-            encode_alone(&s, &t, &v, &mut data);
-            let (ts_min, ts_max) = min_max(t.iter().copied());
-            rewrites.push(Frame {
-                key,
-                ts_min,
-                ts_max,
-                count: frame.count,
-                data,
-            });
+            rewrites.push(alone(key, &s, &t, &v));
         }
         let tx = self.conn.transaction()?;
         {
