@@ -329,7 +329,7 @@ async fn run(
     }
     // Every handle is gone: sources and sinks have stopped.
     if flush(&mut store, &mut errors, &mut waiters, Store::flush).is_ok() {
-        match store.seal() {
+        match store.close() {
             Ok(n) => info!(sealed = n, "store closed cleanly"),
             Err(e) => warn!("store closed, sealing skipped: {e}"),
         }

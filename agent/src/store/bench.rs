@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{JournalMode, Store, StoreError};
 use crate::ops::Metrics;
@@ -137,20 +137,38 @@ pub(crate) fn proc_field(file: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Bytes written (`/proc/self/io`) during flushes, seals and compaction.
+/// Bytes written (`/proc/self/io`) during flushes, seals and compaction,
+/// and the longest step of each (the store task serves nothing meanwhile).
 #[derive(Default)]
 struct Stages {
     bytes: [u64; 3],
+    longest: [Duration; 3],
 }
 
 impl Stages {
-    /// Runs `f`, adding what it wrote to stage `k`.
+    /// Runs `f`, a step of stage `k`, adding what it wrote.
     fn time<T>(&mut self, k: usize, f: impl FnOnce() -> T) -> T {
         let wb = || proc_field("/proc/self/io", "write_bytes:").unwrap_or(0);
         let before = wb();
+        let started = Instant::now();
         let out = f();
+        self.longest[k] = self.longest[k].max(started.elapsed());
         self.bytes[k] += wb().saturating_sub(before);
         out
+    }
+
+    /// Seals as the agent's upkeep does, a step at a time.
+    fn seal(&mut self, store: &mut Store) -> Result<(), StoreError> {
+        self.time(1, || store.seal_begin());
+        while self.time(1, || store.seal_step())? {}
+        Ok(())
+    }
+
+    /// A round of compaction, a step at a time; returns the merges done.
+    fn compact(&mut self, store: &mut Store) -> Result<usize, StoreError> {
+        self.time(2, || store.compact_begin())?;
+        while self.time(2, || store.compact_step())? {}
+        Ok(store.compacted())
     }
 }
 
@@ -211,8 +229,8 @@ pub fn run(
             let now = t.div_euclid(SECOND);
             if now >= next_seal {
                 // As the agent's upkeep does: seal, then a round of compaction.
-                stages.time(1, || store.seal())?;
-                stages.time(2, || store.compact())?;
+                stages.seal(&mut store)?;
+                stages.compact(&mut store)?;
                 next_seal = now + seal_every;
             }
         }
@@ -225,12 +243,12 @@ pub fn run(
     }
     store.append(&batch)?;
     stages.time(0, || store.flush())?;
-    stages.time(1, || store.seal())?;
+    stages.seal(&mut store)?;
     progress.finish_and_clear();
     let ingest_cpu = cpu_seconds() - cpu_before;
     let ingest_wall = wall.elapsed().as_secs_f64();
     // Compaction to the end: the figure "after compaction".
-    while stages.time(2, || store.compact())? > 0 {}
+    while stages.compact(&mut store)? > 0 {}
     stages.time(2, || store.checkpoint())?;
     let written = proc_field("/proc/self/io", "write_bytes:").unwrap_or(0) - written_before;
     let device = device_before.and_then(|(dev, before)| {
@@ -291,6 +309,14 @@ pub fn run(
         stages.bytes[0] as f64 / total as f64,
         stages.bytes[1] as f64 / total as f64,
         stages.bytes[2] as f64 / total as f64
+    );
+    let ms = |k: usize| stages.longest[k].as_secs_f64() * 1e3;
+    let _ = writeln!(
+        report,
+        "longest step            {:.0} ms flush, {:.0} ms seal, {:.0} ms compaction (wall; the store task serves nothing meanwhile)",
+        ms(0),
+        ms(1),
+        ms(2)
     );
     let _ = writeln!(
         report,

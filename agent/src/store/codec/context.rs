@@ -246,18 +246,18 @@ fn encode_context_raw(
 }
 
 /// Decodes a journal chunk of any format with the state the chunks before
-/// it left, which it advances: the points of the series in `ids` (the
-/// state stays right for those series only). A chunk of format 9 needs the
-/// state; the others are self-contained and only note their points.
+/// it left, which it advances: the points of the series the state keeps
+/// ([`JournalState::for_ids`]). A chunk of format 9 needs the state; the
+/// others are self-contained and only note their points.
 pub fn decode_with_state(
     bytes: &[u8],
     checksum: Checksum,
-    ids: RangeInclusive<u32>,
     state: &mut JournalState,
     series: &mut Vec<u32>,
     ts: &mut Vec<i64>,
     values: &mut Vec<f64>,
 ) -> Result<(), CodecError> {
+    let ids = state.ids.clone();
     if bytes.first() != Some(&MIXED_V5) {
         let from = series.len();
         decode_mixed_with(bytes, checksum, ids, series, ts, values)?;
@@ -382,16 +382,8 @@ mod tests {
             let mut reader = JournalState::for_ids(want.clone());
             for (chunk, points) in chunks.iter().zip(flushes) {
                 let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
-                decode_with_state(
-                    chunk,
-                    Checksum::Verify,
-                    want.clone(),
-                    &mut reader,
-                    &mut s,
-                    &mut t,
-                    &mut v,
-                )
-                .unwrap();
+                decode_with_state(chunk, Checksum::Verify, &mut reader, &mut s, &mut t, &mut v)
+                    .unwrap();
                 // Each series' points, in arrival order, bit for bit.
                 let mut expect: Vec<(u32, usize, i64, u64)> = points
                     .iter()
@@ -489,10 +481,10 @@ mod tests {
             bad[i] ^= flip;
             let (mut s2, mut t2, mut v2) = (Vec::new(), Vec::new(), Vec::new());
             let mut st = JournalState::new();
-            prop_assert!(decode_with_state(&bad, Checksum::Verify, 0..=u32::MAX, &mut st, &mut s2, &mut t2, &mut v2).is_err());
+            prop_assert!(decode_with_state(&bad, Checksum::Verify, &mut st, &mut s2, &mut t2, &mut v2).is_err());
             let mut garbage = vec![MIXED_V5];
             garbage.extend_from_slice(&bytes);
-            let _ = decode_with_state(&garbage, Checksum::Skip, 0..=u32::MAX, &mut st, &mut s2, &mut t2, &mut v2);
+            let _ = decode_with_state(&garbage, Checksum::Skip, &mut st, &mut s2, &mut t2, &mut v2);
         }
     }
 }

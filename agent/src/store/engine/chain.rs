@@ -113,8 +113,6 @@ pub struct ChainReader {
     /// The group the state is of and the last frame in it the state is
     /// past (sequence numbers).
     at: Option<(i64, i64)>,
-    /// The series the state is right for.
-    ids: RangeInclusive<u32>,
     /// A frame's bytes, and the columns of frames decoded only for their state.
     buf: Vec<u8>,
     scratch: Columns,
@@ -136,9 +134,8 @@ impl ChainReader {
     /// A reader of the points of the series in `ids`.
     pub fn new(ids: RangeInclusive<u32>) -> ChainReader {
         ChainReader {
-            state: codec::JournalState::for_ids(ids.clone()),
+            state: codec::JournalState::for_ids(ids),
             at: None,
-            ids,
             buf: Vec::new(),
             scratch: Default::default(),
             last: None,
@@ -243,16 +240,7 @@ impl ChainReader {
             self.state.clear();
         }
         journal.read_into(key, &mut self.buf, checksum)?;
-        codec::decode_with_state(
-            &self.buf,
-            checksum,
-            self.ids.clone(),
-            &mut self.state,
-            s,
-            t,
-            v,
-        )
-        .map_err(|e| {
+        codec::decode_with_state(&self.buf, checksum, &mut self.state, s, t, v).map_err(|e| {
             self.at = None;
             StoreError::Corrupt(format!("chunk {key}: {e}"))
         })

@@ -61,6 +61,16 @@ const MAGIC: [u8; 4] = *b"TGJ\x02";
 const FILE_HEADER: usize = 24;
 /// Its flag for a file reused from the pool.
 const REUSED: u32 = 1;
+/// The page size writes are counted in (the kernel's, and SD cards' at least).
+const PAGE: usize = 4096;
+/// An append of at least this many bytes ends with a padding frame up to
+/// the next page boundary: the next append then starts a page of its own
+/// instead of writing the last one again. Below it the next append
+/// rewrites the page either way, and padding would only take room.
+const PAD_FROM: usize = PAGE;
+/// A padding frame's key: every watermark seals it (`i64::MIN`), so no
+/// reader indexes it (nor did builds before it).
+const PAD_KEY: i64 = i64::MIN;
 /// Sealed files kept for reuse, at most: a seal frees several at once
 /// (at 10k points/s, ~6 files of 4 MiB every 10 minutes).
 const POOL_FILES: usize = 8;
@@ -429,28 +439,31 @@ impl Segments {
         let mut buf =
             Vec::with_capacity(frames.iter().map(|f| HEADER + f.data.as_ref().len()).sum());
         for f in frames {
-            let len = u32::try_from(f.data.as_ref().len())
-                .ok()
-                .filter(|&n| n <= MAX_FRAME);
-            let Some(len) = len else {
+            if f.data.as_ref().len() > MAX_FRAME as usize {
                 return Err(io_err(
                     &self.dir,
                     io::Error::new(ErrorKind::InvalidInput, "journal frame over 64 MiB"),
                 ));
-            };
-            let start = buf.len();
-            buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(&[0; 4]);
-            buf.extend_from_slice(&f.key.to_le_bytes());
-            buf.extend_from_slice(&f.ts_min.to_le_bytes());
-            buf.extend_from_slice(&f.ts_max.to_le_bytes());
-            buf.extend_from_slice(&f.count.to_le_bytes());
-            buf.extend_from_slice(f.data.as_ref());
-            let crc = crc32_update(salt, &buf[start + 8..]);
-            buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+            }
+            put_frame(&mut buf, salt, f);
         }
         let seg = self.segs.get_mut(&id).expect("the active file is open");
         let start = seg.len;
+        let gap = (PAGE - (start as usize + buf.len()) % PAGE) % PAGE;
+        if buf.len() >= PAD_FROM && gap >= HEADER {
+            let pad = vec![0; gap - HEADER];
+            put_frame(
+                &mut buf,
+                salt,
+                &Frame {
+                    key: PAD_KEY,
+                    ts_min: 0,
+                    ts_max: 0,
+                    count: 0,
+                    data: &pad[..],
+                },
+            );
+        }
         let mut done = seg
             .file
             .write_all_at(&buf, start)
@@ -755,6 +768,21 @@ fn decode(b: &[u8; HEADER], segment: i64, offset: u64) -> (u32, i64, FrameRef) {
     )
 }
 
+/// Appends frame `f` to `buf`, its CRC started from `salt`.
+fn put_frame<D: AsRef<[u8]>>(buf: &mut Vec<u8>, salt: u32, f: &Frame<D>) {
+    let data = f.data.as_ref();
+    let start = buf.len();
+    buf.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(&f.key.to_le_bytes());
+    buf.extend_from_slice(&f.ts_min.to_le_bytes());
+    buf.extend_from_slice(&f.ts_max.to_le_bytes());
+    buf.extend_from_slice(&f.count.to_le_bytes());
+    buf.extend_from_slice(data);
+    let crc = crc32_update(salt, &buf[start + 8..]);
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// The key and index entry of the frame at the start of `b`, at `offset` in
 /// file `segment`, or what is wrong with it.
 fn check(b: &[u8], segment: i64, offset: u64, salt: u32) -> Result<(i64, FrameRef), &'static str> {
@@ -924,6 +952,34 @@ mod tests {
         }
         assert!(s.read(9).is_err());
         assert_eq!(s.bytes(), disk(&dir));
+    }
+
+    #[test]
+    fn a_large_append_ends_on_a_page_and_its_padding_reads_as_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("j.tgj");
+        let (mut s, _) = Segments::open(&dir, &upto(0)).unwrap();
+        let big: Vec<Vec<u8>> = (0..3).map(|k| vec![k as u8 + 1; 5000 + 700 * k]).collect();
+        append(&mut s, &[1], 0); // small: no padding
+        assert_eq!(files(&dir)[0].1, (FILE_HEADER + HEADER + 41) as u64);
+        for (k, data) in big.iter().enumerate() {
+            s.append(&[frame(2 + k as i64, data)]).unwrap();
+            let len = files(&dir)[0].1;
+            assert_eq!(len % PAGE as u64, 0, "append {k} ends at {len}");
+        }
+        append(&mut s, &[5], 0);
+        let before = s.frames().clone();
+        drop(s);
+        // The padding is neither a frame nor damage, and an append after
+        // it reads back.
+        let (s, damage) = Segments::open(&dir, &upto(0)).unwrap();
+        assert!(damage.is_empty(), "{damage:?}");
+        assert_eq!(keys(&s), [1, 2, 3, 4, 5]);
+        assert_eq!(s.frames(), &before);
+        for (k, data) in big.iter().enumerate() {
+            assert_eq!(&s.read(2 + k as i64).unwrap(), data);
+        }
+        assert_eq!(s.read(5).unwrap(), payload(5, 0));
     }
 
     #[test]
