@@ -264,8 +264,8 @@ struct SealState {
     job: Option<SealJob>,
     /// Most points a step gathers ([`SEAL_PASS_POINTS`]; smaller in tests).
     pass_points: usize,
-    /// Most points a step commits ([`SEAL_COMMIT_POINTS`]; 1 in tests: a
-    /// group a step).
+    /// Most points a step commits ([`SEAL_COMMIT_POINTS`]; in most tests
+    /// 1: a group a step).
     commit_points: usize,
 }
 
@@ -3726,7 +3726,7 @@ mod tests {
 
     #[test]
     fn a_clean_close_leaves_no_journal_file_kept_for_reuse() {
-        let (d, mut st, mut all) = stepped_store(10);
+        let (_d, mut st, mut all) = stepped_store(10);
         st.seal().unwrap();
         // Flushes after the seal take the sealed file from the pool; the
         // close seals them and the file goes back to the pool, then away.
@@ -3751,7 +3751,6 @@ mod tests {
         stepped_flushes(&mut st, 12..13, &mut all);
         assert_series_read(&st, &all, 0..6);
         assert_eq!(files(&st).len(), 1);
-        drop(d);
     }
 
     #[test]
