@@ -68,9 +68,20 @@ pub const MAX_SERIES: u32 = (1 << SERIES_BITS) - 1;
 /// Compaction merges a series' chunks up to this many points: the block size at
 /// which the codec reaches its ratio (see ../shared/data/README.md).
 pub const TARGET_CHUNK_POINTS: i64 = 8192;
-/// Chunks of one size class merged at once: each point is rewritten about
-/// log4(8192 / points per seal) times.
+/// Chunks of one size class merged at once: each point of a tiny chunk is
+/// rewritten about log4(TINY / points per seal) times before it is in a
+/// full block.
 const FANOUT: usize = 4;
+/// Chunks of fewer points merge by size class ([`FANOUT`] at a time); larger
+/// ones wait until they fill a block (at most 16 of them wait). Before
+/// 2026-12-07 every size merged by class: the 600-point chunks a series at
+/// one point a second seals every 10 minutes went 600 -> 2400 -> 7200, each
+/// point merged twice, and compaction's share of `bench store --seconds
+/// 7200` was the one that grew with time.
+const TINY: i64 = TARGET_CHUNK_POINTS / 16;
+/// A merge of at least this many points is a full block, merged again only
+/// with settled stragglers.
+const FULL: i64 = TARGET_CHUNK_POINTS * 3 / 4;
 /// SQLite's page cache, KiB (its default is 2000). The hot pages are the
 /// chunk and index pages a flush appends to, a few dozen; a miss is
 /// usually served by the kernel's page cache rather than the card. What the
@@ -2539,6 +2550,9 @@ fn min_max(ts: impl IntoIterator<Item = i64>) -> (i64, i64) {
 /// is settled: no more is coming to its neighbourhood, so its series' small
 /// chunks are merged whatever their sizes (the LSM tree's last level).
 const SETTLE_NS: i64 = 3600 * 1_000_000_000;
+/// A chunk whose newest point is a day older than the newest point seen: a
+/// busy series fills its blocks in hours, so its chunks never get stale.
+const STALE_NS: i64 = 24 * SETTLE_NS;
 
 /// A sealed chunk as compaction sees it.
 #[derive(Clone, Copy, Debug)]
@@ -2553,14 +2567,23 @@ struct ChunkInfo {
 /// then id) to merge, at most `TARGET_CHUNK_POINTS` together, with no cursor
 /// between or inside them:
 ///
-/// - `FANOUT` chunks of one size class (log4 of the count), as a size-tiered
-///   LSM tree merges, so each point is rewritten about log4(8192 / n) times;
+/// - `FANOUT` tiny chunks (below [`TINY`]) of one size class (log4 of the
+///   count), as a size-tiered LSM tree merges;
+/// - chunks below [`FULL`] as soon as they add up to a full block: a series
+///   sealing hundreds of points at a time (a busy one) has each point merged
+///   once, not log4(8192 / n) times;
 /// - settled chunks (no new point near them for an hour) whatever their sizes,
 ///   once the smaller ones add up to a quarter of the largest, so a full block
-///   is not rewritten for every straggler.
+///   is not rewritten for every straggler; only tiny ones while newer chunks
+///   of the series follow them unsettled: the series is still filling a
+///   block, and settling its 600-point chunks one seal at a time rewrote
+///   the growing block each time; tiny chunks of a slow series, irregular in
+///   size, seldom make a same-class group, and a slow series' larger chunks
+///   may take weeks to fill a block: those of a day ago merge meanwhile.
 fn plan_merges(chunks: &[ChunkInfo], cursors: &[Cursor], now_ns: i64) -> Vec<Vec<i64>> {
     let class = |n: i64| (64 - (n.max(1) as u64).leading_zeros()) / 2;
     let settled = |c: &ChunkInfo| c.ts_max < now_ns.saturating_sub(SETTLE_NS);
+    let stale = |c: &ChunkInfo| c.ts_max < now_ns.saturating_sub(STALE_NS);
     let worth = |g: &[ChunkInfo]| {
         let total: i64 = g.iter().map(|c| c.count).sum();
         let largest = g.iter().map(|c| c.count).max().unwrap_or(0);
@@ -2586,24 +2609,47 @@ fn plan_merges(chunks: &[ChunkInfo], cursors: &[Cursor], now_ns: i64) -> Vec<Vec
     for run in runs {
         let mut i = 0;
         while i < run.len() {
-            // Same-class group of FANOUT starting here?
+            // Same-class group of FANOUT tiny chunks starting here?
             let end = i + FANOUT;
             if end <= run.len()
+                && run[i].count < TINY
                 && run[i..end]
                     .iter()
                     .all(|c| class(c.count) == class(run[i].count))
-                && run[i..end].iter().map(|c| c.count).sum::<i64>() <= TARGET_CHUNK_POINTS
             {
                 out.push(run[i..end].iter().map(|c| c.id).collect());
                 i = end;
                 continue;
             }
-            // Else the longest settled window from here that fits the target.
+            // A full block of chunks short of one?
+            let mut j = i;
+            let mut total = 0;
+            while j < run.len()
+                && run[j].count < FULL
+                && total + run[j].count <= TARGET_CHUNK_POINTS
+            {
+                total += run[j].count;
+                j += 1;
+            }
+            if j - i >= 2 && total >= FULL {
+                out.push(run[i..j].iter().map(|c| c.id).collect());
+                i = j;
+                continue;
+            }
+            // Else the longest settled window from here that fits the target;
+            // only its tiny or stale chunks if an unsettled chunk stopped it
+            // (see above).
             let mut j = i;
             let mut total = 0;
             while j < run.len() && settled(&run[j]) && total + run[j].count <= TARGET_CHUNK_POINTS {
                 total += run[j].count;
                 j += 1;
+            }
+            if j < run.len() && !settled(&run[j]) {
+                j = i + run[i..j]
+                    .iter()
+                    .take_while(|c| c.count < TINY || stale(c))
+                    .count();
             }
             if worth(&run[i..j]) {
                 out.push(run[i..j].iter().map(|c| c.id).collect());
@@ -2756,6 +2802,49 @@ mod tests {
             vec![vec![k(1) | 3, k(2) | 3, k(3) | 3], vec![k(6) | 3, k(7) | 3, k(8) | 3]],
             "greedy up to 8192 points; 7000 is not rewritten for 50 points; 50 + 1000 + 900 are worth it"
         );
+    }
+
+    #[test]
+    fn a_busy_series_merges_its_chunks_once_into_a_full_block() {
+        let info = |i: i64, count, ts_max| ChunkInfo {
+            series: 1,
+            id: k(i + 1) | 1,
+            count,
+            ts_max,
+        };
+        // A series sealing 600 points every 10 minutes: ten chunks wait (no
+        // merge of four into 2400), the eleventh fills a block of 6600.
+        let now = 10 * SETTLE_NS;
+        let fresh = |n: i64| (0..n).map(|i| info(i, 600, now)).collect::<Vec<_>>();
+        assert_eq!(plan_merges(&fresh(10), &[], now), Vec::<Vec<i64>>::new());
+        let eleven: Vec<i64> = fresh(11).iter().map(|c| c.id).collect();
+        assert_eq!(plan_merges(&fresh(11), &[], now), vec![eleven]);
+        // Its older chunks settled while newer ones follow unsettled: the
+        // series is still filling a block, so they are not merged yet...
+        let mut run: Vec<ChunkInfo> = (0..4).map(|i| info(i, 600, 0)).collect();
+        run.push(info(4, 600, now));
+        assert_eq!(plan_merges(&run, &[], now), Vec::<Vec<i64>>::new());
+        // ...but once the series stopped (all settled), they are.
+        run[4].ts_max = 0;
+        let all: Vec<i64> = run.iter().map(|c| c.id).collect();
+        assert_eq!(plan_merges(&run, &[], now), vec![all]);
+        // A slow series' tiny chunks, of no one size class, merge once
+        // settled even while it goes on.
+        let mut slow: Vec<ChunkInfo> = [1, 2, 1, 4, 1]
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| info(i as i64, n, 0))
+            .collect();
+        slow.push(info(5, 1, now));
+        let settled: Vec<i64> = slow[..5].iter().map(|c| c.id).collect();
+        assert_eq!(plan_merges(&slow, &[], now), vec![settled]);
+        // Nor do its larger chunks wait weeks to fill a block: a day old, they
+        // merge too.
+        let mut weeks: Vec<ChunkInfo> = (0..3).map(|i| info(i, 600, now - STALE_NS - 1)).collect();
+        weeks.push(info(3, 600, now - SETTLE_NS - 1));
+        weeks.push(info(4, 1, now));
+        let stale: Vec<i64> = weeks[..3].iter().map(|c| c.id).collect();
+        assert_eq!(plan_merges(&weeks, &[], now), vec![stale]);
     }
 
     #[test]
