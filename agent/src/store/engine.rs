@@ -79,8 +79,8 @@ const FANOUT: usize = 4;
 /// point merged twice, and compaction's share of `bench store --seconds
 /// 7200` was the one that grew with time.
 const TINY: i64 = TARGET_CHUNK_POINTS / 16;
-/// A merge of at least this many points is a full block, merged again only
-/// with settled stragglers.
+/// A merge of at least this many points is a full block, never merged
+/// again: compaction plans from the chunks short of it (`chunks_filling`).
 const FULL: i64 = TARGET_CHUNK_POINTS * 3 / 4;
 /// SQLite's page cache, KiB (its default is 2000). The hot pages are the
 /// chunk and index pages a flush appends to, a few dozen; a miss is
@@ -142,7 +142,15 @@ CREATE TABLE IF NOT EXISTS chunks (
     count  INTEGER NOT NULL,
     data   BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS chunks_by_series ON chunks (series, ts_max) WHERE series != 0;
+-- Chunks by series, in two partial indexes: those short of a full block
+-- (what seals add and compaction takes away, a bounded few a series) and
+-- full blocks (compaction's, every couple of hours a busy series). In one
+-- index of both, each seal touched a leaf a series in an index that grows
+-- with the store's age. `chunks_by_series`, that one index, until
+-- 2026-12-07: dropped at open.
+DROP INDEX IF EXISTS chunks_by_series;
+CREATE INDEX IF NOT EXISTS chunks_filling ON chunks (series, ts_max) WHERE series != 0 AND count < 6144;
+CREATE INDEX IF NOT EXISTS chunks_full ON chunks (series, ts_max) WHERE series != 0 AND count >= 6144;
 -- The journal's table until 2026-12-07, empty since: the journal is kept
 -- in append-only segment files beside the database (`<db>.tgj/`), where a
 -- flush writes about its data once instead of SQLite's pages and their
@@ -190,20 +198,57 @@ CREATE TABLE IF NOT EXISTS cursors (
 );
 ";
 
+/// `WHERE` conditions of a query by series, one for each partial index of
+/// the chunks table (`chunks_filling` and `chunks_full`, [`FULL`] points).
+/// `series != 0` and the count are spelt out: SQLite uses a partial index
+/// only when the query itself implies the index's condition, and `series
+/// = ?1` alone does not (without it, every query scanned the whole table:
+/// 4.4 ms at 10k series).
+macro_rules! by_series {
+    (filling) => {
+        "series = ?1 AND series != 0 AND count < 6144"
+    };
+    (full) => {
+        "series = ?1 AND series != 0 AND count >= 6144"
+    };
+}
+
 /// Sealed chunks that may hold points of series `?1` in `[?2, ?3]`, in key
-/// order (the journal's follow them, see [`Store::each_chunk`]). `series != 0` is spelt out:
-/// SQLite uses the partial index `chunks_by_series` only when the query
-/// itself implies the index's condition, and `series = ?1` alone does not
-/// (without it, every query scanned the whole table: 4.4 ms at 10k series).
+/// order (the journal's follow them, see [`Store::each_chunk`]).
 const SERIES_CHUNKS: &str = concat!(
-    "SELECT id, data FROM chunks WHERE series = ?1 AND series != 0 AND ts_max >= ?2 AND ts_min <= ?3 AND ",
+    "SELECT id, data FROM chunks WHERE ",
+    by_series!(filling),
+    " AND ts_max >= ?2 AND ts_min <= ?3 AND ",
+    valid!(),
+    " UNION ALL SELECT id, data FROM chunks WHERE ",
+    by_series!(full),
+    " AND ts_max >= ?2 AND ts_min <= ?3 AND ",
     valid!(),
     " ORDER BY id"
 );
-/// The oldest sealed timestamp of series `?1` (see [`SERIES_CHUNKS`] on `series != 0`).
+/// The oldest sealed timestamp of series `?1`.
 const SERIES_OLDEST: &str = concat!(
-    "SELECT MIN(ts_min) FROM chunks WHERE series = ?1 AND series != 0 AND ",
-    valid!()
+    "SELECT MIN(t) FROM (SELECT MIN(ts_min) AS t FROM chunks WHERE ",
+    by_series!(filling),
+    " AND ",
+    valid!(),
+    " UNION ALL SELECT MIN(ts_min) FROM chunks WHERE ",
+    by_series!(full),
+    " AND ",
+    valid!(),
+    ")"
+);
+/// Bytes of series `?1`'s sealed chunks.
+const SERIES_BYTES: &str = concat!(
+    "SELECT (SELECT COALESCE(SUM(length(data)), 0) FROM chunks WHERE ",
+    by_series!(filling),
+    " AND ",
+    valid!(),
+    ") + (SELECT COALESCE(SUM(length(data)), 0) FROM chunks WHERE ",
+    by_series!(full),
+    " AND ",
+    valid!(),
+    ")"
 );
 
 /// A sink's two positions: what it has acknowledged, and what it has been handed.
@@ -1288,11 +1333,11 @@ impl Store {
         };
         {
             let mut stmt = self.conn.prepare_cached(concat!(
-                "SELECT series, id, count, ts_max FROM chunks WHERE series != 0 AND count < ?1 AND ",
+                "SELECT series, id, count, ts_max FROM chunks WHERE series != 0 AND count < 6144 AND ",
                 valid!(),
                 " ORDER BY series, id"
             ))?;
-            let mut rows = stmt.query([TARGET_CHUNK_POINTS])?;
+            let mut rows = stmt.query([])?;
             // A series at a time (no merge joins two): a store of months holds
             // hundreds of thousands of chunks below the target, most of which
             // will never merge again; all at once they did not fit in memory.
@@ -1995,14 +2040,7 @@ impl Store {
                 )? + self.journal_sums(..).bytes as i64
             }
             Some(k) => match self.ids.get(k) {
-                Some(&sid) => self.conn.query_row(
-                    concat!(
-                        "SELECT COALESCE(SUM(length(data)), 0) FROM chunks WHERE series = ?1 AND series != 0 AND ",
-                        valid!()
-                    ),
-                    [sid],
-                    |r| r.get(0),
-                )?,
+                Some(&sid) => self.conn.query_row(SERIES_BYTES, [sid], |r| r.get(0))?,
                 None => 0,
             },
         };
@@ -2922,9 +2960,41 @@ mod tests {
     }
 
     #[test]
+    fn a_store_with_the_one_series_index_gets_the_two_at_open() {
+        let (d, mut st) = open();
+        st.append(&Batch {
+            points: vec![point("m a", 1, 1.0), point("m b", 2, 2.0)],
+        })
+        .unwrap();
+        st.flush().unwrap();
+        st.seal().unwrap();
+        st.conn
+            .execute_batch(
+                "DROP INDEX chunks_filling; DROP INDEX chunks_full;
+                 CREATE INDEX chunks_by_series ON chunks (series, ts_max) WHERE series != 0;",
+            )
+            .unwrap();
+        drop(st);
+        let st = Store::open(&d.path().join("s.db"), Metrics::new("t")).unwrap();
+        let indexes: Vec<String> = st
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'chunks' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexes, ["chunks_filling", "chunks_full"]);
+        let a = SeriesKey::from_canonical("m a");
+        assert_eq!(st.read(&a, 0, 10).unwrap(), vec![(1, 1.0)]);
+        assert_eq!(st.oldest_raw(&a).unwrap(), Some(1));
+    }
+
+    #[test]
     fn series_queries_use_the_series_index() {
         let (_d, st) = open();
-        for (sql, n) in [(SERIES_CHUNKS, 3), (SERIES_OLDEST, 1)] {
+        assert_eq!(FULL, 6144, "the partial indexes' bound, spelt out in SQL");
+        for (sql, n) in [(SERIES_CHUNKS, 3), (SERIES_OLDEST, 1), (SERIES_BYTES, 1)] {
             let sql = format!("EXPLAIN QUERY PLAN {sql}");
             let mut stmt = st.conn.prepare(&sql).unwrap();
             let args = [1i64, 2, 3, 4];
@@ -2937,10 +3007,9 @@ mod tests {
                 plan.iter().all(|step| !step.starts_with("SCAN chunks")),
                 "a whole-table scan per query: {plan:?}"
             );
-            assert!(
-                plan.iter().any(|step| step.contains("chunks_by_series")),
-                "{plan:?}"
-            );
+            for index in ["chunks_filling", "chunks_full"] {
+                assert!(plan.iter().any(|step| step.contains(index)), "{plan:?}");
+            }
         }
     }
 
