@@ -73,7 +73,7 @@ pub const TARGET_CHUNK_POINTS: i64 = 8192;
 /// full block.
 const FANOUT: usize = 4;
 /// Chunks of fewer points merge by size class ([`FANOUT`] at a time); larger
-/// ones wait until they fill a block (at most 16 of them wait). Before
+/// ones wait until they fill a block (at most 12 of them wait). Before
 /// 2026-12-07 every size merged by class: the 600-point chunks a series at
 /// one point a second seals every 10 minutes went 600 -> 2400 -> 7200, each
 /// point merged twice, and compaction's share of `bench store --seconds
