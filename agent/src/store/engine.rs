@@ -198,56 +198,56 @@ CREATE TABLE IF NOT EXISTS cursors (
 );
 ";
 
-/// `WHERE` conditions of a query by series, one for each partial index of
-/// the chunks table (`chunks_filling` and `chunks_full`, [`FULL`] points).
-/// `series != 0` and the count are spelt out: SQLite uses a partial index
-/// only when the query itself implies the index's condition, and `series
-/// = ?1` alone does not (without it, every query scanned the whole table:
-/// 4.4 ms at 10k series).
-macro_rules! by_series {
-    (filling) => {
-        "series = ?1 AND series != 0 AND count < 6144"
+/// The condition of each partial index of the chunks table by series
+/// (`chunks_filling` and `chunks_full`, [`FULL`] points). SQLite uses a
+/// partial index only when the query itself implies the index's condition,
+/// so queries spell it out (without it, every query by series scanned the
+/// whole table: 4.4 ms at 10k series).
+macro_rules! filling {
+    () => {
+        "series != 0 AND count < 6144"
     };
-    (full) => {
-        "series = ?1 AND series != 0 AND count >= 6144"
+}
+macro_rules! full {
+    () => {
+        "series != 0 AND count >= 6144"
+    };
+}
+/// `SELECT $cols` of series `?1`'s valid chunks matching `$tail`: one
+/// select an index, their rows together.
+macro_rules! by_series {
+    ($cols:literal, $tail:literal) => {
+        concat!(
+            "SELECT ",
+            $cols,
+            " FROM chunks WHERE series = ?1 AND ",
+            filling!(),
+            $tail,
+            " AND ",
+            valid!(),
+            " UNION ALL SELECT ",
+            $cols,
+            " FROM chunks WHERE series = ?1 AND ",
+            full!(),
+            $tail,
+            " AND ",
+            valid!()
+        )
     };
 }
 
 /// Sealed chunks that may hold points of series `?1` in `[?2, ?3]`, in key
 /// order (the journal's follow them, see [`Store::each_chunk`]).
 const SERIES_CHUNKS: &str = concat!(
-    "SELECT id, data FROM chunks WHERE ",
-    by_series!(filling),
-    " AND ts_max >= ?2 AND ts_min <= ?3 AND ",
-    valid!(),
-    " UNION ALL SELECT id, data FROM chunks WHERE ",
-    by_series!(full),
-    " AND ts_max >= ?2 AND ts_min <= ?3 AND ",
-    valid!(),
+    by_series!("id, data", " AND ts_max >= ?2 AND ts_min <= ?3"),
     " ORDER BY id"
 );
 /// The oldest sealed timestamp of series `?1`.
-const SERIES_OLDEST: &str = concat!(
-    "SELECT MIN(t) FROM (SELECT MIN(ts_min) AS t FROM chunks WHERE ",
-    by_series!(filling),
-    " AND ",
-    valid!(),
-    " UNION ALL SELECT MIN(ts_min) FROM chunks WHERE ",
-    by_series!(full),
-    " AND ",
-    valid!(),
-    ")"
-);
+const SERIES_OLDEST: &str = concat!("SELECT MIN(ts_min) FROM (", by_series!("ts_min", ""), ")");
 /// Bytes of series `?1`'s sealed chunks.
 const SERIES_BYTES: &str = concat!(
-    "SELECT (SELECT COALESCE(SUM(length(data)), 0) FROM chunks WHERE ",
-    by_series!(filling),
-    " AND ",
-    valid!(),
-    ") + (SELECT COALESCE(SUM(length(data)), 0) FROM chunks WHERE ",
-    by_series!(full),
-    " AND ",
-    valid!(),
+    "SELECT COALESCE(SUM(n), 0) FROM (",
+    by_series!("length(data) AS n", ""),
     ")"
 );
 
@@ -1333,7 +1333,9 @@ impl Store {
         };
         {
             let mut stmt = self.conn.prepare_cached(concat!(
-                "SELECT series, id, count, ts_max FROM chunks WHERE series != 0 AND count < 6144 AND ",
+                "SELECT series, id, count, ts_max FROM chunks WHERE ",
+                filling!(),
+                " AND ",
                 valid!(),
                 " ORDER BY series, id"
             ))?;
