@@ -233,6 +233,9 @@ enum BenchCommand {
         /// mosquitto's window at 1000).
         #[arg(long, default_value_t = 1)]
         commits: u32,
+        /// Simulated time between seals (default: `store.seal_interval`'s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        seal_interval: Option<Duration>,
     },
     /// Drain a QoS 1 backlog from a real local mosquitto through the MQTT
     /// source into a fresh store: points/s and the agent's CPU per million points.
@@ -529,6 +532,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     dir,
                     journal,
                     commits,
+                    seal_interval,
                 },
         } => {
             let feed = match series {
@@ -543,7 +547,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let tmp = tempfile::tempdir()?;
             let dir = dir.unwrap_or_else(|| tmp.path().to_path_buf());
             std::fs::create_dir_all(&dir)?;
-            print!("{}", bench::run(&feed, &dir, journal, commits)?);
+            let opts = bench::Options {
+                journal,
+                commits,
+                seal_interval: seal_interval
+                    .unwrap_or(tidegate::config::StoreConfig::default().seal_interval),
+            };
+            print!("{}", bench::run(&feed, &dir, opts)?);
             Ok(())
         }
         Command::Bench {

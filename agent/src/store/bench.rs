@@ -71,51 +71,181 @@ struct Series {
     vs: Vec<f64>,
 }
 
-fn load(feed: &Feed) -> std::io::Result<Vec<Series>> {
-    match feed {
-        Feed::Files(files) => files
+/// The feed's points in timestamp order, as `(ts, series index, value)`.
+/// Recordings are loaded whole (the pco reference needs them); a synthetic
+/// fleet is generated a simulated second at a time, so a day at 10k points/s
+/// needs no memory for its input and peak RSS is the store's.
+enum Replay {
+    Files {
+        series: Vec<Series>,
+        order: std::vec::IntoIter<(i64, u32, u32)>,
+    },
+    Synthetic(Synthetic),
+}
+
+/// Random walks quantised to 0.01, each series at rate/series Hz with a
+/// little jitter, stamped on arrival to the millisecond as the agent's
+/// sources do (`point::arrival_ns`): a busy regional gateway.
+struct Synthetic {
+    names: Vec<String>,
+    keys: Vec<SeriesKey>,
+    /// Per series: phase (ns), walk position, next point's index.
+    state: Vec<(i64, i64, i64)>,
+    /// Nominal ns between a series' points; points a series.
+    step: i64,
+    points: i64,
+    rng: fastrand::Rng,
+    /// End of the next simulated second to generate.
+    until: i64,
+    /// The second generated, in timestamp order, and how far it is read.
+    ready: Vec<(i64, u32, f64)>,
+    read: usize,
+}
+
+const T0: i64 = 1_764_000_000_000_000_000;
+const SECOND: i64 = 1_000_000_000;
+
+impl Synthetic {
+    fn new(series: usize, rate: usize, seconds: usize) -> Self {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let per = (rate as f64 / series as f64).max(1e-9);
+        let step = (1e9 / per) as i64;
+        let state = (0..series)
+            .map(|_| (rng.i64(0..step.max(1)), rng.i64(1000..3000), 0))
+            .collect();
+        let names: Vec<String> = (0..series).map(|i| format!("s{i:05}")).collect();
+        let keys = names
             .iter()
-            .map(|p| {
-                let (ts, vs) = read_nab_csv(p)?;
-                let name = p
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let key = SeriesKey::new("nab", [("file", name.as_str())], "value");
-                Ok(Series { name, key, ts, vs })
-            })
-            .collect(),
-        Feed::Synthetic {
-            series,
-            rate,
-            seconds,
-        } => {
-            // Random walks quantised to 0.01, each series at rate/series Hz
-            // with a little jitter, stamped on arrival to the millisecond as
-            // the agent's sources do (`point::arrival_ns`): a busy regional
-            // gateway.
-            let mut rng = fastrand::Rng::with_seed(7);
-            let per = (*rate as f64 / *series as f64).max(1e-9);
-            let n = ((*seconds as f64) * per) as usize;
-            let t0 = 1_764_000_000_000_000_000i64;
-            Ok((0..*series)
-                .map(|i| {
-                    let step = (1e9 / per) as i64;
-                    let phase = rng.i64(0..step.max(1));
-                    let mut x = rng.i64(1000..3000);
-                    let (mut ts, mut vs) = (Vec::with_capacity(n), Vec::with_capacity(n));
-                    for j in 0..n as i64 {
-                        x += rng.i64(-3..=3);
-                        ts.push(crate::point::to_arrival(
-                            t0 + phase + j * step + rng.i64(0..1_000_000),
-                        ));
-                        vs.push(x as f64 / 100.0);
+            .map(|n| SeriesKey::new("synthetic", [("id", n.as_str())], "v"))
+            .collect();
+        Synthetic {
+            names,
+            keys,
+            state,
+            step,
+            points: ((seconds as f64) * per) as i64,
+            rng,
+            until: T0,
+            ready: Vec::new(),
+            read: 0,
+        }
+    }
+
+    /// The next point, generating the next simulated second when one is read.
+    fn next(&mut self) -> Option<(i64, u32, f64)> {
+        while self.read == self.ready.len() {
+            self.ready.clear();
+            self.read = 0;
+            self.until += SECOND;
+            let mut left = false;
+            for (i, (phase, x, j)) in self.state.iter_mut().enumerate() {
+                while *j < self.points && T0 + *phase + *j * self.step < self.until {
+                    *x += self.rng.i64(-3..=3);
+                    let t = T0 + *phase + *j * self.step + self.rng.i64(0..1_000_000);
+                    self.ready
+                        .push((crate::point::to_arrival(t), i as u32, *x as f64 / 100.0));
+                    *j += 1;
+                }
+                left |= *j < self.points;
+            }
+            self.ready.sort_unstable_by_key(|p| (p.0, p.1));
+            if self.ready.is_empty() && !left {
+                return None;
+            }
+        }
+        self.read += 1;
+        Some(self.ready[self.read - 1])
+    }
+}
+
+impl Replay {
+    fn new(feed: &Feed) -> std::io::Result<Self> {
+        match feed {
+            Feed::Files(files) => {
+                let series = files
+                    .iter()
+                    .map(|p| {
+                        let (ts, vs) = read_nab_csv(p)?;
+                        let name = p
+                            .file_stem()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        let key = SeriesKey::new("nab", [("file", name.as_str())], "value");
+                        Ok(Series { name, key, ts, vs })
+                    })
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                // Interleave by timestamp, as the points would arrive live.
+                let mut order = Vec::new();
+                for (si, s) in series.iter().enumerate() {
+                    for (j, &t) in s.ts.iter().enumerate() {
+                        order.push((t, si as u32, j as u32));
                     }
-                    let name = format!("s{i:05}");
-                    let key = SeriesKey::new("synthetic", [("id", name.as_str())], "v");
-                    Series { name, key, ts, vs }
+                }
+                order.sort_unstable();
+                Ok(Replay::Files {
+                    series,
+                    order: order.into_iter(),
                 })
-                .collect())
+            }
+            &Feed::Synthetic {
+                series,
+                rate,
+                seconds,
+            } => Ok(Replay::Synthetic(Synthetic::new(series, rate, seconds))),
+        }
+    }
+
+    /// Points in all.
+    fn total(&self) -> usize {
+        match self {
+            Replay::Files { series, .. } => series.iter().map(|s| s.ts.len()).sum(),
+            Replay::Synthetic(s) => s.keys.len() * s.points as usize,
+        }
+    }
+
+    fn series_count(&self) -> usize {
+        match self {
+            Replay::Files { series, .. } => series.len(),
+            Replay::Synthetic(s) => s.keys.len(),
+        }
+    }
+
+    fn key(&self, i: u32) -> &SeriesKey {
+        match self {
+            Replay::Files { series, .. } => &series[i as usize].key,
+            Replay::Synthetic(s) => &s.keys[i as usize],
+        }
+    }
+
+    /// The longest series: its name, key and middle timestamp.
+    fn longest(&self) -> Option<(&str, &SeriesKey, i64)> {
+        match self {
+            Replay::Files { series, .. } => series
+                .iter()
+                .max_by_key(|s| s.ts.len())
+                .map(|s| (s.name.as_str(), &s.key, s.ts[s.ts.len() / 2])),
+            Replay::Synthetic(s) => {
+                let (phase, _, _) = s.state.first()?;
+                let mid = T0 + phase + s.points / 2 * s.step;
+                Some((
+                    s.names[0].as_str(),
+                    &s.keys[0],
+                    crate::point::to_arrival(mid),
+                ))
+            }
+        }
+    }
+}
+
+impl Iterator for Replay {
+    type Item = (i64, u32, f64);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Replay::Files { series, order } => order
+                .next()
+                .map(|(t, si, j)| (t, si, series[si as usize].vs[j as usize])),
+            Replay::Synthetic(s) => s.next(),
         }
     }
 }
@@ -177,59 +307,55 @@ impl Stages {
     }
 }
 
-/// Runs the bench in `dir` (a fresh store) and returns the printed report;
-/// `commits` a simulated second (at least one).
-pub fn run(
-    feed: &Feed,
-    dir: &Path,
-    journal: JournalMode,
-    commits: u32,
-) -> Result<String, StoreError> {
-    let series = load(feed).map_err(|e| StoreError::Io {
+/// How the bench runs the store.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// SQLite journal mode.
+    pub journal: JournalMode,
+    /// Commits a simulated second (at least one).
+    pub commits: u32,
+    /// Simulated time between seals (`store.seal_interval`).
+    pub seal_interval: Duration,
+}
+
+/// Runs the bench in `dir` (a fresh store) and returns the printed report.
+pub fn run(feed: &Feed, dir: &Path, opts: Options) -> Result<String, StoreError> {
+    let mut replay = Replay::new(feed).map_err(|e| StoreError::Io {
         path: dir.to_path_buf(),
         source: e,
     })?;
-    let total: usize = series.iter().map(|s| s.ts.len()).sum();
-    // Interleave by timestamp, as the points would arrive live.
-    let mut order: Vec<(i64, u32, u32)> = Vec::with_capacity(total);
-    for (si, s) in series.iter().enumerate() {
-        for (j, &t) in s.ts.iter().enumerate() {
-            order.push((t, si as u32, j as u32));
-        }
-    }
-    order.sort_unstable();
+    let total = replay.total();
+    let first = replay.next();
 
     let path = dir.join("bench.db");
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_dir_all(super::engine::journal_dir(&path));
     let metrics = Metrics::new("bench");
     let mut store = Store::open(&path, metrics.clone())?;
-    store.set_journal_mode(journal)?;
+    store.set_journal_mode(opts.journal)?;
     let written_before = proc_field("/proc/self/io", "write_bytes:").unwrap_or(0);
     let device_before = device_written(dir);
     let cpu_before = cpu_seconds();
     let wall = Instant::now();
 
-    const SECOND: i64 = 1_000_000_000;
     // A commit each `slot` of simulated time; the seal's clock stays in seconds.
-    let slot = SECOND / i64::from(commits.max(1));
-    let mut current = order.first().map_or(0, |o| o.0.div_euclid(slot));
-    // As the agent does by default (store.seal_interval).
-    let seal_every = crate::config::StoreConfig::default()
-        .seal_interval
-        .as_secs() as i64;
-    let mut next_seal = order.first().map_or(0, |o| o.0.div_euclid(SECOND)) + seal_every;
+    let slot = SECOND / i64::from(opts.commits.max(1));
+    let start = first.map_or(0, |p| p.0);
+    let mut current = start.div_euclid(slot);
+    let seal_every = opts.seal_interval.as_secs().max(1) as i64;
+    let mut next_seal = start.div_euclid(SECOND) + seal_every;
     let mut batch = Batch::default();
     let mut stages = Stages::default();
     // Written per point in each simulated hour: whether the store settles
     // (compaction's later levels begin hours in), which the whole run's
     // figure, its first hours included, understates.
     const HOUR: i64 = 3600;
-    let mut next_hour = order.first().map_or(0, |o| o.0.div_euclid(SECOND)) + HOUR;
+    let mut next_hour = start.div_euclid(SECOND) + HOUR;
     let (mut replayed, mut hour_mark) = (0usize, (0usize, 0u64));
-    let mut hours: Vec<f64> = Vec::new();
-    let progress = crate::ops::progress::bar(order.len() as u64, "points replayed");
-    for &(t, si, j) in &order {
+    let mut hours: Vec<(usize, u64)> = Vec::new();
+    let progress = crate::ops::progress::bar(total as u64, "points replayed");
+    let mut point = first;
+    while let Some((t, si, value)) = point {
         let s = t.div_euclid(slot);
         if s != current {
             // The simulated clock crosses a slot: what arrived is flushed.
@@ -248,17 +374,17 @@ pub fn run(
             }
             if now >= next_hour {
                 let (points, bytes) = (replayed - hour_mark.0, stages.total() - hour_mark.1);
-                hours.push(bytes as f64 / points.max(1) as f64);
+                hours.push((points, bytes));
                 hour_mark = (replayed, stages.total());
                 next_hour += HOUR;
             }
         }
-        let sr = &series[si as usize];
         batch.points.push(Point {
-            series: sr.key.clone(),
+            series: replay.key(si).clone(),
             ts_ns: t,
-            value: sr.vs[j as usize],
+            value,
         });
+        point = replay.next();
     }
     store.append(&batch)?;
     stages.time(0, || store.flush())?;
@@ -282,7 +408,7 @@ pub fn run(
     let _ = writeln!(
         report,
         "points                  {total} in {} series",
-        series.len()
+        replay.series_count()
     );
     let _ = writeln!(
         report,
@@ -329,11 +455,25 @@ pub fn run(
         stages.bytes[1] as f64 / total as f64,
         stages.bytes[2] as f64 / total as f64
     );
-    if hours.len() >= 2 {
-        let list: Vec<String> = hours.iter().map(|b| format!("{b:.2}")).collect();
+    // A run of days is shown a day at a time; recordings of months or years
+    // (NAB's) not at all: a few points an hour, their bytes the flushes' own.
+    let span = match hours.len() {
+        2..=48 => Some((1, "hour")),
+        49..=1152 => Some((24, "day")),
+        _ => None,
+    };
+    if let Some((span, unit)) = span {
+        let list: Vec<String> = hours
+            .chunks(span)
+            .map(|c| {
+                let (points, bytes) = c.iter().fold((0, 0), |a, h| (a.0 + h.0, a.1 + h.1));
+                format!("{:.2}", bytes as f64 / points.max(1) as f64)
+            })
+            .collect();
         let _ = writeln!(
             report,
-            "  by hour               {} B/pt (write_bytes of each simulated hour's stages; the run's end is not in them)",
+            "  {:<22}{} B/pt (write_bytes of each simulated {unit}'s stages; the run's end is not in them)",
+            format!("by {unit}"),
             list.join(" ")
         );
     }
@@ -347,36 +487,35 @@ pub fn run(
     );
     let _ = writeln!(
         report,
-        "peak RSS                {:.1} MiB (VmHWM, includes the replayed input held in memory)",
+        "peak RSS                {:.1} MiB (VmHWM; recordings replayed are held in memory, a synthetic feed is not)",
         proc_field("/proc/self/status", "VmHWM:").unwrap_or(0) as f64 / 1024.0
     );
     // One day of the longest series, the median of 21 runs.
-    if let Some(s) = series.iter().max_by_key(|s| s.ts.len()) {
-        let from = s.ts[s.ts.len() / 2];
+    if let Some((name, key, from)) = replay.longest() {
         let to = from + 86_400 * SECOND;
         let mut times: Vec<f64> = (0..21)
             .map(|_| {
                 let t = Instant::now();
-                let n = store.read(&s.key, from, to).map(|v| v.len()).unwrap_or(0);
+                let n = store.read(key, from, to).map(|v| v.len()).unwrap_or(0);
                 std::hint::black_box(n);
                 t.elapsed().as_secs_f64() * 1e3
             })
             .collect();
         times.sort_by(f64::total_cmp);
-        let n = store.read(&s.key, from, to)?.len();
+        let n = store.read(key, from, to)?.len();
         let _ = writeln!(
             report,
-            "query one day           {:.3} ms median ({n} points of {})",
-            times[10], s.name
+            "query one day           {:.3} ms median ({n} points of {name})",
+            times[10]
         );
     }
-    if matches!(feed, Feed::Files(_)) {
+    if let Replay::Files { series, .. } = &replay {
         let _ = writeln!(
             report,
             "\nper file               points   B/pt store  B/pt pco-8192   ratio"
         );
         let (mut ours, mut reference) = (0usize, 0usize);
-        for s in &series {
+        for s in series {
             let b = store.chunk_bytes(Some(&s.key))? as usize;
             let r = pco_reference_bytes(&s.ts, &s.vs);
             ours += b;
@@ -426,4 +565,50 @@ fn device_written(dir: &Path) -> Option<(String, u64)> {
 
 fn truncate(s: &str, n: usize) -> &str {
     &s[..s.len().min(n)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_synthetic_feed_streams_every_point_in_time_order() {
+        let feed = Feed::Synthetic {
+            series: 50,
+            rate: 200,
+            seconds: 30,
+        };
+        let replay = Replay::new(&feed).unwrap();
+        assert_eq!(replay.total(), 50 * 120);
+        let points: Vec<(i64, u32, f64)> = replay.collect();
+        assert_eq!(points.len(), 50 * 120);
+        assert!(points.windows(2).all(|w| w[0].0 <= w[1].0), "out of order");
+        let mut per = [0usize; 50];
+        for p in &points {
+            per[p.1 as usize] += 1;
+        }
+        assert!(per.iter().all(|&n| n == 120), "{per:?}");
+    }
+
+    #[test]
+    fn the_bench_stores_what_it_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let feed = Feed::Synthetic {
+            series: 5,
+            rate: 10,
+            seconds: 1300,
+        };
+        let opts = Options {
+            journal: JournalMode::Rollback,
+            commits: 1,
+            seal_interval: Duration::from_secs(600),
+        };
+        let report = run(&feed, dir.path(), opts).unwrap();
+        assert!(
+            report.contains("points                  13000 in 5 series"),
+            "{report}"
+        );
+        // The middle day of s00000: all of its second half.
+        assert!(report.contains("(1300 points of s00000)"), "{report}");
+    }
 }
