@@ -80,7 +80,7 @@ const FANOUT: usize = 4;
 /// 7200` was the one that grew with time.
 const TINY: i64 = TARGET_CHUNK_POINTS / 16;
 /// A merge of at least this many points is a full block, never merged
-/// again: compaction plans from the chunks short of it (`chunks_filling`).
+/// again: compaction plans from the chunks short of it (`chunks_short`).
 const FULL: i64 = TARGET_CHUNK_POINTS * 3 / 4;
 /// SQLite's page cache, KiB (its default is 2000). The hot pages are the
 /// chunk and index pages a flush appends to, a few dozen; a miss is
@@ -147,9 +147,13 @@ CREATE TABLE IF NOT EXISTS chunks (
 -- full blocks (compaction's, every couple of hours a busy series). In one
 -- index of both, each seal touched a leaf a series in an index that grows
 -- with the store's age. `chunks_by_series`, that one index, until
--- 2026-12-07: dropped at open.
+-- 2026-12-07, and `chunks_filling` on (series, ts_max) for a day: dropped
+-- at open. Keyed by series alone, an entry of `chunks_short` is ~40% smaller
+-- (rowid order is key order within a series) and the pages a seal touches
+-- as many fewer; its queries filter a dozen rows a series by time.
 DROP INDEX IF EXISTS chunks_by_series;
-CREATE INDEX IF NOT EXISTS chunks_filling ON chunks (series, ts_max) WHERE series != 0 AND count < 6144;
+DROP INDEX IF EXISTS chunks_filling;
+CREATE INDEX IF NOT EXISTS chunks_short ON chunks (series) WHERE series != 0 AND count < 6144;
 CREATE INDEX IF NOT EXISTS chunks_full ON chunks (series, ts_max) WHERE series != 0 AND count >= 6144;
 -- The journal's table until 2026-12-07, empty since: the journal is kept
 -- in append-only segment files beside the database (`<db>.tgj/`), where a
@@ -199,11 +203,11 @@ CREATE TABLE IF NOT EXISTS cursors (
 ";
 
 /// The condition of each partial index of the chunks table by series
-/// (`chunks_filling` and `chunks_full`, [`FULL`] points). SQLite uses a
+/// (`chunks_short` and `chunks_full`, [`FULL`] points). SQLite uses a
 /// partial index only when the query itself implies the index's condition,
 /// so queries spell it out (without it, every query by series scanned the
 /// whole table: 4.4 ms at 10k series).
-macro_rules! filling {
+macro_rules! short {
     () => {
         "series != 0 AND count < 6144"
     };
@@ -221,7 +225,7 @@ macro_rules! by_series {
             "SELECT ",
             $cols,
             " FROM chunks WHERE series = ?1 AND ",
-            filling!(),
+            short!(),
             $tail,
             " AND ",
             valid!(),
@@ -249,6 +253,16 @@ const SERIES_BYTES: &str = concat!(
     "SELECT COALESCE(SUM(n), 0) FROM (",
     by_series!("length(data) AS n", ""),
     ")"
+);
+
+/// The chunks compaction plans from: those short of a full block, a series
+/// at a time in key order (the order of `chunks_short`: no sort).
+const PLAN_CHUNKS: &str = concat!(
+    "SELECT series, id, count, ts_max FROM chunks WHERE ",
+    short!(),
+    " AND ",
+    valid!(),
+    " ORDER BY series, id"
 );
 
 /// A sink's two positions: what it has acknowledged, and what it has been handed.
@@ -1332,13 +1346,7 @@ impl Store {
             ..CompactState::default()
         };
         {
-            let mut stmt = self.conn.prepare_cached(concat!(
-                "SELECT series, id, count, ts_max FROM chunks WHERE ",
-                filling!(),
-                " AND ",
-                valid!(),
-                " ORDER BY series, id"
-            ))?;
+            let mut stmt = self.conn.prepare_cached(PLAN_CHUNKS)?;
             let mut rows = stmt.query([])?;
             // A series at a time (no merge joins two): a store of months holds
             // hundreds of thousands of chunks below the target, most of which
@@ -2962,7 +2970,7 @@ mod tests {
     }
 
     #[test]
-    fn a_store_with_the_one_series_index_gets_the_two_at_open() {
+    fn a_store_with_older_series_indexes_gets_the_two_at_open() {
         let (d, mut st) = open();
         st.append(&Batch {
             points: vec![point("m a", 1, 1.0), point("m b", 2, 2.0)],
@@ -2972,8 +2980,9 @@ mod tests {
         st.seal().unwrap();
         st.conn
             .execute_batch(
-                "DROP INDEX chunks_filling; DROP INDEX chunks_full;
-                 CREATE INDEX chunks_by_series ON chunks (series, ts_max) WHERE series != 0;",
+                "DROP INDEX chunks_short; DROP INDEX chunks_full;
+                 CREATE INDEX chunks_by_series ON chunks (series, ts_max) WHERE series != 0;
+                 CREATE INDEX chunks_filling ON chunks (series, ts_max) WHERE series != 0 AND count < 6144;",
             )
             .unwrap();
         drop(st);
@@ -2986,7 +2995,7 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(indexes, ["chunks_filling", "chunks_full"]);
+        assert_eq!(indexes, ["chunks_full", "chunks_short"]);
         let a = SeriesKey::from_canonical("m a");
         assert_eq!(st.read(&a, 0, 10).unwrap(), vec![(1, 1.0)]);
         assert_eq!(st.oldest_raw(&a).unwrap(), Some(1));
@@ -2996,23 +3005,40 @@ mod tests {
     fn series_queries_use_the_series_index() {
         let (_d, st) = open();
         assert_eq!(FULL, 6144, "the partial indexes' bound, spelt out in SQL");
-        for (sql, n) in [(SERIES_CHUNKS, 3), (SERIES_OLDEST, 1), (SERIES_BYTES, 1)] {
-            let sql = format!("EXPLAIN QUERY PLAN {sql}");
-            let mut stmt = st.conn.prepare(&sql).unwrap();
-            let args = [1i64, 2, 3, 4];
-            let plan: Vec<String> = stmt
-                .query_map(rusqlite::params_from_iter(&args[..n]), |r| r.get(3))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+        for sql in [SERIES_CHUNKS, SERIES_OLDEST, SERIES_BYTES] {
+            let plan = query_plan(&st, sql);
             assert!(
                 plan.iter().all(|step| !step.starts_with("SCAN chunks")),
                 "a whole-table scan per query: {plan:?}"
             );
-            for index in ["chunks_filling", "chunks_full"] {
+            for index in ["chunks_short", "chunks_full"] {
                 assert!(plan.iter().any(|step| step.contains(index)), "{plan:?}");
             }
         }
+        // Compaction's plan reads the index in its order: no sort of what
+        // may be every chunk short of full.
+        let plan = query_plan(&st, PLAN_CHUNKS);
+        assert!(
+            plan.iter().any(|step| step.contains("chunks_short")),
+            "{plan:?}"
+        );
+        assert!(
+            plan.iter().all(|step| !step.contains("TEMP B-TREE")),
+            "{plan:?}"
+        );
+    }
+
+    /// SQLite's plan for `sql`, its parameters bound to 1, 2, ...
+    fn query_plan(st: &Store, sql: &str) -> Vec<String> {
+        let mut stmt = st
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let args: Vec<i64> = (1..=stmt.parameter_count() as i64).collect();
+        stmt.query_map(rusqlite::params_from_iter(&args), |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
     }
 
     #[test]
