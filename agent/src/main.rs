@@ -220,6 +220,10 @@ enum BenchCommand {
         /// Synthetic mode: simulated seconds.
         #[arg(long, default_value_t = 300)]
         seconds: usize,
+        /// Synthetic mode: how far the series' rates spread around the mean
+        /// (1: all alike; 16: log-uniform from a quarter to four times).
+        #[arg(long, default_value_t = 1.0)]
+        spread: f64,
         /// Where the bench store goes (default: a temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -529,6 +533,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     series,
                     rate,
                     seconds,
+                    spread,
                     dir,
                     journal,
                     commits,
@@ -540,6 +545,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     series,
                     rate,
                     seconds,
+                    spread,
                 },
                 None if !data.is_empty() => bench::Feed::Files(data),
                 None => anyhow::bail!("give --data FILE... or --series N"),

@@ -28,6 +28,9 @@ pub enum Feed {
         rate: usize,
         /// Simulated seconds.
         seconds: usize,
+        /// How far the series' rates spread: 1, all alike; 16, log-uniform
+        /// from a quarter to four times the mean.
+        spread: f64,
     },
 }
 
@@ -83,17 +86,14 @@ enum Replay {
     Synthetic(Synthetic),
 }
 
-/// Random walks quantised to 0.01, each series at rate/series Hz with a
-/// little jitter, stamped on arrival to the millisecond as the agent's
-/// sources do (`point::arrival_ns`): a busy regional gateway.
+/// Random walks quantised to 0.01, each series at its own rate (all at
+/// rate/series Hz, or spread around it) with a little jitter, stamped on
+/// arrival to the millisecond as the agent's sources do
+/// (`point::arrival_ns`): a busy regional gateway.
 struct Synthetic {
     names: Vec<String>,
     keys: Vec<SeriesKey>,
-    /// Per series: phase (ns), walk position, next point's index.
-    state: Vec<(i64, i64, i64)>,
-    /// Nominal ns between a series' points; points a series.
-    step: i64,
-    points: i64,
+    walks: Vec<Walk>,
     rng: fastrand::Rng,
     /// End of the next simulated second to generate.
     until: i64,
@@ -102,16 +102,45 @@ struct Synthetic {
     read: usize,
 }
 
+/// One synthetic series.
+struct Walk {
+    /// Offset of its first point, nominal ns between points, points in all.
+    phase: i64,
+    step: i64,
+    points: i64,
+    /// Position of the walk, and the next point's index.
+    x: i64,
+    j: i64,
+}
+
 const T0: i64 = 1_764_000_000_000_000_000;
 const SECOND: i64 = 1_000_000_000;
 
 impl Synthetic {
-    fn new(series: usize, rate: usize, seconds: usize) -> Self {
+    fn new(series: usize, rate: usize, seconds: usize, spread: f64) -> Self {
         let mut rng = fastrand::Rng::with_seed(7);
-        let per = (rate as f64 / series as f64).max(1e-9);
-        let step = (1e9 / per) as i64;
-        let state = (0..series)
-            .map(|_| (rng.i64(0..step.max(1)), rng.i64(1000..3000), 0))
+        // Each series' share of the rate: log-uniform over `spread` times,
+        // scaled so that together they make `rate`.
+        let shares: Vec<f64> = (0..series)
+            .map(|_| match spread > 1.0 {
+                true => spread.powf(rng.f64() - 0.5),
+                false => 1.0,
+            })
+            .collect();
+        let sum: f64 = shares.iter().sum();
+        let walks = shares
+            .iter()
+            .map(|share| {
+                let per = (rate as f64 * share / sum).max(1e-9);
+                let step = (1e9 / per) as i64;
+                Walk {
+                    phase: rng.i64(0..step.max(1)),
+                    step,
+                    points: ((seconds as f64) * per) as i64,
+                    x: rng.i64(1000..3000),
+                    j: 0,
+                }
+            })
             .collect();
         let names: Vec<String> = (0..series).map(|i| format!("s{i:05}")).collect();
         let keys = names
@@ -121,9 +150,7 @@ impl Synthetic {
         Synthetic {
             names,
             keys,
-            state,
-            step,
-            points: ((seconds as f64) * per) as i64,
+            walks,
             rng,
             until: T0,
             ready: Vec::new(),
@@ -138,15 +165,15 @@ impl Synthetic {
             self.read = 0;
             self.until += SECOND;
             let mut left = false;
-            for (i, (phase, x, j)) in self.state.iter_mut().enumerate() {
-                while *j < self.points && T0 + *phase + *j * self.step < self.until {
-                    *x += self.rng.i64(-3..=3);
-                    let t = T0 + *phase + *j * self.step + self.rng.i64(0..1_000_000);
+            for (i, w) in self.walks.iter_mut().enumerate() {
+                while w.j < w.points && T0 + w.phase + w.j * w.step < self.until {
+                    w.x += self.rng.i64(-3..=3);
+                    let t = T0 + w.phase + w.j * w.step + self.rng.i64(0..1_000_000);
                     self.ready
-                        .push((crate::point::to_arrival(t), i as u32, *x as f64 / 100.0));
-                    *j += 1;
+                        .push((crate::point::to_arrival(t), i as u32, w.x as f64 / 100.0));
+                    w.j += 1;
                 }
-                left |= *j < self.points;
+                left |= w.j < w.points;
             }
             self.ready.sort_unstable_by_key(|p| (p.0, p.1));
             if self.ready.is_empty() && !left {
@@ -191,7 +218,10 @@ impl Replay {
                 series,
                 rate,
                 seconds,
-            } => Ok(Replay::Synthetic(Synthetic::new(series, rate, seconds))),
+                spread,
+            } => Ok(Replay::Synthetic(Synthetic::new(
+                series, rate, seconds, spread,
+            ))),
         }
     }
 
@@ -199,7 +229,7 @@ impl Replay {
     fn total(&self) -> usize {
         match self {
             Replay::Files { series, .. } => series.iter().map(|s| s.ts.len()).sum(),
-            Replay::Synthetic(s) => s.keys.len() * s.points as usize,
+            Replay::Synthetic(s) => s.walks.iter().map(|w| w.points as usize).sum(),
         }
     }
 
@@ -225,11 +255,11 @@ impl Replay {
                 .max_by_key(|s| s.ts.len())
                 .map(|s| (s.name.as_str(), &s.key, s.ts[s.ts.len() / 2])),
             Replay::Synthetic(s) => {
-                let (phase, _, _) = s.state.first()?;
-                let mid = T0 + phase + s.points / 2 * s.step;
+                let (i, w) = s.walks.iter().enumerate().max_by_key(|(_, w)| w.points)?;
+                let mid = T0 + w.phase + w.points / 2 * w.step;
                 Some((
-                    s.names[0].as_str(),
-                    &s.keys[0],
+                    s.names[i].as_str(),
+                    &s.keys[i],
                     crate::point::to_arrival(mid),
                 ))
             }
@@ -577,6 +607,7 @@ mod tests {
             series: 50,
             rate: 200,
             seconds: 30,
+            spread: 1.0,
         };
         let replay = Replay::new(&feed).unwrap();
         assert_eq!(replay.total(), 50 * 120);
@@ -597,6 +628,7 @@ mod tests {
             series: 5,
             rate: 10,
             seconds: 1300,
+            spread: 1.0,
         };
         let opts = Options {
             journal: JournalMode::Rollback,
