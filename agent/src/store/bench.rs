@@ -255,7 +255,9 @@ impl Replay {
                 .max_by_key(|s| s.ts.len())
                 .map(|s| (s.name.as_str(), &s.key, s.ts[s.ts.len() / 2])),
             Replay::Synthetic(s) => {
-                let (i, w) = s.walks.iter().enumerate().max_by_key(|(_, w)| w.points)?;
+                // The first of the longest (max_by_key keeps the last).
+                let longest = s.walks.iter().enumerate().rev();
+                let (i, w) = longest.max_by_key(|(_, w)| w.points)?;
                 let mid = T0 + w.phase + w.points / 2 * w.step;
                 Some((
                     s.names[i].as_str(),
