@@ -175,6 +175,10 @@ pub struct StoreConfig {
     /// points are then read from the journal, a little slower.
     #[serde(with = "humantime_serde")]
     pub seal_interval: Duration,
+    /// Compaction (merging each series' small blocks into large ones) runs
+    /// after every this many seals: merges that wait for one another share
+    /// the pages they rewrite. 6 at the default seal interval is hourly.
+    pub compact_every: u32,
     /// `auto` (default: `wal` below about a thousand points a second,
     /// `rollback` above, judged over each minute), `wal` (queries never hold
     /// up a flush; fewer writes at low rates) or `rollback` (40% fewer bytes
@@ -209,6 +213,7 @@ impl Default for StoreConfig {
             path: None,
             flush_interval: Duration::from_secs(1),
             seal_interval: Duration::from_secs(600),
+            compact_every: 6,
             journal: crate::store::JournalMode::default(),
             rollups: vec![
                 Duration::from_secs(60).into(),

@@ -240,6 +240,9 @@ enum BenchCommand {
         /// Simulated time between seals (default: `store.seal_interval`'s).
         #[arg(long, value_parser = humantime::parse_duration)]
         seal_interval: Option<Duration>,
+        /// Seals between rounds of compaction (default: `store.compact_every`'s).
+        #[arg(long)]
+        compact_every: Option<u32>,
     },
     /// Drain a QoS 1 backlog from a real local mosquitto through the MQTT
     /// source into a fresh store: points/s and the agent's CPU per million points.
@@ -538,6 +541,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     journal,
                     commits,
                     seal_interval,
+                    compact_every,
                 },
         } => {
             let feed = match series {
@@ -553,11 +557,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let tmp = tempfile::tempdir()?;
             let dir = dir.unwrap_or_else(|| tmp.path().to_path_buf());
             std::fs::create_dir_all(&dir)?;
+            let defaults = tidegate::config::StoreConfig::default();
             let opts = bench::Options {
                 journal,
                 commits,
-                seal_interval: seal_interval
-                    .unwrap_or(tidegate::config::StoreConfig::default().seal_interval),
+                seal_interval: seal_interval.unwrap_or(defaults.seal_interval),
+                compact_every: compact_every.unwrap_or(defaults.compact_every),
             };
             print!("{}", bench::run(&feed, &dir, opts)?);
             Ok(())

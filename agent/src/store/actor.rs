@@ -164,6 +164,7 @@ pub fn spawn(store: Store, cfg: &StoreConfig) -> (StoreHandle, StoreTask) {
     let (done_tx, done) = oneshot::channel();
     let flush_every = cfg.flush_interval;
     let seal_every = cfg.seal_interval;
+    let compact_every = cfg.compact_every;
     let heartbeat = Arc::new(AtomicU64::new(0));
     let beat = heartbeat.clone();
     std::thread::Builder::new()
@@ -173,7 +174,11 @@ pub fn spawn(store: Store, cfg: &StoreConfig) -> (StoreHandle, StoreTask) {
                 .enable_time()
                 .build()
                 .expect("a current-thread runtime");
-            rt.block_on(run(store, rx, flushed_tx, flush_every, seal_every, beat));
+            let upkeep = UpkeepPlan {
+                seal_every,
+                compaction: CompactAfter::new(compact_every),
+            };
+            rt.block_on(run(store, rx, flushed_tx, flush_every, upkeep, beat));
             let _ = done_tx.send(());
         })
         .expect("spawn the store thread");
@@ -193,12 +198,12 @@ async fn run(
     mut rx: mpsc::Receiver<Request>,
     flushed: watch::Sender<i64>,
     flush_every: Duration,
-    seal_every: Duration,
+    mut plan: UpkeepPlan,
     heartbeat: Arc<AtomicU64>,
 ) {
     let stall_at = test_stall_after().map(|d| Instant::now() + d);
     let mut flush_tick = tokio::time::interval(flush_every);
-    let mut seal_tick = tokio::time::interval(seal_every);
+    let mut seal_tick = tokio::time::interval(plan.seal_every);
     flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     seal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Neither ticks at once: a flush interval after the start is soon enough.
@@ -313,7 +318,9 @@ async fn run(
             }
             _ = seal_tick.tick(), if upkeep == Upkeep::Idle => {
                 store.seal_begin();
-                upkeep = Upkeep::Seal;
+                upkeep = Upkeep::Seal {
+                    then_compact: plan.compaction.seal(),
+                };
             }
             // One step of upkeep at a time; requests and flushes are served
             // between steps (select! picks among ready branches at random).
@@ -361,6 +368,34 @@ fn serve_after(store: &mut Store, read: HeldRead, held: &mut Vec<HeldRead>) {
     }
 }
 
+/// How often the store's upkeep runs.
+struct UpkeepPlan {
+    seal_every: Duration,
+    compaction: CompactAfter,
+}
+
+/// Counts seals to the next round of compaction: one every
+/// `store.compact_every` seals (at least one).
+pub(crate) struct CompactAfter {
+    every: u32,
+    seals: u32,
+}
+
+impl CompactAfter {
+    pub(crate) fn new(every: u32) -> Self {
+        CompactAfter {
+            every: every.max(1),
+            seals: 0,
+        }
+    }
+
+    /// A seal is done: whether a round of compaction follows it.
+    pub(crate) fn seal(&mut self) -> bool {
+        self.seals = (self.seals + 1) % self.every;
+        self.seals == 0
+    }
+}
+
 /// The store's periodic upkeep, begun by the seal tick and done a step at a
 /// time: a seal of ten minutes at 10k points/s takes seconds, and points
 /// arriving meanwhile would wait in memory (the broker client's buffer, the
@@ -368,12 +403,18 @@ fn serve_after(store: &mut Store, read: HeldRead, held: &mut Vec<HeldRead>) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Upkeep {
     Idle,
-    /// Sealing the journal, a run's group of series per step.
-    Seal,
+    /// Sealing the journal, a run's group of series per step; then a round
+    /// of compaction if it is due.
+    Seal {
+        then_compact: bool,
+    },
     /// Compacting: the round planned after the seal, a step at a time. Every
-    /// merge the seal made possible is done before the next seal; a round
-    /// of 64 merges (the first rule) left 10k series ever further behind,
-    /// ~3,300 merges a seal at one point a second each.
+    /// merge the seals made possible is done in the round; a round of 64
+    /// merges (the first rule) left 10k series ever further behind, ~3,300
+    /// merges a seal at one point a second each. Rounds come every
+    /// `store.compact_every` seals: the merges of a round rewrite the pages
+    /// their inputs share once, where a series' merge alone rewrites a page
+    /// of its neighbours' blocks (see `Store::compact_begin`).
     Compact,
     /// Eviction, figures for status, memory handed back.
     Tidy,
@@ -388,11 +429,14 @@ fn upkeep_step(store: &mut Store, state: Upkeep, errors: &mut RateLimit) -> Upke
     };
     match state {
         Upkeep::Idle => Upkeep::Idle,
-        Upkeep::Seal => {
+        Upkeep::Seal { then_compact } => {
             match store.seal_step() {
-                Ok(true) => return Upkeep::Seal,
+                Ok(true) => return state,
                 Ok(false) => {}
                 Err(e) => fail("sealing failed, journal kept as it is and sealed later", e),
+            }
+            if !then_compact {
+                return Upkeep::Tidy;
             }
             match store.compact_begin() {
                 Ok(_) => Upkeep::Compact,
@@ -622,6 +666,20 @@ mod tests {
                 ts_ns: i,
                 value: i as f64,
             }],
+        }
+    }
+
+    #[test]
+    fn compaction_follows_every_nth_seal() {
+        let mut after = CompactAfter::new(3);
+        let rounds: Vec<bool> = (0..7).map(|_| after.seal()).collect();
+        assert_eq!(rounds, [false, false, true, false, false, true, false]);
+        for every in [0, 1] {
+            let mut after = CompactAfter::new(every);
+            assert!(
+                (0..3).all(|_| after.seal()),
+                "every {every}: after each seal"
+            );
         }
     }
 

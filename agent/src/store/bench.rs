@@ -2,8 +2,8 @@
 //!
 //! Real recordings (or a synthetic fleet of series) are replayed in timestamp
 //! order on a simulated clock: a flush every simulated second (`--commits`
-//! a second), a seal and a bounded compaction every `store.seal_interval`
-//! (default), as the store task does live.
+//! a second), a seal every `store.seal_interval` and a round of compaction
+//! every `store.compact_every` seals (defaults), as the store task does live.
 //! Figures come from the process itself: CPU time (getrusage), bytes written
 //! (`/proc/self/io`), peak RSS (`VmHWM`).
 
@@ -348,6 +348,8 @@ pub struct Options {
     pub commits: u32,
     /// Simulated time between seals (`store.seal_interval`).
     pub seal_interval: Duration,
+    /// Seals between rounds of compaction (`store.compact_every`).
+    pub compact_every: u32,
 }
 
 /// Runs the bench in `dir` (a fresh store) and returns the printed report.
@@ -378,6 +380,7 @@ pub fn run(feed: &Feed, dir: &Path, opts: Options) -> Result<String, StoreError>
     let mut next_seal = start.div_euclid(SECOND) + seal_every;
     let mut batch = Batch::default();
     let mut stages = Stages::default();
+    let mut compaction = super::actor::CompactAfter::new(opts.compact_every);
     // Written per point in each simulated hour: whether the store settles
     // (compaction's later levels begin hours in), which the whole run's
     // figure, its first hours included, understates.
@@ -401,7 +404,9 @@ pub fn run(feed: &Feed, dir: &Path, opts: Options) -> Result<String, StoreError>
             if now >= next_seal {
                 // As the agent's upkeep does: seal, then a round of compaction.
                 stages.seal(&mut store)?;
-                stages.compact(&mut store)?;
+                if compaction.seal() {
+                    stages.compact(&mut store)?;
+                }
                 next_seal = now + seal_every;
             }
             if now >= next_hour {
@@ -636,6 +641,7 @@ mod tests {
             journal: JournalMode::Rollback,
             commits: 1,
             seal_interval: Duration::from_secs(600),
+            compact_every: 1,
         };
         let report = run(&feed, dir.path(), opts).unwrap();
         assert!(
