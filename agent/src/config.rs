@@ -176,8 +176,9 @@ pub struct StoreConfig {
     #[serde(with = "humantime_serde")]
     pub seal_interval: Duration,
     /// Compaction (merging each series' small blocks into large ones) runs
-    /// after every this many seals: merges that wait for one another share
-    /// the pages they rewrite. 6 at the default seal interval is hourly.
+    /// after the first seal after a start, then after every this many seals:
+    /// merges that wait for one another share the pages they rewrite. 6 at
+    /// the default seal interval is hourly.
     pub compact_every: u32,
     /// `auto` (default: `wal` below about a thousand points a second,
     /// `rollback` above, judged over each minute), `wal` (queries never hold

@@ -374,8 +374,10 @@ struct UpkeepPlan {
     compaction: CompactAfter,
 }
 
-/// Counts seals to the next round of compaction: one every
-/// `store.compact_every` seals (at least one).
+/// Counts seals to the next round of compaction: one after the first seal,
+/// then one every `store.compact_every` seals (at least one). The first
+/// round comes at once so that an agent restarted more often than every
+/// `compact_every` seals (a watchdog, a flaky supply) still compacts.
 pub(crate) struct CompactAfter {
     every: u32,
     seals: u32,
@@ -383,9 +385,10 @@ pub(crate) struct CompactAfter {
 
 impl CompactAfter {
     pub(crate) fn new(every: u32) -> Self {
+        let every = every.max(1);
         CompactAfter {
-            every: every.max(1),
-            seals: 0,
+            every,
+            seals: every - 1,
         }
     }
 
@@ -672,8 +675,11 @@ mod tests {
     #[test]
     fn compaction_follows_every_nth_seal() {
         let mut after = CompactAfter::new(3);
-        let rounds: Vec<bool> = (0..7).map(|_| after.seal()).collect();
-        assert_eq!(rounds, [false, false, true, false, false, true, false]);
+        let rounds: Vec<bool> = (0..8).map(|_| after.seal()).collect();
+        assert_eq!(
+            rounds,
+            [true, false, false, true, false, false, true, false]
+        );
         for every in [0, 1] {
             let mut after = CompactAfter::new(every);
             assert!(

@@ -91,7 +91,7 @@ enum Replay {
 /// arrival to the millisecond as the agent's sources do
 /// (`point::arrival_ns`): a busy regional gateway.
 struct Synthetic {
-    names: Vec<String>,
+    /// Series `i` is `s{i:05}` ([`Synthetic::name`]).
     keys: Vec<SeriesKey>,
     walks: Vec<Walk>,
     rng: fastrand::Rng,
@@ -142,13 +142,10 @@ impl Synthetic {
                 }
             })
             .collect();
-        let names: Vec<String> = (0..series).map(|i| format!("s{i:05}")).collect();
-        let keys = names
-            .iter()
-            .map(|n| SeriesKey::new("synthetic", [("id", n.as_str())], "v"))
+        let keys = (0..series)
+            .map(|i| SeriesKey::new("synthetic", [("id", Self::name(i).as_str())], "v"))
             .collect();
         Synthetic {
-            names,
             keys,
             walks,
             rng,
@@ -156,6 +153,10 @@ impl Synthetic {
             ready: Vec::new(),
             read: 0,
         }
+    }
+
+    fn name(i: usize) -> String {
+        format!("s{i:05}")
     }
 
     /// The next point, generating the next simulated second when one is read.
@@ -248,19 +249,19 @@ impl Replay {
     }
 
     /// The longest series: its name, key and middle timestamp.
-    fn longest(&self) -> Option<(&str, &SeriesKey, i64)> {
+    fn longest(&self) -> Option<(String, &SeriesKey, i64)> {
         match self {
             Replay::Files { series, .. } => series
                 .iter()
                 .max_by_key(|s| s.ts.len())
-                .map(|s| (s.name.as_str(), &s.key, s.ts[s.ts.len() / 2])),
+                .map(|s| (s.name.clone(), &s.key, s.ts[s.ts.len() / 2])),
             Replay::Synthetic(s) => {
                 // The first of the longest (max_by_key keeps the last).
                 let longest = s.walks.iter().enumerate().rev();
                 let (i, w) = longest.max_by_key(|(_, w)| w.points)?;
                 let mid = T0 + w.phase + w.points / 2 * w.step;
                 Some((
-                    s.names[i].as_str(),
+                    Synthetic::name(i),
                     &s.keys[i],
                     crate::point::to_arrival(mid),
                 ))
