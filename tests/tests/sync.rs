@@ -156,7 +156,12 @@ backoff_max = "500ms"
 
 #[test]
 fn concurrency_rises_falls_on_429_and_rises_again_without_loss() {
-    let receiver = Receiver::start(Mode::Accept(Duration::from_millis(40)));
+    // Round trips of 250 ms: long enough that a busy CI machine's jitter
+    // (a debug build beside other tests) does not double one, which the
+    // controller takes for pressure. With 40 ms the limit once failed to
+    // reach 4 in 30 s on CI.
+    let rtt = Duration::from_millis(250);
+    let receiver = Receiver::start(Mode::Accept(rtt));
     let dir = tempfile::tempdir().unwrap();
     let sim = start_sim(dir.path(), &sim_args(10, 5000, 200_000));
     let sink = format!(
@@ -174,7 +179,8 @@ backoff_max = "1s"
     let agent = Agent::start(dir.path(), &config(dir.path(), "", &sink));
     let limit = || agent.status().sinks[0].concurrency_limit;
 
-    // 200 points per 40 ms is 5k points/s a slot: 10k points/s needs several.
+    // 200 points per 250 ms is 800 points/s a slot: 10k points/s needs all
+    // eight, and half that rate (a slow sim) still more than four.
     wait_until("concurrency to rise", Duration::from_secs(30), || {
         (limit() >= 4).then_some(())
     });
@@ -189,7 +195,7 @@ backoff_max = "1s"
         Duration::from_secs(30),
         || (limit() == 1).then_some(()),
     );
-    // Requests sent under the old limit are answered within 40 ms; past
+    // Requests sent under the old limit are answered within 250 ms; past
     // them (the throttled ones come a second apart), measure a window of
     // five throttled requests.
     let after = |n: usize| {
@@ -206,7 +212,7 @@ backoff_max = "1s"
         "one request at a time while throttled"
     );
 
-    receiver.set_mode(Mode::Accept(Duration::from_millis(40)));
+    receiver.set_mode(Mode::Accept(rtt));
     wait_until("concurrency to rise again", Duration::from_secs(30), || {
         (limit() >= 3).then_some(())
     });
