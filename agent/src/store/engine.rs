@@ -119,12 +119,16 @@ const SEAL_COMMIT_POINTS: usize = 512 * 1024;
 /// more bytes (a ~3.5 KB row takes a page to itself); 4096 sealed slower.
 const JOURNAL_PART_POINTS: usize = 2048;
 
-/// Points a compaction step merges, in one transaction; flushes and reads
-/// wait meanwhile. Merging runs at ~5M points a second here, so a step
-/// takes ~0.25 s at most, less than a sealing pass's longest step (0.41 s).
+/// Points whose merges a compaction step commits in one transaction.
 /// `bench store --seconds 7200`: written 14.27 B/pt with steps of 64k
 /// points, 12.68 with 256k, 12.30 with 1M (neighbouring merges share pages).
 pub const COMPACT_STEP_POINTS: usize = 1 << 20;
+/// Most points a compaction step decodes and encodes, outside any
+/// transaction; the merges wait in memory for the commit of
+/// [`COMPACT_STEP_POINTS`]. Full blocks take `Effort::Thorough` (~0.8M
+/// points a second here): 1M points in one step held flushes and reads for
+/// 1.26 s (median, `bench store --seconds 14400`, 2026-12-07).
+const COMPACT_ENCODE_POINTS: usize = 128 * 1024;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS series (
@@ -353,6 +357,21 @@ struct CompactState {
     now: i64,
     /// Merges of the round left for the next (a cursor moved into them).
     skipped: usize,
+    /// Merges encoded, waiting for the step that commits them.
+    ready: Vec<Merged>,
+    /// Points in `ready`.
+    ready_points: usize,
+}
+
+/// A merge encoded outside the transaction that will replace its inputs.
+struct Merged {
+    /// Where its input chunks' ids lie in [`CompactState::ids`].
+    group: std::ops::Range<usize>,
+    seq_hi: i64,
+    ts_min: i64,
+    ts_max: i64,
+    count: usize,
+    data: Vec<u8>,
 }
 
 impl CompactState {
@@ -366,6 +385,15 @@ impl CompactState {
 
     fn remaining(&self) -> bool {
         self.done < self.ends.len()
+    }
+
+    /// Drops the merges encoded and not committed: their inputs are about
+    /// to change in place (a clock correction re-stamps them). They are
+    /// planned again next round.
+    fn drop_ready(&mut self) {
+        self.skipped += self.ready.len();
+        self.ready.clear();
+        self.ready_points = 0;
     }
 }
 
@@ -1395,10 +1423,35 @@ impl Store {
     }
 
     fn compact_step_inner(&mut self) -> Result<bool, StoreError> {
-        if !self.compaction.remaining() {
+        let cursors = self.boundaries();
+        let plan = &mut self.compaction;
+        if !plan.remaining() && plan.ready.is_empty() {
             return Ok(false);
         }
-        let cursors = self.boundaries();
+        // Encode merges a step at a time with no transaction open, so that
+        // flushes go on between steps; commit them together (below).
+        if plan.remaining() && plan.ready_points < COMPACT_STEP_POINTS {
+            let mut points = 0;
+            while points < COMPACT_ENCODE_POINTS && plan.ready_points < COMPACT_STEP_POINTS {
+                let Some(group) = plan.next_group() else {
+                    break;
+                };
+                let merged = if splits(&cursors, &plan.ids[group.clone()]) {
+                    None
+                } else {
+                    Self::encode_merge(&self.conn, &self.metrics, plan, group)?
+                };
+                match merged {
+                    Some(m) => {
+                        points += m.count;
+                        plan.ready_points += m.count;
+                        plan.ready.push(m);
+                    }
+                    None => plan.skipped += 1,
+                }
+            }
+            return Ok(true);
+        }
         // One commit a step: a merge alone commits page 1, the leaves of the
         // runs it reads from and the index, each copied to the rollback
         // journal first, ~80 KB for ~1 KB of merged data; merges of
@@ -1406,74 +1459,85 @@ impl Store {
         // --seconds 7200 --journal rollback`: 47.8 B/pt written with a
         // commit a merge (see COMPACT_STEP_POINTS for larger steps).
         let tx = self.conn.transaction()?;
-        let mut points = 0;
-        while points < COMPACT_STEP_POINTS {
-            let Some(group) = self.compaction.next_group() else {
-                break;
-            };
-            let group = &self.compaction.ids[group];
-            let merged = if splits(&cursors, group) {
-                None
-            } else {
-                Self::merge_chunks(&tx, &self.metrics, group, self.compaction.now)?
-            };
-            match merged {
-                Some(n) => points += n,
-                None => self.compaction.skipped += 1,
+        for m in std::mem::take(&mut plan.ready) {
+            let ids = &plan.ids[m.group.clone()];
+            // Sinks read on, and eviction may have taken an input, since it
+            // was encoded: then the merge waits for the next round.
+            if splits(&cursors, ids) || !Self::inputs_intact(&tx, ids, m.count)? {
+                plan.skipped += 1;
+                continue;
             }
+            let mut del = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
+            for &id in ids {
+                del.execute([id])?;
+            }
+            tx.prepare_cached(
+                "INSERT INTO chunks (id, series, seq_hi, ts_min, ts_max, count, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![ids[0], ids[0] & SERIES_MASK, m.seq_hi, m.ts_min, m.ts_max, m.count as i64, m.data])?;
         }
         tx.commit()?;
-        Ok(self.compaction.remaining())
+        plan.ready_points = 0;
+        Ok(plan.remaining())
     }
 
-    /// Merges the chunks `ids` (one series, ascending) into one chunk keyed
-    /// by the first; returns its points, or `None` if one of them is gone.
-    fn merge_chunks(
-        tx: &rusqlite::Transaction<'_>,
+    /// Reads and merges the chunks of `group` (one series, ascending ids)
+    /// into one block keyed by the first; `None` if one of them is gone.
+    fn encode_merge(
+        conn: &Connection,
         metrics: &Metrics,
-        ids: &[i64],
-        now: i64,
-    ) -> Result<Option<usize>, StoreError> {
+        plan: &CompactState,
+        group: std::ops::Range<usize>,
+    ) -> Result<Option<Merged>, StoreError> {
         let (mut ts, mut vals) = (Vec::new(), Vec::new());
         let mut seq_hi = 0i64;
-        {
-            let mut get = tx.prepare_cached("SELECT seq_hi, data FROM chunks WHERE id = ?1")?;
-            let (mut t, mut v) = (Vec::new(), Vec::new());
-            for &id in ids {
-                let Some((hi, data)): Option<(i64, Vec<u8>)> = get
-                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?
-                else {
-                    return Ok(None);
-                };
-                seq_hi = seq_hi.max(hi);
-                t.clear();
-                v.clear();
-                codec::decode_series(&data, &mut t, &mut v)
-                    .map_err(|e| StoreError::Corrupt(format!("chunk {id}: {e}")))?;
-                ts.extend_from_slice(&t);
-                vals.extend_from_slice(&v);
-            }
+        let mut get = conn.prepare_cached("SELECT seq_hi, data FROM chunks WHERE id = ?1")?;
+        let (mut t, mut v) = (Vec::new(), Vec::new());
+        for &id in &plan.ids[group.clone()] {
+            let Some((hi, data)): Option<(i64, Vec<u8>)> = get
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            seq_hi = seq_hi.max(hi);
+            t.clear();
+            v.clear();
+            codec::decode_series(&data, &mut t, &mut v)
+                .map_err(|e| StoreError::Corrupt(format!("chunk {id}: {e}")))?;
+            ts.extend_from_slice(&t);
+            vals.extend_from_slice(&v);
         }
-        let (lo, hi) = min_max(ts.iter().copied());
-        let settled = hi < now.saturating_sub(SETTLE_NS);
+        let (ts_min, ts_max) = min_max(ts.iter().copied());
+        let settled = ts_max < plan.now.saturating_sub(SETTLE_NS);
         let mut data = Vec::new();
         codec::encode_series_with(&ts, &vals, effort(ts.len(), settled), &mut data);
         metrics
             .store
             .merged_bytes
             .fetch_add(data.len() as u64, Relaxed);
-        {
-            let mut del = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
-            for &id in ids {
-                del.execute([id])?;
+        Ok(Some(Merged {
+            group,
+            seq_hi,
+            ts_min,
+            ts_max,
+            count: ts.len(),
+            data,
+        }))
+    }
+
+    /// Whether the chunks `ids` are all still stored, with `count` points
+    /// between them, as when their merge was encoded.
+    fn inputs_intact(tx: &Connection, ids: &[i64], count: usize) -> Result<bool, StoreError> {
+        let mut get = tx.prepare_cached("SELECT count FROM chunks WHERE id = ?1")?;
+        let mut total = 0i64;
+        for &id in ids {
+            match get.query_row([id], |r| r.get::<_, i64>(0)).optional()? {
+                Some(n) => total += n,
+                None => return Ok(false),
             }
         }
-        tx.prepare_cached(
-            "INSERT INTO chunks (id, series, seq_hi, ts_min, ts_max, count, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![ids[0], ids[0] & SERIES_MASK, seq_hi, lo, hi, ts.len() as i64, data])?;
-        Ok(Some(ts.len()))
+        Ok(total == count as i64)
     }
 
     /// Seals the journal flushed so far into per-series chunks, in runs that
@@ -2967,6 +3031,57 @@ mod tests {
         let (rest, _) = drain(&mut st, "x", at, 100);
         let ts: Vec<i64> = first.points.iter().chain(&rest).map(|p| p.ts_ns).collect();
         assert_eq!(ts, (0..8).collect::<Vec<_>>());
+    }
+
+    /// A store of eight one-point chunks of "m a", planned as two merges
+    /// of four, and the first step done: both merges encoded, not committed.
+    fn two_merges_encoded() -> (tempfile::TempDir, Store) {
+        let (d, mut st) = open();
+        st.seal.pass_points = 4;
+        for i in 0..8i64 {
+            st.append(&Batch {
+                points: vec![point("m a", i, i as f64)],
+            })
+            .unwrap();
+            st.flush().unwrap();
+            st.seal().unwrap();
+        }
+        assert_eq!(st.compact_begin().unwrap(), 2, "two groups of four chunks");
+        assert!(st.compact_step().unwrap(), "the commit is left");
+        assert_eq!(st.compaction.ready.len(), 2, "both merges encoded");
+        (d, st)
+    }
+
+    fn chunk_count(st: &Store) -> i64 {
+        st.conn
+            .query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_merge_a_cursor_moved_into_after_its_encoding_is_not_committed() {
+        let (_d, mut st) = two_merges_encoded();
+        let (first, at) = st.after("x", Cursor::default(), None, 2).unwrap();
+        assert_eq!(first.len(), 2);
+        assert!(!st.compact_step().unwrap());
+        assert_eq!(st.compaction.skipped, 1);
+        assert_eq!(chunk_count(&st), 4 + 1);
+        let (rest, _) = drain(&mut st, "x", at, 100);
+        let ts: Vec<i64> = first.points.iter().chain(&rest).map(|p| p.ts_ns).collect();
+        assert_eq!(ts, (0..8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_merge_whose_input_was_evicted_after_its_encoding_is_not_committed() {
+        let (_d, mut st) = two_merges_encoded();
+        assert_eq!(st.evict_raw(None, 1).unwrap(), 1, "the oldest point goes");
+        assert!(!st.compact_step().unwrap());
+        assert_eq!(st.compaction.skipped, 1);
+        assert_eq!(chunk_count(&st), 3 + 1);
+        // The evicted point does not come back with its merge.
+        let (all, _) = drain(&mut st, "y", Cursor::default(), 100);
+        let ts: Vec<i64> = all.iter().map(|p| p.ts_ns).collect();
+        assert_eq!(ts, (1..8).collect::<Vec<_>>());
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::config::{Config, DeliveryConfig, KafkaCompression, StoreConfig};
 use crate::ops::metrics::SinkStats;
 use crate::ops::Metrics;
 use crate::point::{Batch, Point, SeriesKey};
-use crate::store::bench::{cpu_seconds, proc_field};
+use crate::store::bench::{cpu_seconds, proc_field, thread_cpu_ns};
 use crate::store::{self, Store};
 
 /// The drain rate the bench is expected to reach on the development VM.
@@ -330,17 +330,6 @@ impl<S: Sink> Sink for Timed<S> {
         }
         r
     }
-}
-
-/// CPU time of the calling thread, ns.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime fills the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// utime + stime of `/proc/<pid>[/task/<tid>]/stat`, seconds.

@@ -147,6 +147,9 @@ impl Store {
         let handed: Vec<Cursor> = self.sinks.values().map(|p| p.read).collect();
         // A seal under way read this journal before the step: it starts again.
         self.seal_abort();
+        // So does a round of compaction: merges encoded before the step
+        // would write the old times back.
+        self.compaction.drop_ready();
         let boot = self.boot_seq << SERIES_BITS;
         let (mut s, mut t, mut v) = (Vec::new(), Vec::new(), Vec::new());
         // Re-stamps one chunk's points (decoded: ids, times, values) and
@@ -431,6 +434,40 @@ mod tests {
         let store = Store::open(&path, Metrics::new("t")).unwrap();
         assert_eq!(times(&store, "m a"), a);
         assert_eq!(times(&store, "m b"), b);
+    }
+
+    #[test]
+    fn a_correction_between_compaction_steps_is_not_undone_by_the_merges() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db"), Metrics::new("t")).unwrap();
+        store.seal.pass_points = 4;
+        let old = 1_000 * S;
+        for i in 0..8 {
+            store.append(&batch("m a", [old + i * S])).unwrap();
+            store.flush().unwrap();
+            store.seal().unwrap();
+        }
+        assert_eq!(store.compact_begin().unwrap(), 2);
+        assert!(
+            store.compact_step().unwrap(),
+            "merges encoded, not committed"
+        );
+        let step = ClockStep {
+            step_ns: DAY,
+            from_ns: old,
+            to_ns: old + 20 * S,
+            series: vec![SeriesKey::from_canonical("m a")],
+        };
+        assert_eq!(
+            store.correct_clock(&step, old + DAY + 9 * S).unwrap().moved,
+            8
+        );
+        while store.compact_step().unwrap() {}
+        let moved: Vec<i64> = (0..8).map(|i| old + DAY + i * S).collect();
+        assert_eq!(times(&store, "m a"), moved);
+        // The next round merges the corrected chunks.
+        assert_eq!(store.compact().unwrap(), 2);
+        assert_eq!(times(&store, "m a"), moved);
     }
 
     #[test]
