@@ -3225,6 +3225,8 @@ mod tests {
         let (d, mut st) = open();
         st.seal.pass_points = 2 * flushes as usize;
         st.seal.commit_points = 1;
+        // Groups of 16 flushes, as the tests spell out.
+        st.chain.group_flushes = 16;
         let mut all = Vec::new();
         stepped_flushes(&mut st, 0..flushes, &mut all);
         (d, st, all)
@@ -3310,10 +3312,9 @@ mod tests {
     #[test]
     fn journal_frames_are_coded_in_groups_and_read_from_any_frame() {
         let (d, mut st, all) = stepped_store(20);
-        // A group every 16 flushes, each frame naming how far back it begins.
-        let want: Vec<(i64, u32)> = (1..=20)
-            .map(|q| (q, ((q - 1) % i64::from(chain::GROUP_FLUSHES)) as u32))
-            .collect();
+        // A group every 16 flushes (64 but in tests), each frame naming how
+        // far back it begins.
+        let want: Vec<(i64, u32)> = (1..=20).map(|q| (q, ((q - 1) % 16) as u32)).collect();
         assert_eq!(backs(&st), want);
         // A reader starting mid-group, one frame at a time and at once.
         let from = Cursor::after_chunk(k(11));
@@ -3330,6 +3331,16 @@ mod tests {
         let mut all = all;
         stepped_flushes(&mut st, 20..22, &mut all);
         assert_eq!(backs(&st)[20..], [(21, 0), (22, 1)]);
+        assert_once(&mut st, &all);
+    }
+
+    #[test]
+    fn the_store_codes_the_journal_in_groups_of_64_flushes() {
+        let (_d, mut st) = open();
+        let mut all = Vec::new();
+        stepped_flushes(&mut st, 0..70, &mut all);
+        let want: Vec<(i64, u32)> = (1..=70).map(|q| (q, ((q - 1) % 64) as u32)).collect();
+        assert_eq!(backs(&st), want);
         assert_once(&mut st, &all);
     }
 
@@ -3393,6 +3404,7 @@ mod tests {
     fn a_frame_lost_to_damage_takes_the_rest_of_its_group_only() {
         let (d, mut st) = open();
         st.journal.set_rotate_bytes(1); // a file a flush
+        st.chain.group_flushes = 16;
         let mut all = Vec::new();
         stepped_flushes(&mut st, 0..20, &mut all);
         let r = st.journal.frames()[&k(10)];
