@@ -129,6 +129,10 @@ pub const COMPACT_STEP_POINTS: usize = 1 << 20;
 /// points a second here): 1M points in one step held flushes and reads for
 /// 1.26 s (median, `bench store --seconds 14400`, 2026-12-07).
 const COMPACT_ENCODE_POINTS: usize = 128 * 1024;
+/// Most encoded bytes a compaction step holds for its commit: 1M points of
+/// the synthetic fleet's blocks take ~0.5 MB, of the NAB recordings' ~2.5 MB,
+/// which would sit in the agent's memory meanwhile.
+const COMPACT_STEP_BYTES: usize = 512 * 1024;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS series (
@@ -359,8 +363,9 @@ struct CompactState {
     skipped: usize,
     /// Merges encoded, waiting for the step that commits them.
     ready: Vec<Merged>,
-    /// Points in `ready`.
+    /// Points in `ready`, and their encoded bytes.
     ready_points: usize,
+    ready_bytes: usize,
 }
 
 /// A merge encoded outside the transaction that will replace its inputs.
@@ -394,6 +399,12 @@ impl CompactState {
         self.skipped += self.ready.len();
         self.ready.clear();
         self.ready_points = 0;
+        self.ready_bytes = 0;
+    }
+
+    /// Whether the merges encoded fill a step's commit.
+    fn ready_full(&self) -> bool {
+        self.ready_points >= COMPACT_STEP_POINTS || self.ready_bytes >= COMPACT_STEP_BYTES
     }
 }
 
@@ -1409,11 +1420,14 @@ impl Store {
         Ok(planned)
     }
 
-    /// Does the next merges of the round begun by [`Store::compact_begin`],
-    /// up to [`COMPACT_STEP_POINTS`] points, in one transaction. Returns
-    /// whether merges remain. A merge that a sink's cursor has moved into
-    /// since the plan, or whose chunks are gone, is left for the next round.
-    /// On an error the round is dropped (what its step wrote is undone).
+    /// Does the next step of the round begun by [`Store::compact_begin`]:
+    /// encodes up to [`COMPACT_ENCODE_POINTS`] points of merges, held in
+    /// memory, or, once [`COMPACT_STEP_POINTS`] points or
+    /// [`COMPACT_STEP_BYTES`] are held (or the plan is done), commits them
+    /// in one transaction. Returns whether steps remain. A merge that a
+    /// sink's cursor has moved into since the plan, or whose chunks are
+    /// gone, is left for the next round. On an error the round is dropped
+    /// (what its step wrote is undone).
     pub fn compact_step(&mut self) -> Result<bool, StoreError> {
         let step = self.compact_step_inner();
         if step.is_err() {
@@ -1430,9 +1444,9 @@ impl Store {
         }
         // Encode merges a step at a time with no transaction open, so that
         // flushes go on between steps; commit them together (below).
-        if plan.remaining() && plan.ready_points < COMPACT_STEP_POINTS {
+        if plan.remaining() && !plan.ready_full() {
             let mut points = 0;
-            while points < COMPACT_ENCODE_POINTS && plan.ready_points < COMPACT_STEP_POINTS {
+            while points < COMPACT_ENCODE_POINTS && !plan.ready_full() {
                 let Some(group) = plan.next_group() else {
                     break;
                 };
@@ -1445,6 +1459,7 @@ impl Store {
                     Some(m) => {
                         points += m.count;
                         plan.ready_points += m.count;
+                        plan.ready_bytes += m.data.len();
                         plan.ready.push(m);
                     }
                     None => plan.skipped += 1,
@@ -1477,7 +1492,7 @@ impl Store {
             .execute(params![ids[0], ids[0] & SERIES_MASK, m.seq_hi, m.ts_min, m.ts_max, m.count as i64, m.data])?;
         }
         tx.commit()?;
-        plan.ready_points = 0;
+        (plan.ready_points, plan.ready_bytes) = (0, 0);
         Ok(plan.remaining())
     }
 
