@@ -1453,7 +1453,7 @@ impl Store {
                 let merged = if splits(&cursors, &plan.ids[group.clone()]) {
                     None
                 } else {
-                    Self::encode_merge(&self.conn, &self.metrics, plan, group)?
+                    Self::encode_merge(&self.conn, plan, group)?
                 };
                 match merged {
                     Some(m) => {
@@ -1474,6 +1474,7 @@ impl Store {
         // --seconds 7200 --journal rollback`: 47.8 B/pt written with a
         // commit a merge (see COMPACT_STEP_POINTS for larger steps).
         let tx = self.conn.transaction()?;
+        let mut merged = 0;
         for m in std::mem::take(&mut plan.ready) {
             let ids = &plan.ids[m.group.clone()];
             // Sinks read on, and eviction may have taken an input, since it
@@ -1490,8 +1491,10 @@ impl Store {
                 "INSERT INTO chunks (id, series, seq_hi, ts_min, ts_max, count, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![ids[0], ids[0] & SERIES_MASK, m.seq_hi, m.ts_min, m.ts_max, m.count as i64, m.data])?;
+            merged += m.data.len() as u64;
         }
         tx.commit()?;
+        self.metrics.store.merged_bytes.fetch_add(merged, Relaxed);
         (plan.ready_points, plan.ready_bytes) = (0, 0);
         Ok(plan.remaining())
     }
@@ -1500,7 +1503,6 @@ impl Store {
     /// into one block keyed by the first; `None` if one of them is gone.
     fn encode_merge(
         conn: &Connection,
-        metrics: &Metrics,
         plan: &CompactState,
         group: std::ops::Range<usize>,
     ) -> Result<Option<Merged>, StoreError> {
@@ -1527,10 +1529,6 @@ impl Store {
         let settled = ts_max < plan.now.saturating_sub(SETTLE_NS);
         let mut data = Vec::new();
         codec::encode_series_with(&ts, &vals, effort(ts.len(), settled), &mut data);
-        metrics
-            .store
-            .merged_bytes
-            .fetch_add(data.len() as u64, Relaxed);
         Ok(Some(Merged {
             group,
             seq_hi,
