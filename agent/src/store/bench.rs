@@ -532,21 +532,24 @@ pub fn run(feed: &Feed, dir: &Path, opts: Options) -> Result<String, StoreError>
             list.join(" ")
         );
     }
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let _ = writeln!(
-        report,
-        "longest step            {:.0} ms flush, {:.0} ms seal, {:.0} ms compaction (wall; the store task serves nothing meanwhile)",
-        ms(stages.longest[0]),
-        ms(stages.longest[1]),
-        ms(stages.longest[2])
-    );
-    let _ = writeln!(
-        report,
-        "  in CPU time           {:.0} ms flush, {:.0} ms seal, {:.0} ms compaction (the longest of each, this thread's)",
-        ms(stages.longest_cpu[0]),
-        ms(stages.longest_cpu[1]),
-        ms(stages.longest_cpu[2])
-    );
+    for (label, d, what) in [
+        (
+            "longest step",
+            stages.longest,
+            "wall; the store task serves nothing meanwhile",
+        ),
+        (
+            "  in CPU time",
+            stages.longest_cpu,
+            "the longest of each, this thread's",
+        ),
+    ] {
+        let [f, s, c] = d.map(|d| d.as_secs_f64() * 1e3);
+        let _ = writeln!(
+            report,
+            "{label:<24}{f:.0} ms flush, {s:.0} ms seal, {c:.0} ms compaction ({what})"
+        );
+    }
     let _ = writeln!(
         report,
         "peak RSS                {:.1} MiB (VmHWM; recordings replayed are held in memory, a synthetic feed is not)",

@@ -3012,43 +3012,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_compaction_round_leaves_a_merge_a_cursor_moved_into_for_the_next() {
-        let (_d, mut st) = open();
-        st.seal.pass_points = 4;
-        for i in 0..8i64 {
-            st.append(&Batch {
-                points: vec![point("m a", i, i as f64)],
-            })
-            .unwrap();
-            st.flush().unwrap();
-            st.seal().unwrap();
-        }
-        assert_eq!(st.compact_begin().unwrap(), 2, "two groups of four chunks");
-        // After the plan, a sink reads the first two points: its cursor now
-        // lies inside the first group, which must not merge.
-        let (first, at) = st.after("x", Cursor::default(), None, 2).unwrap();
-        assert_eq!(first.len(), 2);
-        while st.compact_step().unwrap() {}
-        assert_eq!(st.compaction.skipped, 1);
-        let chunks: i64 = st
-            .conn
-            .query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(
-            chunks,
-            4 + 1,
-            "the first four as they were, the last four merged"
-        );
-        // The sink reads on from its cursor and gets each point once.
-        let (rest, _) = drain(&mut st, "x", at, 100);
-        let ts: Vec<i64> = first.points.iter().chain(&rest).map(|p| p.ts_ns).collect();
-        assert_eq!(ts, (0..8).collect::<Vec<_>>());
-    }
-
     /// A store of eight one-point chunks of "m a", planned as two merges
-    /// of four, and the first step done: both merges encoded, not committed.
-    fn two_merges_encoded() -> (tempfile::TempDir, Store) {
+    /// of four.
+    fn two_merges_planned() -> (tempfile::TempDir, Store) {
         let (d, mut st) = open();
         st.seal.pass_points = 4;
         for i in 0..8i64 {
@@ -3060,6 +3026,13 @@ mod tests {
             st.seal().unwrap();
         }
         assert_eq!(st.compact_begin().unwrap(), 2, "two groups of four chunks");
+        (d, st)
+    }
+
+    /// [`two_merges_planned`] and the first step done: both merges
+    /// encoded, not committed.
+    fn two_merges_encoded() -> (tempfile::TempDir, Store) {
+        let (d, mut st) = two_merges_planned();
         assert!(st.compact_step().unwrap(), "the commit is left");
         assert_eq!(st.compaction.ready.len(), 2, "both merges encoded");
         (d, st)
@@ -3071,17 +3044,34 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn a_merge_a_cursor_moved_into_after_its_encoding_is_not_committed() {
-        let (_d, mut st) = two_merges_encoded();
+    /// A sink reads the first two points of [`two_merges_planned`]'s store
+    /// (its cursor now inside the first group), the round goes to its end,
+    /// and the sink reads on: the first merge waited, each point comes once.
+    fn a_sink_reads_into_the_first_merge(mut st: Store) {
         let (first, at) = st.after("x", Cursor::default(), None, 2).unwrap();
         assert_eq!(first.len(), 2);
-        assert!(!st.compact_step().unwrap());
+        while st.compact_step().unwrap() {}
         assert_eq!(st.compaction.skipped, 1);
-        assert_eq!(chunk_count(&st), 4 + 1);
+        assert_eq!(
+            chunk_count(&st),
+            4 + 1,
+            "the first four as they were, the last four merged"
+        );
         let (rest, _) = drain(&mut st, "x", at, 100);
         let ts: Vec<i64> = first.points.iter().chain(&rest).map(|p| p.ts_ns).collect();
         assert_eq!(ts, (0..8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_compaction_round_leaves_a_merge_a_cursor_moved_into_for_the_next() {
+        let (_d, st) = two_merges_planned();
+        a_sink_reads_into_the_first_merge(st);
+    }
+
+    #[test]
+    fn a_merge_a_cursor_moved_into_after_its_encoding_is_not_committed() {
+        let (_d, st) = two_merges_encoded();
+        a_sink_reads_into_the_first_merge(st);
     }
 
     #[test]
